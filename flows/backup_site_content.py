@@ -1,0 +1,98 @@
+"""Back up a directory tree to Azure Blob Storage: the Prefect port of the Durable
+Functions fan-out/fan-in sample E2_BackupSiteContent.
+
+    python flows/backup_site_content.py ROOT [--container C] [--prefix P] [--json] ...
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prefect import flow, unmapped
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from site_backup.copy import BatchResult, CopyOptions
+from site_backup.destination import Destination, normalize_prefix, validate_container_name
+from site_backup.files import Problem
+from site_backup.errors import describe
+from site_backup.progress import progress
+from site_backup.summary import BackupSummary, summarize
+from tasks.copy_batch import copy_batch
+from tasks.list_files import list_files
+from tasks.prepare_destination import prepare_destination
+from tasks.report import publish_summary, start_progress, update_progress
+from tasks.retry import BatchIncomplete
+
+MiB = 2**20
+
+
+@flow(name="backup-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+def backup_site_content(
+    root_directory: str,
+    container: str = "backups",
+    prefix: str = "",
+    credentials_block: str | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    follow_symlinks: bool = False,
+    dry_run: bool = False,
+    refresh: bool = False,
+    files_per_batch: int = 1000,
+    mib_per_batch: int = 256,
+    files_in_flight: int = 4,
+    block_size_mib: int = 8,
+    blocks_in_flight: int = 4,
+) -> BackupSummary:
+    """List every file under `root_directory`, copy them to `container` in parallel
+    batches, and return the summary (its `bytes_uploaded` is the sample's output)."""
+    started = time.monotonic()
+    destination = Destination(validate_container_name(container), normalize_prefix(prefix), credentials_block)
+    listing = list_files(
+        root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
+    )
+    destination, empty = prepare_destination(destination)
+    options = CopyOptions(
+        dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
+        files_in_flight=files_in_flight, block_size=block_size_mib * MiB, blocks_in_flight=blocks_in_flight,
+    )
+    progress.reset(listing.files, listing.bytes)
+    copy = copy_batch.with_options(refresh_cache=True) if refresh else copy_batch
+    futures = copy.map(unmapped(listing.root), listing.batches, unmapped(destination), unmapped(options))
+    batch_of = {future: batch for future, batch in zip(futures, listing.batches)}
+    progress_id = start_progress(f"Backing up {listing.files} files to {destination.describe()}")
+    results = []
+    for future in as_completed(futures):
+        results.append(batch_outcome(future, batch_of[future]))
+        update_progress(progress_id, len(results), len(futures))
+    summary = summarize(
+        listing, results, root=listing.root, destination=destination.describe(), dry_run=dry_run,
+        duration_seconds=time.monotonic() - started,
+    )
+    publish_summary(summary)
+    return summary
+
+
+def batch_outcome(future, batch) -> tuple[BatchResult, bool]:
+    """A finished copy task as (result, came from a checkpoint). A batch that failed
+    keeps the result of its files; one that failed whole lists every file as failed."""
+    future.wait()  # sets the future's final state; without it `state` asks the server
+    state = future.state
+    if state.is_completed():
+        return future.result(), state.name == "Cached"
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, BatchIncomplete):
+        return error.result, False
+    reason = describe(error) if isinstance(error, BaseException) else f"copy task ended {state.name}"
+    return BatchResult(failed=[Problem(f.path, reason) for f in batch]), False
+
+
+if __name__ == "__main__":
+    from site_backup.cli import main
+
+    sys.exit(main(backup_site_content))

@@ -1,0 +1,9 @@
+"""site-backup: back up a directory tree to Azure Blob Storage with Prefect.
+
+The plain, orchestrator-free logic lives here; `tasks/` wraps it in Prefect tasks and
+`flows/` wires those together.
+"""
+
+# Part of every checkpoint key: bump it when what a finished batch means changes
+# (blob naming, metadata, integrity rules), so old checkpoints stop matching.
+CHECKPOINT_VERSION = "1"

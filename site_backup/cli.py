@@ -1,0 +1,174 @@
+"""The command line of the backup flow: parse, check, pick a Prefect server, run, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import urllib.request
+
+from .destination import normalize_prefix, validate_container_name
+from .errors import ConfigurationError, redact
+from .files import check_root, compile_patterns
+from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE
+
+LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # where `make server` puts it
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python flows/backup_site_content.py",
+        description="Back up a directory tree to Azure Blob Storage (or the local Azurite emulator).",
+        epilog=(
+            "Destination: --credentials-block, else AZURE_STORAGE_CONNECTION_STRING, else "
+            "AZURE_STORAGE_ACCOUNT_URL (DefaultAzureCredential), else Azurite at 127.0.0.1:10000. "
+            "Exit codes: 0 all files backed up, 1 some files failed (the rest were backed up), "
+            "2 bad input or configuration (nothing uploaded)."
+        ),
+    )
+    p.add_argument("root", metavar="ROOT", help="folder to back up")
+    p.add_argument("--container", default="backups", help="blob container (created if missing; default: backups)")
+    p.add_argument("--prefix", default="", help="blob name prefix, e.g. site/2026 (default: none)")
+    p.add_argument("--credentials-block", metavar="NAME", help="saved prefect-azure AzureBlobStorageCredentials block")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="back up only files matching GLOB (repeatable; `*` stays in a folder, `**` crosses folders)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out files and folders matching GLOB (repeatable; wins over --include)")
+    p.add_argument("--follow-symlinks", action="store_true", help="follow links that stay inside ROOT (never loops)")
+    p.add_argument("--dry-run", action="store_true", help="compare and report, upload nothing")
+    p.add_argument("--refresh", action="store_true", help="ignore checkpoints of earlier runs and re-check every file")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line on the terminal")
+    tuning = p.add_argument_group("tuning")
+    tuning.add_argument("--files-per-batch", type=_positive, default=1000, help="files per copy task (default 1000)")
+    tuning.add_argument("--mib-per-batch", type=_positive, default=256, help="MiB per copy task (default 256)")
+    tuning.add_argument("--parallel-batches", type=_positive, default=4, help="copy tasks at once (default 4)")
+    tuning.add_argument("--files-in-flight", type=_positive, default=4, help="files at once per copy task (default 4)")
+    tuning.add_argument("--block-size-mib", type=_positive, default=8,
+                        help="block size for large files; smaller files go in one request (default 8)")
+    tuning.add_argument("--blocks-in-flight", type=_positive, default=4, help="blocks at once per large file (default 4)")
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
+def flow_parameters(args: argparse.Namespace) -> dict:
+    """Check the arguments (ConfigurationError names the fix) and return the flow's parameters."""
+    validate_container_name(args.container)
+    normalize_prefix(args.prefix)
+    compile_patterns(args.include)
+    compile_patterns(args.exclude)
+    return dict(
+        root_directory=check_root(args.root),
+        container=args.container,
+        prefix=args.prefix,
+        credentials_block=args.credentials_block,
+        include=args.include,
+        exclude=args.exclude,
+        follow_symlinks=args.follow_symlinks,
+        dry_run=args.dry_run,
+        refresh=args.refresh,
+        files_per_batch=args.files_per_batch,
+        mib_per_batch=args.mib_per_batch,
+        files_in_flight=args.files_in_flight,
+        block_size_mib=args.block_size_mib,
+        blocks_in_flight=args.blocks_in_flight,
+    )
+
+
+def prefect_settings_for_this_run() -> dict:
+    """Use the configured Prefect server; else one running at the local default address
+    (`make server`); else Prefect's temporary server, with a start-up timeout long
+    enough for its first start (database set-up took 33 s here, past the 20 s default)."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
+    )
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return {}
+    if _answers(LOCAL_PREFECT_API + "/health"):
+        return {PREFECT_API_URL: LOCAL_PREFECT_API}
+    print(
+        "No Prefect server configured or running at 127.0.0.1:4200: starting a temporary one for this run "
+        "(10-40 s). `make server` starts one that lets runs start in about 2 s.",
+        file=sys.stderr,
+    )
+    timeout = max(settings.server.ephemeral.startup_timeout_seconds, 180)
+    # Analytics off: offline, the temporary server would log a telemetry error every run.
+    return {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout, PREFECT_SERVER_ANALYTICS_ENABLED: False}
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class _ProgressLine:
+    """Redraw one status line on stderr twice a second while the run goes on."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.stop = enabled, threading.Event()
+
+    def __enter__(self):
+        if self.enabled:
+            threading.Thread(target=self._loop, daemon=True).start()
+        return self
+
+    def _loop(self):
+        from .progress import progress
+
+        while not self.stop.wait(0.5):
+            sys.stderr.write("\r\033[K" + progress.line())
+            sys.stderr.flush()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+
+
+def main(flow, argv: list[str] | None = None) -> int:
+    """Run the backup flow from the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        parameters = flow_parameters(args)
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from prefect.settings import temporary_settings
+
+    flow = flow.with_options(task_runner=type(flow.task_runner)(max_workers=args.parallel_batches))
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        with temporary_settings(updates=prefect_settings_for_this_run()), _ProgressLine(show_progress):
+            summary = flow(**parameters)
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: finished batches are checkpointed; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"error: the backup run failed: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    if args.json:
+        print(summary.model_dump_json(indent=2))
+    else:
+        print(summary.to_text())
+    return summary.exit_code

@@ -1,0 +1,226 @@
+"""Copy one batch of files to blob storage: compare, stream, verify, upload."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import mimetypes
+import os
+import stat
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+from .errors import FileChangedError, describe, is_transient
+from .files import FileEntry, Problem, display_path, special_file_reason
+from .storage import MTIME_KEY, BlobStore, format_mtime
+
+MiB = 2**20
+MAX_BLOCKS = 50_000  # Azure's limit of committed blocks per blob
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    """How to copy; none of this is part of a batch's identity."""
+
+    dry_run: bool = False
+    check_remote: bool = True  # False when the destination held no blobs at the start
+    follow_symlinks: bool = False
+    files_in_flight: int = 8
+    block_size: int = 8 * MiB  # files up to this size go up in one request
+    blocks_in_flight: int = 4  # per large file
+
+
+class FileOutcome(NamedTuple):
+    path: str
+    status: str  # "uploaded", "unchanged", "skipped" or "failed"
+    bytes_uploaded: int = 0
+    size: int = 0
+    reason: str = ""
+    transient: bool = False
+    changed_retries: int = 0
+
+
+@dataclass
+class BatchResult:
+    """What happened to one batch; the value a checkpoint stores."""
+
+    files_uploaded: int = 0
+    files_unchanged: int = 0
+    bytes_total: int = 0  # size of every regular file in the batch that was not skipped
+    bytes_uploaded: int = 0
+    retries: int = 0
+    skipped: list[Problem] = field(default_factory=list)
+    failed: list[Problem] = field(default_factory=list)
+    transient_failures: int = 0
+
+    @classmethod
+    def from_outcomes(cls, outcomes: list[FileOutcome]) -> "BatchResult":
+        result = cls()
+        for o in outcomes:
+            result.retries += o.changed_retries
+            result.bytes_total += o.size
+            if o.status == "uploaded":
+                result.files_uploaded += 1
+                result.bytes_uploaded += o.bytes_uploaded
+            elif o.status == "unchanged":
+                result.files_unchanged += 1
+            elif o.status == "skipped":
+                result.skipped.append(Problem(display_path(o.path), o.reason))
+            else:
+                result.failed.append(Problem(display_path(o.path), o.reason))
+                result.transient_failures += o.transient
+        return result
+
+    def as_cached(self) -> "BatchResult":
+        """The same batch seen from a later run that reused its checkpoint: nothing was sent."""
+        return BatchResult(
+            files_unchanged=self.files_uploaded + self.files_unchanged,
+            bytes_total=self.bytes_total,
+            skipped=list(self.skipped),
+        )
+
+
+def blob_name(prefix: str, path: str) -> str:
+    """The blob for a file: the prefix, then the path relative to the root, unchanged."""
+    return f"{prefix}/{path}" if prefix else path
+
+
+class _NotRegular(Exception):
+    pass
+
+
+def copy_batch(
+    root: str,
+    batch: list[FileEntry],
+    store: BlobStore,
+    prefix: str,
+    options: CopyOptions,
+    done: dict[str, FileOutcome] | None = None,
+    on_file: Callable[[FileOutcome], None] | None = None,
+) -> list[FileOutcome]:
+    """Copy every file of `batch`, several at a time. Per-file problems become outcomes,
+    never exceptions. Files in `done` (finished by an earlier attempt) are not redone."""
+    done = done or {}
+
+    def one(entry: FileEntry) -> FileOutcome:
+        if entry.path in done:
+            return done[entry.path]
+        outcome = copy_file(root, entry, store, prefix, options)
+        if on_file:
+            on_file(outcome)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=max(1, options.files_in_flight), thread_name_prefix="copy") as pool:
+        return list(pool.map(one, batch))
+
+
+def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, options: CopyOptions) -> FileOutcome:
+    """Back up one file; a file that changes while read is tried once more."""
+    path = entry.path
+    for attempt in (0, 1):
+        try:
+            return _copy_once(root, entry, store, prefix, options, attempt)
+        except FileChangedError:
+            if attempt == 1:
+                return FileOutcome(
+                    path, "failed", size=entry.size, transient=True, changed_retries=1,
+                    reason="changed while being read, twice: back it up again once it stops changing",
+                )
+        except FileNotFoundError:
+            return FileOutcome(path, "skipped", reason="vanished before it could be copied")
+        except _NotRegular as exc:
+            return FileOutcome(path, "skipped", reason=str(exc))
+        except Exception as exc:  # every other problem is this file's alone
+            return FileOutcome(path, "failed", size=entry.size, reason=describe(exc), transient=is_transient(exc))
+    raise AssertionError("unreachable")
+
+
+def _open_regular(abs_path: str, follow_symlinks: bool) -> tuple[int, os.stat_result]:
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(abs_path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _NotRegular("became a symbolic link after it was listed, not followed") from exc
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _NotRegular(special_file_reason(st.st_mode))
+    return fd, st
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _copy_once(root, entry, store, prefix, options, attempt) -> FileOutcome:
+    name = blob_name(prefix, entry.path)
+    fd, before = _open_regular(os.path.join(root, entry.path), options.follow_symlinks)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        size = before.st_size
+        if options.check_remote and _matches_remote(store.get(name), f, before):
+            return FileOutcome(entry.path, "unchanged", size=size, changed_retries=attempt)
+        if options.dry_run:
+            return FileOutcome(entry.path, "uploaded", bytes_uploaded=size, size=size, changed_retries=attempt)
+        content_type = mimetypes.guess_type(entry.path)[0] or "application/octet-stream"
+        metadata = {MTIME_KEY: format_mtime(before.st_mtime_ns)}
+        if size <= options.block_size:
+            data = f.read(size + 1)
+            _check_unchanged(f, before, len(data))
+            store.put(name, data, md5=hashlib.md5(data).digest(), content_type=content_type, metadata=metadata)
+        else:
+            _upload_blocks(f, before, store, name, options, content_type, metadata)
+    return FileOutcome(entry.path, "uploaded", bytes_uploaded=size, size=size, changed_retries=attempt)
+
+
+def _matches_remote(remote, f, st) -> bool:
+    if remote is None or remote.size != st.st_size:
+        return False
+    if remote.mtime_ns == st.st_mtime_ns:
+        return True
+    if remote.content_md5 is None:
+        return False
+    md5 = hashlib.md5()
+    for chunk in iter(lambda: f.read(MiB), b""):
+        md5.update(chunk)
+    f.seek(0)
+    return md5.digest() == remote.content_md5
+
+
+def _check_unchanged(f, before: os.stat_result, bytes_read: int) -> None:
+    after = os.fstat(f.fileno())
+    if _identity(after) != _identity(before) or bytes_read != before.st_size:
+        raise FileChangedError()
+
+
+def _upload_blocks(f, before, store: BlobStore, name, options: CopyOptions, content_type, metadata) -> None:
+    """Stream a large file as blocks, a few in flight, hashing the whole file as it is read;
+    the blob only appears (commit) once every block landed and the file did not change."""
+    block_size = max(options.block_size, -(-before.st_size // MAX_BLOCKS))
+    # A fresh id per upload, so two runs uploading the same blob never mix their blocks.
+    upload_id = uuid.uuid4().hex[:16]
+    md5, block_ids, total = hashlib.md5(), [], 0
+    in_flight: deque = deque()
+    with ThreadPoolExecutor(max_workers=max(1, options.blocks_in_flight), thread_name_prefix="block") as pool:
+        while True:
+            data = f.read(block_size)
+            if not data:
+                break
+            md5.update(data)
+            total += len(data)
+            block_id = base64.b64encode(f"{upload_id}{len(block_ids):06d}".encode()).decode()
+            block_ids.append(block_id)
+            in_flight.append(pool.submit(store.stage_block, name, block_id, data))
+            if len(in_flight) >= options.blocks_in_flight:
+                in_flight.popleft().result()
+        for future in wait(in_flight).done:
+            future.result()
+    _check_unchanged(f, before, total)
+    store.commit_blocks(name, block_ids, md5=md5.digest(), content_type=content_type, metadata=metadata)

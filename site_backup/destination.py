@@ -1,0 +1,207 @@
+"""Where backups go: container and prefix, credentials, and a ready client."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass, replace
+
+from .errors import ConfigurationError, describe, redact
+from .storage import AzureBlobStore
+
+# Azurite's well-known development account: public, documented, and only valid on an emulator.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_URL = "http://127.0.0.1:10000/devstoreaccount1"
+
+_CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+
+def azurite_connection_string(blob_url: str = AZURITE_URL) -> str:
+    """The connection string of Azurite's development account at `blob_url`."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+        f"AccountKey={AZURITE_KEY};BlobEndpoint={blob_url};"
+    )
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A container and prefix plus where to find credentials. Holds no secret, so it can
+    be a flow or task parameter; `account_url` is filled in once connected."""
+
+    container: str
+    prefix: str = ""
+    credentials_block: str | None = None
+    account_url: str = ""
+    credentials_source: str = ""
+
+    def describe(self) -> str:
+        where = f"{self.account_url or '?'}/{self.container}"
+        return f"{where}/{self.prefix}/" if self.prefix else f"{where}/"
+
+
+def validate_container_name(name: str) -> str:
+    """Return `name` if Azure accepts it as a container name, else explain the rule."""
+    if not isinstance(name, str) or not _CONTAINER_NAME.match(name):
+        suggestion = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", str(name).lower())).strip("-")
+        hint = f" (for example '{suggestion}')" if 3 <= len(suggestion) <= 63 else ""
+        raise ConfigurationError(
+            f"invalid container name {name!r}: use 3-63 characters, lowercase letters, digits and "
+            f"single hyphens, starting and ending with a letter or digit{hint}"
+        )
+    return name
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Blob-name prefix without leading or trailing slashes ('' for none)."""
+    prefix = (prefix or "").strip("/")
+    if prefix and ("\\" in prefix or any(part in ("", ".", "..") for part in prefix.split("/"))):
+        raise ConfigurationError(
+            f"invalid prefix {prefix!r}: use folder names separated by single '/', without '.' or '..'"
+        )
+    return prefix
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Client timeouts and retries. The SDK's defaults wait 15 s before the first retry,
+    far too long for throttling that clears in a second; these suit Azure and Azurite."""
+
+    retry_total: int = 6
+    initial_backoff: float = 0.5
+    increment_base: float = 2
+    connection_timeout: int = 10
+    read_timeout: int = 120
+    pool_size: int = 64
+
+
+def _credentials(credentials_block: str | None):
+    """Return (connection string or None, account URL or None, credential or None, source)."""
+    if credentials_block:
+        return _from_block(credentials_block)
+    if os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+        return os.environ["AZURE_STORAGE_CONNECTION_STRING"], None, None, "AZURE_STORAGE_CONNECTION_STRING"
+    if os.environ.get("AZURE_STORAGE_ACCOUNT_URL"):
+        from azure.identity import DefaultAzureCredential
+
+        url = os.environ["AZURE_STORAGE_ACCOUNT_URL"]
+        return None, url, DefaultAzureCredential(), "AZURE_STORAGE_ACCOUNT_URL with DefaultAzureCredential"
+    return azurite_connection_string(), None, None, "the local Azurite default"
+
+
+def _from_block(name: str):
+    # Imported here: prefect_azure takes seconds to import and most runs never need it.
+    from prefect_azure.credentials import AzureBlobStorageCredentials
+
+    try:
+        block = AzureBlobStorageCredentials.load(name)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"no Azure Blob Storage Credentials block named {name!r}: create it in the Prefect UI "
+            f"(Blocks) or with `make deploy`, or leave out --credentials-block"
+        ) from exc
+    source = f"credentials block {name!r}"
+    if block.connection_string is not None:
+        return block.connection_string.get_secret_value(), None, None, source
+    if block.client_id and block.tenant_id and block.client_secret:
+        from azure.identity import ClientSecretCredential
+
+        credential = ClientSecretCredential(block.tenant_id, block.client_id, block.client_secret.get_secret_value())
+        return None, block.account_url, credential, source
+    from azure.identity import DefaultAzureCredential
+
+    return None, block.account_url, DefaultAzureCredential(), source
+
+
+@functools.lru_cache(maxsize=8)
+def _service_client(credentials_block, env_key, settings: StorageSettings):
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.storage.blob import BlobServiceClient
+
+    conn_str, account_url, credential, source = _credentials(credentials_block)
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    options = dict(
+        transport=RequestsTransport(session=session, session_owner=False),
+        retry_total=settings.retry_total,
+        initial_backoff=settings.initial_backoff,
+        increment_base=settings.increment_base,
+        connection_timeout=settings.connection_timeout,
+        read_timeout=settings.read_timeout,
+    )
+    try:
+        if conn_str:
+            client = BlobServiceClient.from_connection_string(conn_str, **options)
+        else:
+            client = BlobServiceClient(account_url, credential=credential, **options)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"the storage settings from {source} are not valid ({redact(str(exc))}): "
+            f"check the connection string or account URL"
+        ) from None
+    return client, source
+
+
+def service_client(destination: Destination, settings: StorageSettings = StorageSettings()):
+    """A BlobServiceClient for the destination's credentials (one per process, shared by threads)."""
+    env_key = (os.environ.get("AZURE_STORAGE_CONNECTION_STRING"), os.environ.get("AZURE_STORAGE_ACCOUNT_URL"))
+    return _service_client(destination.credentials_block, env_key, settings)
+
+
+def open_store(destination: Destination, settings: StorageSettings = StorageSettings()) -> AzureBlobStore:
+    """The BlobStore for the destination's container."""
+    client, _ = service_client(destination, settings)
+    return AzureBlobStore(client.get_container_client(destination.container))
+
+
+def prepare(destination: Destination) -> tuple[Destination, bool]:
+    """Check that storage answers and accepts the credentials, create the container when
+    missing, and tell whether the prefix holds no blob yet. Raises ConfigurationError
+    with the fix when it cannot."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceExistsError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    # Fail in seconds, not minutes, when nothing listens or the credentials are wrong.
+    quick = StorageSettings(retry_total=1, initial_backoff=0.2, connection_timeout=5, read_timeout=30)
+    client, source = service_client(destination, quick)
+    url = client.primary_endpoint.split("?")[0].rstrip("/")
+    destination = replace(destination, account_url=url, credentials_source=source)
+    container = client.get_container_client(destination.container)
+    try:
+        try:
+            container.create_container()
+        except ResourceExistsError:
+            pass
+        prefix = destination.prefix + "/" if destination.prefix else None
+        first = next(iter(container.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        fix = (
+            "start the local emulator with `make azurite` (or `make run`), or set "
+            "AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_ACCOUNT_URL for real Azure"
+            if source == "the local Azurite default"
+            else f"check the endpoint in {source} and that the storage account is reachable"
+        )
+        raise ConfigurationError(f"cannot reach blob storage at {url} ({describe(exc)}): {fix}") from None
+    except ClientAuthenticationError as exc:
+        raise ConfigurationError(
+            f"blob storage at {url} rejected the credentials from {source} ({describe(exc)}): "
+            f"check the account key, SAS token or identity"
+        ) from None
+    except HttpResponseError as exc:
+        if exc.status_code in (401, 403):
+            raise ConfigurationError(
+                f"blob storage at {url} refused access with the credentials from {source} "
+                f"({describe(exc)}): check the key, SAS permissions (read, write, list, create) or role"
+            ) from None
+        raise
+    return destination, first is None

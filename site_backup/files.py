@@ -1,0 +1,280 @@
+"""Walk a directory tree into batches of files, reporting what cannot be backed up."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, NamedTuple
+
+from .errors import ConfigurationError
+
+
+class FileEntry(NamedTuple):
+    """A regular file to back up, identified by what the checkpoint key needs."""
+
+    path: str  # relative to the root, "/"-separated
+    size: int
+    mtime_ns: int
+
+
+class Problem(NamedTuple):
+    """A file that was skipped or failed, with the reason a person can act on."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class FileListing:
+    """The result of walking a tree: the work, and what was left out and why."""
+
+    root: str = ""
+    batches: list[list[FileEntry]] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
+    failed: list[Problem] = field(default_factory=list)
+    excluded: int = 0
+
+    @property
+    def files(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for b in self.batches for f in b)
+
+
+def display_path(path: str) -> str:
+    """A path safe to print and to put in JSON: undecodable bytes become \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _has_undecodable_bytes(name: str) -> bool:
+    # os.scandir maps bytes that are not UTF-8 to lone surrogates (surrogateescape).
+    return any("\udc80" <= ch <= "\udcff" for ch in name)
+
+
+def compile_patterns(patterns: Iterable[str]) -> list[re.Pattern[str]]:
+    """Compile rclone-style globs: `*` and `?` stay inside one path segment, `**` crosses
+    segments, a leading `/` anchors at the root, otherwise the pattern matches the end
+    of the path (so `*.log` matches `a/b/c.log`)."""
+    compiled = []
+    for pattern in patterns:
+        if not pattern or pattern.strip("/") == "":
+            raise ConfigurationError(f"empty pattern {pattern!r}: give a glob such as '*.log' or 'cache/**'")
+        anchored = pattern.startswith("/")
+        body = _glob_to_regex(pattern.lstrip("/"))
+        compiled.append(re.compile(("^" if anchored else "^(?:.*/)?") + body + "$", re.DOTALL))
+    return compiled
+
+
+def _glob_to_regex(glob: str) -> str:
+    out, i = [], 0
+    while i < len(glob):
+        ch = glob[i]
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif ch == "*":
+            out.append("[^/]*")
+            i += 1
+        elif ch == "?":
+            out.append("[^/]")
+            i += 1
+        elif ch == "[" and "]" in glob[i + 2 :]:
+            end = glob.index("]", i + 2)
+            inner = glob[i + 1 : end]
+            if inner.startswith("!"):
+                inner = "^" + inner[1:]
+            out.append("[" + inner.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(ch))
+            i += 1
+    return "".join(out)
+
+
+def _matches(patterns: list[re.Pattern[str]], path: str) -> bool:
+    return any(p.match(path) for p in patterns)
+
+
+_SPECIAL_KINDS = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
+
+
+def special_file_reason(mode: int) -> str:
+    kind = _SPECIAL_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    return f"special file ({kind}): only regular files are backed up"
+
+
+def walk_tree(
+    root: str,
+    *,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    follow_symlinks: bool = False,
+    listing: FileListing | None = None,
+) -> Iterator[FileEntry]:
+    """Yield every regular file under `root` in a stable order, recording in `listing`
+    what was skipped (links, special files), failed (unreadable folders, bad names) or
+    excluded. Links are followed only on request, never out of the root or in a loop;
+    special files are never opened."""
+    listing = listing if listing is not None else FileListing()
+    includes, excludes = compile_patterns(include), compile_patterns(exclude)
+    root_real = os.path.realpath(root)
+    root_stat = os.stat(root_real)
+    # Each stack item is (relative dir, absolute dir, (dev, inode) of the dirs above it).
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
+        ("", root_real, frozenset({(root_stat.st_dev, root_stat.st_ino)}))
+    ]
+    while stack:
+        rel_dir, abs_dir, ancestors = stack.pop()
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            listing.failed.append(
+                Problem(display_path(rel_dir or "."), f"cannot read folder: {exc.strerror or exc}")
+            )
+            continue
+        subdirs = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            found = _classify(entry, rel, root_real, ancestors, follow_symlinks, listing)
+            if found is None:
+                continue
+            if not isinstance(found, FileEntry):  # a folder to descend into
+                if _matches(excludes, rel) or _matches(excludes, rel + "/"):
+                    listing.excluded += 1
+                    continue
+                subdirs.append((rel, *found))
+                continue
+            if (includes and not _matches(includes, rel)) or _matches(excludes, rel):
+                listing.excluded += 1
+                continue
+            if _has_undecodable_bytes(rel):
+                listing.failed.append(
+                    Problem(display_path(rel), "name is not valid UTF-8, so it cannot be a blob name: rename the file")
+                )
+                continue
+            yield found
+        # Reversed so the first folder in name order is walked first.
+        for rel, abs_path, key in reversed(subdirs):
+            stack.append((rel, abs_path, ancestors | {key}))
+
+
+def _classify(entry, rel, root_real, ancestors, follow_symlinks, listing):
+    """Return a FileEntry, (absolute dir, (dev, inode)) for a folder, or None when the
+    entry was reported (skipped or failed) instead."""
+    try:
+        if entry.is_symlink():
+            if not follow_symlinks:
+                listing.skipped.append(
+                    Problem(display_path(rel), "symbolic link, not followed (use --follow-symlinks to follow links inside the root)")
+                )
+                return None
+            return _follow_link(entry, rel, root_real, ancestors, listing)
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        listing.skipped.append(Problem(display_path(rel), "vanished while the tree was being listed"))
+        return None
+    except OSError as exc:
+        listing.failed.append(Problem(display_path(rel), f"cannot read file information: {exc.strerror or exc}"))
+        return None
+    return _from_stat(entry.path, rel, st, listing)
+
+
+def _from_stat(abs_path, rel, st, listing):
+    if stat.S_ISDIR(st.st_mode):
+        return abs_path, (st.st_dev, st.st_ino)
+    if stat.S_ISREG(st.st_mode):
+        return FileEntry(rel, st.st_size, st.st_mtime_ns)
+    listing.skipped.append(Problem(display_path(rel), special_file_reason(st.st_mode)))
+    return None
+
+
+def _follow_link(entry, rel, root_real, ancestors, listing):
+    target = os.path.realpath(entry.path)
+    if os.path.commonpath([root_real, target]) != root_real:
+        listing.skipped.append(Problem(display_path(rel), "symbolic link to a place outside the root, not followed"))
+        return None
+    try:
+        st = os.stat(target)
+    except OSError:
+        listing.skipped.append(Problem(display_path(rel), "broken symbolic link (its target does not exist)"))
+        return None
+    if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) in ancestors:
+        listing.skipped.append(Problem(display_path(rel), "symbolic link loop (points to a folder above it), not followed"))
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        # Descend through the link's own path so relative names keep the link's name.
+        return entry.path, (st.st_dev, st.st_ino)
+    return _from_stat(entry.path, rel, st, listing)
+
+
+def make_batches(files: Iterable[FileEntry], max_files: int, max_bytes: int) -> Iterator[list[FileEntry]]:
+    """Group files into batches of at most `max_files` files and about `max_bytes` bytes.
+
+    Besides those bounds, a batch also ends after any file whose path hashes to 0 modulo
+    `max_files`. Those cut points depend only on the path, so adding or changing one file
+    changes one batch (and one checkpoint key) instead of shifting every later batch."""
+    if max_files < 1 or max_bytes < 1:
+        raise ValueError("batch limits must be at least 1 file and 1 byte")
+    batch: list[FileEntry] = []
+    size = 0
+    for f in files:
+        if batch and size + f.size > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(f)
+        size += f.size
+        natural_cut = zlib.crc32(f.path.encode("utf-8")) % max_files == 0
+        if natural_cut or len(batch) >= max_files:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def check_root(root: str) -> str:
+    """The absolute path of `root` if it is a readable directory, else a ConfigurationError
+    that says what is wrong and what to do."""
+    if not isinstance(root, str) or not root.strip():
+        raise ConfigurationError("no root directory given: pass the folder to back up, e.g. ./sample-site")
+    path = os.path.abspath(os.path.expanduser(root))
+    if not os.path.exists(path):
+        raise ConfigurationError(
+            f"root directory {root!r} does not exist: check the path (it is read on the machine that runs the flow)"
+        )
+    if not os.path.isdir(path):
+        raise ConfigurationError(f"root {root!r} is not a directory: give the folder that holds the files to back up")
+    try:
+        with os.scandir(path) as it:
+            next(it, None)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"root directory {root!r} cannot be read ({exc.strerror or exc}): run as a user that may read it"
+        ) from None
+    return path
+
+
+def list_batches(
+    root: str,
+    *,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    follow_symlinks: bool = False,
+    max_files: int = 1000,
+    max_bytes: int = 256 * 2**20,
+) -> FileListing:
+    """Walk `root` and return its files as batches, plus what was skipped or failed."""
+    listing = FileListing(root=check_root(root))
+    files = walk_tree(listing.root, include=include, exclude=exclude, follow_symlinks=follow_symlinks, listing=listing)
+    listing.batches = list(make_batches(files, max_files, max_bytes))
+    return listing

@@ -1,0 +1,41 @@
+"""Live counters of finished files, shared by the copy threads and whoever displays them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class Progress:
+    """Thread-safe running totals for one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self, files_expected: int = 0, bytes_expected: int = 0) -> None:
+        with self._lock:
+            self.files_expected, self.bytes_expected = files_expected, bytes_expected
+            self.files_done = self.bytes_done = self.bytes_uploaded = 0
+            self.started = time.monotonic()
+
+    def add(self, outcome) -> None:
+        with self._lock:
+            self.files_done += 1
+            self.bytes_done += outcome.size
+            self.bytes_uploaded += outcome.bytes_uploaded
+
+    def line(self) -> str:
+        """One line for a terminal: files, bytes and throughput so far."""
+        with self._lock:
+            elapsed = max(time.monotonic() - self.started, 1e-9)
+            mib = self.bytes_uploaded / 2**20
+            return (
+                f"{self.files_done}/{self.files_expected} files, "
+                f"{self.bytes_done / 2**20:.1f}/{self.bytes_expected / 2**20:.1f} MiB checked, "
+                f"{mib:.1f} MiB sent ({mib / elapsed:.1f} MiB/s, {self.files_done / elapsed:.0f} files/s)"
+            )
+
+
+# One per process: the copy tasks of a run share it, the command line reads it.
+progress = Progress()

@@ -1,0 +1,154 @@
+"""One interface for blob storage: Azure (or Azurite) for real, memory for unit tests."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+MTIME_KEY = "mtime"  # the metadata key rclone uses too, in the same RFC 3339 format
+
+
+@dataclass(frozen=True)
+class RemoteBlob:
+    """What the backup compares a file against."""
+
+    size: int
+    content_md5: bytes | None
+    mtime_ns: int | None
+
+
+class BlobStore(Protocol):
+    """The few blob operations a backup needs, on one container."""
+
+    def get(self, name: str) -> RemoteBlob | None: ...
+
+    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None: ...
+
+    def stage_block(self, name: str, block_id: str, data: bytes) -> None: ...
+
+    def commit_blocks(
+        self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
+    ) -> None: ...
+
+
+def format_mtime(mtime_ns: int) -> str:
+    """RFC 3339 with nanoseconds, trailing zeros trimmed (Go's RFC3339Nano, as rclone writes)."""
+    seconds, nanos = divmod(mtime_ns, 10**9)
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f"{nanos:09d}".rstrip("0")
+    return f"{stamp}{'.' + fraction if fraction else ''}Z"
+
+
+def parse_mtime(text: str | None) -> int | None:
+    """Inverse of format_mtime; None for anything else (the blob then compares by MD5)."""
+    if not text:
+        return None
+    try:
+        main, _, fraction = text.rstrip("Z").partition(".")
+        seconds = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+        nanos = int((fraction + "000000000")[:9]) if fraction else 0
+        return int(seconds) * 10**9 + nanos
+    except ValueError:
+        return None
+
+
+class AzureBlobStore:
+    """BlobStore over an azure-storage-blob ContainerClient (sync, thread-safe)."""
+
+    def __init__(self, container_client):
+        self.container = container_client
+
+    def get(self, name: str) -> RemoteBlob | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self.container.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                raise
+            return None
+        md5 = props.content_settings.content_md5
+        return RemoteBlob(props.size, bytes(md5) if md5 else None, parse_mtime((props.metadata or {}).get(MTIME_KEY)))
+
+    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        # validate_content sends a transactional Content-MD5 the service checks on receipt;
+        # content_md5 is the property stored with the blob.
+        self.container.get_blob_client(name).upload_blob(
+            data,
+            overwrite=True,
+            validate_content=True,
+            content_settings=_content_settings(md5, content_type),
+            metadata=metadata,
+        )
+
+    def stage_block(self, name: str, block_id: str, data: bytes) -> None:
+        self.container.get_blob_client(name).stage_block(block_id, data, validate_content=True)
+
+    def commit_blocks(
+        self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
+    ) -> None:
+        from azure.storage.blob import BlobBlock
+
+        self.container.get_blob_client(name).commit_block_list(
+            [BlobBlock(block_id=b) for b in block_ids],
+            content_settings=_content_settings(md5, content_type),
+            metadata=metadata,
+        )
+
+
+def _content_settings(md5: bytes, content_type: str):
+    from azure.storage.blob import ContentSettings
+
+    return ContentSettings(content_type=content_type, content_md5=bytearray(md5))
+
+
+@dataclass
+class StoredBlob:
+    data: bytes
+    content_md5: bytes | None
+    content_type: str
+    metadata: dict[str, str]
+
+
+@dataclass
+class MemoryBlobStore:
+    """A BlobStore in a dict, for unit tests of the copy logic. Like Azure, a committed
+    block list stores the MD5 it is given without checking it."""
+
+    blobs: dict[str, StoredBlob] = field(default_factory=dict)
+    staged: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, name: str) -> RemoteBlob | None:
+        with self._lock:
+            self.requests.append(("get", name))
+            blob = self.blobs.get(name)
+        if blob is None:
+            return None
+        return RemoteBlob(len(blob.data), blob.content_md5, parse_mtime(blob.metadata.get(MTIME_KEY)))
+
+    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        if hashlib.md5(data).digest() != md5:
+            raise ValueError("Md5Mismatch: the body does not match its Content-MD5")
+        with self._lock:
+            self.requests.append(("put", name))
+            self.blobs[name] = StoredBlob(data, md5, content_type, dict(metadata))
+
+    def stage_block(self, name: str, block_id: str, data: bytes) -> None:
+        base64.b64decode(block_id, validate=True)
+        with self._lock:
+            self.requests.append(("stage", name))
+            self.staged[(name, block_id)] = data
+
+    def commit_blocks(
+        self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
+    ) -> None:
+        with self._lock:
+            self.requests.append(("commit", name))
+            data = b"".join(self.staged.pop((name, b)) for b in block_ids)
+            self.blobs[name] = StoredBlob(data, md5, content_type, dict(metadata))

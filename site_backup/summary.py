@@ -1,0 +1,121 @@
+"""The one summary of a backup run: the flow's result, the text block, the JSON, the artifact."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from pydantic import BaseModel, Field
+
+from .copy import BatchResult
+from .files import FileListing
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class FileProblem(BaseModel):
+    path: str
+    reason: str
+
+
+class BackupSummary(BaseModel):
+    """What a run did. `outcome` is "completed" when every file is backed up (or was
+    skipped by rule, such as a link), "incomplete" when some files failed (exit code 1)."""
+
+    outcome: str = "completed"
+    dry_run: bool = False
+    root: str = ""
+    destination: str = ""
+    files_total: int = 0
+    files_uploaded: int = 0
+    files_unchanged: int = 0
+    files_skipped: int = 0
+    files_failed: int = 0
+    files_excluded: int = 0
+    bytes_total: int = 0
+    bytes_uploaded: int = 0
+    retries: int = 0
+    batches: int = 0
+    batches_from_checkpoint: int = 0
+    duration_seconds: float = 0.0
+    skipped: list[FileProblem] = Field(default_factory=list)
+    failed: list[FileProblem] = Field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INCOMPLETE if self.files_failed else EXIT_OK
+
+    def to_text(self) -> str:
+        """Aligned text for a terminal or a log."""
+        verb = "would upload" if self.dry_run else "uploaded"
+        secs = max(self.duration_seconds, 1e-9)
+        rows = [
+            ("Source", self.root),
+            ("Destination", self.destination),
+            ("Files", f"{self.files_total} total, {self.files_uploaded} {verb}, {self.files_unchanged} unchanged, "
+                      f"{self.files_skipped} skipped, {self.files_failed} failed, {self.files_excluded} excluded"),
+            ("Bytes", f"{human_bytes(self.bytes_total)} total, {human_bytes(self.bytes_uploaded)} {verb}"),
+            ("Batches", f"{self.batches} ({self.batches_from_checkpoint} done by an earlier run)"),
+            ("Retries", str(self.retries)),
+            ("Duration", f"{self.duration_seconds:.1f} s ({self.files_total / secs:.0f} files/s, "
+                         f"{self.bytes_uploaded / 2**20 / secs:.1f} MiB/s {verb})"),
+            ("Outcome", self.outcome + (" (dry run: nothing was uploaded)" if self.dry_run else "")),
+        ]
+        width = max(len(label) for label, _ in rows)
+        lines = [f"{label + ':':<{width + 1}}  {value}" for label, value in rows]
+        for title, problems in (("Skipped", self.skipped), ("Failed", self.failed)):
+            if problems:
+                lines.append(f"{title} ({len(problems)}):")
+                pad = min(max(len(p.path) for p in problems), 60)
+                lines.extend(f"  {p.path:<{pad}}  {p.reason}" for p in problems)
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """The summary as a Prefect markdown artifact."""
+        text = self.to_text().replace("|", "\\|")
+        return f"# Backup {self.outcome}\n\n```\n{text}\n```\n"
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def summarize(
+    listing: FileListing,
+    results: Iterable[tuple[BatchResult, bool]],
+    *,
+    root: str,
+    destination: str,
+    dry_run: bool,
+    duration_seconds: float,
+) -> BackupSummary:
+    """Reduce the listing and each batch's result (with whether it came from a
+    checkpoint) into one summary."""
+    s = BackupSummary(root=root, destination=destination, dry_run=dry_run, duration_seconds=round(duration_seconds, 3))
+    s.files_excluded = listing.excluded
+    skipped = [FileProblem(path=p.path, reason=p.reason) for p in listing.skipped]
+    failed = [FileProblem(path=p.path, reason=p.reason) for p in listing.failed]
+    for result, from_checkpoint in results:
+        if from_checkpoint:
+            result = result.as_cached()
+        s.batches += 1
+        s.batches_from_checkpoint += from_checkpoint
+        s.files_uploaded += result.files_uploaded
+        s.files_unchanged += result.files_unchanged
+        s.bytes_total += result.bytes_total
+        s.bytes_uploaded += result.bytes_uploaded
+        s.retries += result.retries
+        skipped += [FileProblem(path=p.path, reason=p.reason) for p in result.skipped]
+        failed += [FileProblem(path=p.path, reason=p.reason) for p in result.failed]
+    s.skipped, s.failed = sorted(skipped, key=_path), sorted(failed, key=_path)
+    s.files_skipped, s.files_failed = len(skipped), len(failed)
+    s.files_total = s.files_uploaded + s.files_unchanged + s.files_skipped + s.files_failed
+    s.outcome = "incomplete" if s.files_failed else "completed"
+    return s
+
+
+def _path(p: FileProblem) -> str:
+    return p.path
