@@ -89,6 +89,15 @@ def blob_name(prefix: str, path: str) -> str:
     return f"{prefix}/{path}" if prefix else path
 
 
+def blob_name_problem(name: str) -> str | None:
+    """Why Azure would refuse `name` (checked here because Azurite accepts more than Azure)."""
+    if len(name) > 1024:
+        return f"blob name is {len(name)} characters long, Azure allows 1024: shorten the path or the prefix"
+    if name.count("/") + 1 > 254:
+        return f"blob name has {name.count('/') + 1} path segments, Azure allows 254: move the file up"
+    return None
+
+
 class _NotRegular(Exception):
     pass
 
@@ -121,6 +130,9 @@ def copy_batch(
 def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, options: CopyOptions) -> FileOutcome:
     """Back up one file; a file that changes while read is tried once more."""
     path = entry.path
+    refused = blob_name_problem(blob_name(prefix, path))
+    if refused:
+        return FileOutcome(path, "failed", size=entry.size, reason=refused)
     for attempt in (0, 1):
         try:
             return _copy_once(root, entry, store, prefix, options, attempt)

@@ -16,8 +16,10 @@ class BatchIncomplete(Exception):
 
     def __str__(self) -> str:
         failed = self.result.failed
-        first = f": {failed[0].path}: {failed[0].reason}" if failed else ""
-        return f"{len(failed)} file(s) failed{first}"
+        first = f"{failed[0].path}: {failed[0].reason}" if failed else ""
+        if len(first) > 200:
+            first = "..." + first[-197:]
+        return f"{len(failed)} file(s) failed, first {first}"
 
 
 def transient_only(task, task_run, state) -> bool:

@@ -1,0 +1,168 @@
+"""Shared fixtures: a real Azurite on a free port, a Prefect test server, isolated checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+AZURITE_BIN = PROJECT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
+
+# Tests must never reach a developer's own Prefect server or real Azure.
+for _name in ("PREFECT_API_URL", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_URL"):
+    os.environ.pop(_name, None)
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="site-backup-test-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@dataclass
+class Azurite:
+    port: int
+    blob_url: str
+    connection_string: str
+
+    def container(self, name: str):
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient.from_connection_string(self.connection_string).get_container_client(name)
+
+
+def start_process(args, **kwargs) -> subprocess.Popen:
+    """Start a helper process in its own process group, so stopping it stops its children."""
+    return subprocess.Popen(args, start_new_session=True, **kwargs)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """A fresh in-memory Azurite blob service on a free port, for the whole session."""
+    if not AZURITE_BIN.exists():
+        pytest.fail(f"Azurite is not installed at {AZURITE_BIN}: run `make setup`")
+    from site_backup.destination import azurite_connection_string
+
+    port = free_port()
+    proc = start_process(
+        [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+         "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/devstoreaccount1"
+        yield Azurite(port, url, azurite_connection_string(url))
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def storage(azurite, monkeypatch):
+    """The flow's storage settings point at the test Azurite."""
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    return azurite
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for the session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def checkpoints(prefect_server, tmp_path):
+    """Result storage (the checkpoint store) private to this test."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    path = tmp_path / "checkpoints"
+    with temporary_settings(updates={PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(path)}):
+        yield path
+
+
+@pytest.fixture
+def container_name() -> str:
+    return f"t-{uuid.uuid4().hex[:16]}"
+
+
+def md5(data: bytes) -> bytes:
+    return hashlib.md5(data).digest()
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    """Every regular file under root, by '/'-separated relative path."""
+    out = {}
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            out[path.relative_to(root).as_posix()] = path.read_bytes()
+    return out
+
+
+def read_container(azurite: Azurite, name: str, prefix: str = "") -> dict[str, bytes]:
+    container = azurite.container(name)
+    out = {}
+    for blob in container.list_blobs(name_starts_with=prefix or None):
+        key = blob.name[len(prefix) + 1 :] if prefix else blob.name
+        out[key] = container.download_blob(blob.name).readall()
+    return out
+
+
+@pytest.fixture
+def project_python():
+    return sys.executable
+
+
+@pytest.fixture
+def make_tree(tmp_path):
+    """Write {relative path: bytes} under a fresh folder and return it."""
+
+    def make(files: dict[str, bytes], name: str = "site") -> Path:
+        root = tmp_path / name
+        root.mkdir(exist_ok=True)
+        for rel, data in files.items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return root
+
+    yield make
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -1,0 +1,174 @@
+"""The backup flow end to end: a real Azurite, a Prefect test server, isolated checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import pytest
+
+from flows.backup_site_content import backup_site_content
+from site_backup.errors import ConfigurationError
+from site_backup.storage import parse_mtime
+from tests.conftest import read_container, read_tree
+
+SITE = {
+    "index.html": b"<html><body>home</body></html>",
+    "about/index.html": b"<html>about</html>",
+    "css/site.css": b"body { color: #333 }\n" * 50,
+    "img/logo.png": os.urandom(20_000),
+    "blog/2026/11/post one.html": b"<p>post</p>",
+    "downloads/archive.zip": os.urandom(300_000),
+}
+
+
+def test_sample_scenario_every_blob_identical_and_total_is_the_sum_of_sizes(storage, checkpoints, container_name, make_tree):
+    root = make_tree(SITE)
+    summary = backup_site_content(str(root), container=container_name)
+    assert summary.outcome == "completed" and summary.exit_code == 0
+    assert summary.bytes_uploaded == sum(len(v) for v in SITE.values()) == summary.bytes_total
+    assert summary.files_uploaded == summary.files_total == len(SITE)
+    assert read_container(storage, container_name) == SITE
+
+
+def test_rerun_uploads_nothing_and_uses_checkpoints(storage, checkpoints, container_name, make_tree):
+    root = make_tree(SITE)
+    backup_site_content(str(root), container=container_name)
+    again = backup_site_content(str(root), container=container_name)
+    assert again.bytes_uploaded == 0 and again.files_unchanged == len(SITE)
+    assert again.batches_from_checkpoint == again.batches >= 1
+
+
+def test_rerun_without_checkpoints_compares_with_the_blobs(storage, checkpoints, container_name, make_tree):
+    root = make_tree(SITE)
+    backup_site_content(str(root), container=container_name)
+    shutil.rmtree(checkpoints)
+    again = backup_site_content(str(root), container=container_name)
+    assert again.bytes_uploaded == 0 and again.files_unchanged == len(SITE) and again.batches_from_checkpoint == 0
+
+
+def test_changing_one_file_reuploads_only_that_file(storage, checkpoints, container_name, make_tree):
+    files = {f"pages/p{i:03d}.html": f"page {i}".encode() for i in range(300)}
+    root = make_tree(files)
+    backup_site_content(str(root), container=container_name, files_per_batch=50)
+    (root / "pages/p123.html").write_bytes(b"edited page")
+    again = backup_site_content(str(root), container=container_name, files_per_batch=50)
+    assert (again.files_uploaded, again.bytes_uploaded) == (1, len(b"edited page"))
+    assert again.files_unchanged == 299
+    assert again.batches_from_checkpoint == again.batches - 1
+    assert read_container(storage, container_name)["pages/p123.html"] == b"edited page"
+
+
+def test_odd_names_empty_file_and_prefix(storage, checkpoints, container_name, make_tree):
+    files = {
+        "with space.txt": b"1",
+        "per%25cent%.txt": b"2",
+        "hash#and?query.txt": b"3",
+        "ünïcødé/日本語/файл.txt": b"4",
+        "emoji-\U0001f600.txt": b"5",
+        "plus+and&amp;=.txt": b"6",
+        "/".join(["deep"] * 30) + "/leaf.txt": b"7",
+        "l" * 250: b"8",
+        "empty.txt": b"",
+    }
+    root = make_tree(files)
+    summary = backup_site_content(str(root), container=container_name, prefix="/site/2026/")
+    assert summary.files_failed == 0, summary.failed
+    assert read_container(storage, container_name, prefix="site/2026") == files
+    assert summary.destination.endswith(f"/{container_name}/site/2026/")
+
+
+def test_blob_properties_md5_type_mtime(storage, checkpoints, container_name, make_tree):
+    root = make_tree({"index.html": b"<html></html>"})
+    backup_site_content(str(root), container=container_name)
+    props = storage.container(container_name).get_blob_client("index.html").get_blob_properties()
+    assert bytes(props.content_settings.content_md5) == hashlib.md5(b"<html></html>").digest()
+    assert props.content_settings.content_type == "text/html"
+    assert parse_mtime(props.metadata["mtime"]) == os.stat(root / "index.html").st_mtime_ns
+
+
+@pytest.mark.slow
+def test_file_over_64_mib_goes_up_in_blocks_with_content_md5(storage, checkpoints, container_name, tmp_path):
+    root = tmp_path / "big"
+    root.mkdir()
+    digest = hashlib.md5()
+    with open(root / "video.mp4", "wb") as f:
+        for _ in range(65):
+            chunk = os.urandom(2**20)
+            digest.update(chunk)
+            f.write(chunk)
+        f.write(b"tail")
+        digest.update(b"tail")
+    summary = backup_site_content(str(root), container=container_name)
+    assert summary.bytes_uploaded == 65 * 2**20 + 4
+    blob = storage.container(container_name).get_blob_client("video.mp4")
+    props = blob.get_blob_properties()
+    assert props.size == 65 * 2**20 + 4 and props.blob_type == "BlockBlob"
+    assert bytes(props.content_settings.content_md5) == digest.digest()
+    assert hashlib.md5(blob.download_blob().readall()).digest() == digest.digest()
+    assert len(blob.get_block_list()[0]) == 9  # 8 MiB blocks
+
+
+def test_per_file_problems_are_reported_and_the_rest_is_backed_up(storage, checkpoints, container_name, make_tree):
+    root = make_tree({"ok.txt": b"fine", "real/x.txt": b"x"})
+    os.symlink("ok.txt", root / "link.txt")
+    os.mkfifo(root / "pipe")
+    fd = os.open(os.fsencode(root) + b"/bad\xfe.txt", os.O_CREAT | os.O_WRONLY)
+    os.close(fd)
+    summary = backup_site_content(str(root), container=container_name)
+    assert summary.outcome == "incomplete" and summary.exit_code == 1
+    assert {p.path for p in summary.skipped} == {"link.txt", "pipe"}
+    assert [p.path for p in summary.failed] == ["bad\\xfe.txt"]
+    assert summary.files_total == 5 and summary.files_uploaded == 2
+    assert read_container(storage, container_name) == {"ok.txt": b"fine", "real/x.txt": b"x"}
+
+
+def test_name_the_service_rejects_fails_that_file_only(storage, checkpoints, container_name, make_tree):
+    # Azure refuses blob names over 1024 characters or 254 segments; the file system takes them.
+    deep = "/".join(["d"] * 260) + "/f.txt"
+    long = "/".join(["n" * 200] * 6)
+    root = make_tree({"ok.txt": b"1", deep: b"2", long: b"3"})
+    summary = backup_site_content(str(root), container=container_name)
+    assert summary.files_uploaded == 1 and summary.files_failed == 2
+    reasons = {p.path: p.reason for p in summary.failed}
+    assert "261 path segments" in reasons[deep] and "1205 characters" in reasons[long]
+    assert read_container(storage, container_name) == {"ok.txt": b"1"}
+
+
+def test_dry_run_uploads_nothing_and_leaves_no_checkpoint(storage, checkpoints, container_name, make_tree):
+    root = make_tree(SITE)
+    dry = backup_site_content(str(root), container=container_name, dry_run=True)
+    assert dry.dry_run and dry.files_uploaded == len(SITE) and dry.bytes_uploaded == dry.bytes_total
+    assert read_container(storage, container_name) == {}
+    real = backup_site_content(str(root), container=container_name)
+    assert real.files_uploaded == len(SITE) and real.batches_from_checkpoint == 0
+
+
+def test_include_exclude_and_refresh(storage, checkpoints, container_name, make_tree):
+    root = make_tree(SITE)
+    summary = backup_site_content(str(root), container=container_name, include=["*.html"], exclude=["blog/**"])
+    assert sorted(read_container(storage, container_name)) == ["about/index.html", "index.html"]
+    assert summary.files_excluded == 4
+    storage.container(container_name).delete_blob("index.html")
+    refreshed = backup_site_content(str(root), container=container_name, include=["*.html"], exclude=["blog/**"],
+                                    refresh=True)
+    assert refreshed.files_uploaded == 1 and refreshed.batches_from_checkpoint == 0
+
+
+def test_unreachable_storage_is_a_configuration_error(monkeypatch, checkpoints, make_tree):
+    from site_backup.destination import azurite_connection_string
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(url))
+    with pytest.raises(ConfigurationError, match=f"cannot reach blob storage at {url}"):
+        backup_site_content(str(make_tree(SITE)), container="backups")
+
+
+def test_rejected_credentials_are_a_configuration_error_without_the_key(storage, monkeypatch, checkpoints, make_tree):
+    wrong = storage.connection_string.replace("AccountKey=Eby8", "AccountKey=AAAA")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong)
+    with pytest.raises(ConfigurationError, match="rejected the credentials|refused access") as info:
+        backup_site_content(str(make_tree(SITE)), container="backups")
+    assert "AAAA" not in str(info.value) and "AccountKey" not in str(info.value)

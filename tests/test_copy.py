@@ -1,0 +1,213 @@
+"""The copy logic on real files against the in-memory BlobStore."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
+
+from site_backup.copy import BatchResult, CopyOptions, blob_name, copy_batch, copy_file
+from site_backup.errors import FileChangedError, is_transient
+from site_backup.files import FileEntry, list_batches
+from site_backup.storage import MemoryBlobStore, format_mtime, parse_mtime
+
+
+def entries(root):
+    return [f for batch in list_batches(str(root)).batches for f in batch]
+
+
+def run(root, store, **options):
+    return copy_batch(str(root), entries(root), store, "pre", CopyOptions(**options))
+
+
+def by_status(outcomes):
+    out = {}
+    for o in outcomes:
+        out.setdefault(o.status, set()).add(o.path)
+    return out
+
+
+def test_uploads_every_file_with_md5_type_and_mtime(make_tree):
+    root = make_tree({"index.html": b"<html>hi</html>", "img/logo.png": b"\x89PNG" * 10, "empty": b""})
+    store = MemoryBlobStore()
+    outcomes = run(root, store)
+    assert by_status(outcomes) == {"uploaded": {"index.html", "img/logo.png", "empty"}}
+    blob = store.blobs["pre/index.html"]
+    assert blob.data == b"<html>hi</html>" and blob.content_md5 == hashlib.md5(blob.data).digest()
+    assert blob.content_type == "text/html"
+    assert parse_mtime(blob.metadata["mtime"]) == os.stat(root / "index.html").st_mtime_ns
+    assert store.blobs["pre/empty"].data == b"" and store.blobs["pre/img/logo.png"].content_type == "image/png"
+
+
+def test_large_file_goes_up_in_blocks_with_the_whole_file_md5(make_tree):
+    data = os.urandom(5 * 2**20 + 123)
+    root = make_tree({"big.bin": data})
+    store = MemoryBlobStore()
+    [outcome] = run(root, store, block_size=2**20, blocks_in_flight=3)
+    assert outcome.status == "uploaded" and outcome.bytes_uploaded == len(data)
+    assert store.blobs["pre/big.bin"].data == data
+    assert store.blobs["pre/big.bin"].content_md5 == hashlib.md5(data).digest()
+    assert sum(1 for op, _ in store.requests if op == "stage") == 6 and not store.staged
+
+
+def test_second_run_uploads_nothing(make_tree):
+    root = make_tree({"a.txt": b"a", "b/c.txt": b"c"})
+    store = MemoryBlobStore()
+    run(root, store)
+    again = run(root, store)
+    assert by_status(again) == {"unchanged": {"a.txt", "b/c.txt"}}
+    assert sum(o.bytes_uploaded for o in again) == 0
+
+
+def test_same_content_with_new_mtime_is_unchanged_by_md5(make_tree):
+    root = make_tree({"a.txt": b"same"})
+    store = MemoryBlobStore()
+    run(root, store)
+    os.utime(root / "a.txt", ns=(10**18, 10**18))
+    assert by_status(run(root, store)) == {"unchanged": {"a.txt"}}
+
+
+def test_changed_content_is_uploaded_again(make_tree):
+    root = make_tree({"a.txt": b"old", "b.txt": b"keep"})
+    store = MemoryBlobStore()
+    run(root, store)
+    (root / "a.txt").write_bytes(b"new!")
+    assert by_status(run(root, store)) == {"uploaded": {"a.txt"}, "unchanged": {"b.txt"}}
+    assert store.blobs["pre/a.txt"].data == b"new!"
+
+
+def test_dry_run_sends_nothing(make_tree):
+    root = make_tree({"a.txt": b"a"})
+    store = MemoryBlobStore()
+    assert by_status(run(root, store, dry_run=True)) == {"uploaded": {"a.txt"}}
+    assert store.blobs == {}
+
+
+class ChangingStore(MemoryBlobStore):
+    """Appends to the file each time the copy looks the blob up: after the file was opened
+    and stat'ed, before it is read, which is the window a live writer hits."""
+
+    def __init__(self, path, times):
+        super().__init__()
+        self.path, self.times = path, times
+
+    def get(self, name):
+        if self.times:
+            self.times -= 1
+            with open(self.path, "ab") as f:
+                f.write(b"+more")
+        return super().get(name)
+
+
+@pytest.mark.parametrize("block_size", [2**20, 16])
+def test_file_changing_once_is_read_again(make_tree, block_size):
+    root = make_tree({"log.txt": b"line\n" * 100})
+    store = ChangingStore(root / "log.txt", times=1)
+    [outcome] = run(root, store, block_size=block_size)
+    assert outcome.status == "uploaded" and outcome.changed_retries == 1
+    assert store.blobs["pre/log.txt"].data == (root / "log.txt").read_bytes()
+
+
+@pytest.mark.parametrize("block_size", [2**20, 16])
+def test_file_that_keeps_changing_fails_and_is_never_recorded(make_tree, block_size):
+    root = make_tree({"log.txt": b"line\n" * 100})
+    store = ChangingStore(root / "log.txt", times=5)
+    [outcome] = run(root, store, block_size=block_size)
+    assert outcome.status == "failed" and "changed while being read" in outcome.reason
+    assert "pre/log.txt" not in store.blobs
+
+
+def test_vanished_and_special_files_are_skipped(make_tree):
+    root = make_tree({"gone.txt": b"1", "pipe": b"2"})
+    batch = entries(root)
+    os.remove(root / "gone.txt")
+    os.remove(root / "pipe")
+    os.mkfifo(root / "pipe")  # replaced by a FIFO after listing: must not block
+    outcomes = copy_batch(str(root), batch, MemoryBlobStore(), "", CopyOptions())
+    reasons = {o.path: (o.status, o.reason) for o in outcomes}
+    assert reasons["gone.txt"] == ("skipped", "vanished before it could be copied")
+    assert reasons["pipe"][0] == "skipped" and "FIFO" in reasons["pipe"][1]
+
+
+def test_file_replaced_by_a_link_is_not_followed(make_tree, tmp_path):
+    root = make_tree({"a.txt": b"1"})
+    batch = entries(root)
+    (tmp_path / "secret").write_bytes(b"secret")
+    os.remove(root / "a.txt")
+    os.symlink(tmp_path / "secret", root / "a.txt")
+    [outcome] = copy_batch(str(root), batch, MemoryBlobStore(), "", CopyOptions())
+    assert outcome.status == "skipped" and "symbolic link" in outcome.reason
+
+
+class FailingStore(MemoryBlobStore):
+    def __init__(self, exc):
+        super().__init__()
+        self.exc = exc
+
+    def put(self, name, data, **kw):
+        raise self.exc
+
+
+def test_storage_errors_fail_the_file_with_a_reason_and_a_retry_hint(make_tree):
+    root = make_tree({"a.txt": b"1"})
+    busy = HttpResponseError(message="busy")
+    busy.status_code, busy.error_code = 503, "ServerBusy"
+    [outcome] = run(root, FailingStore(busy))
+    assert (outcome.status, outcome.transient) == ("failed", True) and "503 ServerBusy" in outcome.reason
+    bad_name = HttpResponseError(message="bad")
+    bad_name.status_code, bad_name.error_code = 400, "InvalidResourceName"
+    [outcome] = run(root, FailingStore(bad_name))
+    assert (outcome.status, outcome.transient) == ("failed", False) and "rename the file" in outcome.reason
+
+
+def test_transient_classification():
+    assert is_transient(ServiceRequestError("connection refused"))
+    assert is_transient(FileChangedError())
+    assert not is_transient(FileNotFoundError())
+    forbidden = HttpResponseError(message="no")
+    forbidden.status_code = 403
+    assert not is_transient(forbidden)
+
+
+def test_retry_reuses_finished_files(make_tree):
+    root = make_tree({"a.txt": b"a", "b.txt": b"b"})
+    store = MemoryBlobStore()
+    first = run(root, store)
+    done = {o.path: o for o in first if o.path == "a.txt"}
+    store.requests.clear()
+    again = copy_batch(str(root), entries(root), store, "pre", CopyOptions(), done=done)
+    assert [o.status for o in again] == ["uploaded", "unchanged"]
+    assert ("get", "pre/a.txt") not in store.requests
+
+
+def test_batch_result_counts_and_cached_view(make_tree):
+    root = make_tree({"a.txt": b"abc", "b.txt": b"de"})
+    os.symlink("a.txt", root / "l")
+    result = BatchResult.from_outcomes(run(root, MemoryBlobStore()))
+    assert (result.files_uploaded, result.bytes_uploaded, result.bytes_total) == (2, 5, 5)
+    cached = result.as_cached()
+    assert (cached.files_uploaded, cached.files_unchanged, cached.bytes_uploaded) == (0, 2, 0)
+
+
+def test_blob_names_and_mtime_format():
+    assert blob_name("", "a/b c.txt") == "a/b c.txt" and blob_name("p/q", "x") == "p/q/x"
+    assert format_mtime(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
+    assert format_mtime(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
+    assert parse_mtime("2023-11-14T22:13:20.1234Z") == 1_700_000_000_123_400_000
+    assert parse_mtime("garbage") is None and parse_mtime(None) is None
+
+
+def test_copy_file_reports_unreadable_file(make_tree, monkeypatch):
+    root = make_tree({"a.txt": b"1"})
+    real_open = os.open
+
+    def deny(path, flags, *a):
+        if str(path).endswith("a.txt"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(os, "open", deny)
+    outcome = copy_file(str(root), FileEntry("a.txt", 1, 0), MemoryBlobStore(), "", CopyOptions())
+    assert (outcome.status, outcome.reason, outcome.transient) == ("failed", "Permission denied", False)
