@@ -7,7 +7,7 @@ import sys
 import threading
 import urllib.request
 
-from .destination import normalize_prefix, validate_container_name
+from .destination import Destination, normalize_prefix, prepare, validate_container_name
 from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE
@@ -84,7 +84,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
     )
 
 
-def prefect_settings_for_this_run() -> dict:
+def prefect_settings_for_this_run() -> tuple[dict, str]:
     """Use the configured Prefect server; else one running at the local default address
     (`make server`); else Prefect's temporary server, with a start-up timeout long
     enough for its first start (database set-up took 33 s here, past the 20 s default)."""
@@ -97,17 +97,16 @@ def prefect_settings_for_this_run() -> dict:
 
     settings = get_current_settings()
     if settings.api.url:
-        return {}
+        return {}, ""
     if _answers(LOCAL_PREFECT_API + "/health"):
-        return {PREFECT_API_URL: LOCAL_PREFECT_API}
-    print(
+        return {PREFECT_API_URL: LOCAL_PREFECT_API}, ""
+    notice = (
         "No Prefect server configured or running at 127.0.0.1:4200: starting a temporary one for this run "
-        "(10-40 s). `make server` starts one that lets runs start in about 2 s.",
-        file=sys.stderr,
+        "(10-40 s). `make server` starts one that lets runs start in about 2 s."
     )
     timeout = max(settings.server.ephemeral.startup_timeout_seconds, 180)
     # Analytics off: offline, the temporary server would log a telemetry error every run.
-    return {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout, PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    return {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout, PREFECT_SERVER_ANALYTICS_ENABLED: False}, notice
 
 
 def _answers(url: str) -> bool:
@@ -156,8 +155,15 @@ def main(flow, argv: list[str] | None = None) -> int:
     flow = flow.with_options(task_runner=type(flow.task_runner)(max_workers=args.parallel_batches))
     show_progress = not args.no_progress and sys.stderr.isatty()
     try:
-        with temporary_settings(updates=prefect_settings_for_this_run()), _ProgressLine(show_progress):
-            summary = flow(**parameters)
+        updates, notice = prefect_settings_for_this_run()
+        with temporary_settings(updates=updates):
+            # Checked before the flow starts, so a wrong address or key is one clear line,
+            # not a failed flow run with tracebacks.
+            prepare(Destination(args.container, normalize_prefix(args.prefix), args.credentials_block))
+            if notice:
+                print(notice, file=sys.stderr)
+            with _ProgressLine(show_progress):
+                summary = flow(**parameters)
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

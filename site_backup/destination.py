@@ -18,8 +18,9 @@ AZURITE_URL = "http://127.0.0.1:10000/devstoreaccount1"
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 
 
-def azurite_connection_string(blob_url: str = AZURITE_URL) -> str:
+def azurite_connection_string(blob_url: str | None = None) -> str:
     """The connection string of Azurite's development account at `blob_url`."""
+    blob_url = blob_url or AZURITE_URL
     return (
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
         f"AccountKey={AZURITE_KEY};BlobEndpoint={blob_url};"
@@ -149,7 +150,9 @@ def _service_client(credentials_block, env_key, settings: StorageSettings):
 
 def service_client(destination: Destination, settings: StorageSettings = StorageSettings()):
     """A BlobServiceClient for the destination's credentials (one per process, shared by threads)."""
-    env_key = (os.environ.get("AZURE_STORAGE_CONNECTION_STRING"), os.environ.get("AZURE_STORAGE_ACCOUNT_URL"))
+    env_key = (
+        os.environ.get("AZURE_STORAGE_CONNECTION_STRING"), os.environ.get("AZURE_STORAGE_ACCOUNT_URL"), AZURITE_URL
+    )
     return _service_client(destination.credentials_block, env_key, settings)
 
 

@@ -61,13 +61,18 @@ def is_transient(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """A one-line reason for a failed file: the service's error code or the OS error, no secrets."""
-    from azure.core.exceptions import HttpResponseError
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
     if isinstance(exc, HttpResponseError):
         code = getattr(exc, "error_code", None) or (exc.reason or "error")
         status = status_of(exc)
         hint = _HINTS.get(str(code), "")
         return redact(f"storage answered {status} {code}{hint}")
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        # The SDK wraps urllib3's long chain; the OS reason at its end is what helps.
+        found = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+        reason = found[-1].strip() if found else str(exc).splitlines()[0][:160]
+        return redact(f"{'no answer' if isinstance(exc, ServiceRequestError) else 'connection broken'}: {reason}")
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

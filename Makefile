@@ -1,0 +1,49 @@
+# site-backup: every set-up step lives here, so a fresh clone needs only `make run` / `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+AZURITE_VERSION := 3.37.0
+AZURITE := .azurite/node_modules/.bin/azurite-blob
+ROOT ?= sample-site
+CONTAINER ?= backups
+PYTEST_ARGS ?=
+
+.PHONY: setup run test azurite server stop clean
+
+setup: $(VENV)/.installed $(AZURITE)
+
+# Debian packages only when the machine lacks them (CI and developer machines run as root).
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
+	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || { apt-get update && apt-get install -y python3-venv; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+$(AZURITE):
+	@command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
+	npm install --prefix .azurite --no-save --no-package-lock --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+	test -x $@
+
+azurite: setup
+	scripts/start-azurite
+
+server: setup
+	scripts/start-prefect-server
+
+# Back up ROOT (default: the shipped sample site) into the local Azurite.
+run: setup azurite server
+	$(VENV)/bin/python flows/backup_site_content.py "$(ROOT)" --container "$(CONTAINER)"
+	@echo
+	@echo "Blobs: http://127.0.0.1:10000/devstoreaccount1/$(CONTAINER)?restype=container&comp=list"
+	@echo "Runs, logs and the summary artifact: http://127.0.0.1:4200 (Prefect UI). Stop services: make stop"
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+stop:
+	scripts/stop
+
+clean: stop
+	rm -rf $(VENV) .azurite .azurite-data .prefect .run *.egg-info

@@ -1,0 +1,107 @@
+"""The command line: bad input exits 2 with the fix, a real run prints the summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from site_backup.cli import build_parser, main
+from site_backup.summary import BackupSummary, FileProblem
+from tests.conftest import PROJECT, free_port, read_container
+
+SCRIPT = str(PROJECT / "flows" / "backup_site_content.py")
+
+
+def never_called(**kwargs):
+    raise AssertionError("the flow must not start on bad input")
+
+
+never_called.with_options = lambda **kw: never_called
+never_called.task_runner = object()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["/no/such/dir"], "does not exist"),
+        (["{file}"], "is not a directory"),
+        (["{dir}", "--container", "Bad_Name"], "invalid container name 'Bad_Name'"),
+        (["{dir}", "--container", "ab"], "3-63 characters"),
+        (["{dir}", "--container", "a--b"], "single hyphens"),
+        (["{dir}", "--prefix", "a/../b"], "invalid prefix"),
+        (["{dir}", "--include", ""], "empty pattern"),
+    ],
+)
+def test_bad_input_exits_2_with_the_problem_and_the_fix(tmp_path, capsys, argv, message):
+    (tmp_path / "f").write_text("x")
+    argv = [a.format(file=tmp_path / "f", dir=tmp_path) for a in argv]
+    assert main(never_called, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(never_called, [str(tmp_path), "--files-per-batch", "0"])
+    assert info.value.code == 2 and "1 or more" in capsys.readouterr().err
+
+
+def test_help_lists_every_option():
+    text = build_parser().format_help()
+    for option in ("--container", "--prefix", "--json", "--credentials-block", "--dry-run", "--include",
+                   "--exclude", "--follow-symlinks", "--refresh", "--files-per-batch", "Exit codes"):
+        assert option in text
+
+
+def test_summary_text_is_aligned_and_json_round_trips():
+    s = BackupSummary(root="/r", destination="http://x/c/", files_total=3, files_uploaded=1, files_unchanged=1,
+                      files_failed=1, outcome="incomplete", bytes_total=2048, bytes_uploaded=1024,
+                      failed=[FileProblem(path="a b.txt", reason="Permission denied")])
+    text = s.to_text()
+    assert "Files:        3 total, 1 uploaded, 1 unchanged, 0 skipped, 1 failed" in text
+    assert "a b.txt  Permission denied" in text
+    assert BackupSummary.model_validate_json(s.model_dump_json()) == s and s.exit_code == 1
+
+
+def run_cli(args, env_extra, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_command_line_backup_prints_json_and_exits_0(storage, prefect_server, make_tree, container_name):
+    root = make_tree({"index.html": b"home", "a/b.css": b"css"})
+    done = run_cli([str(root), "--container", container_name, "--json"],
+                   {"AZURE_STORAGE_CONNECTION_STRING": storage.connection_string, "PREFECT_API_URL": prefect_server})
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["bytes_uploaded"] == 7 and summary["outcome"] == "completed"
+    assert read_container(storage, container_name) == {"index.html": b"home", "a/b.css": b"css"}
+
+
+def test_command_line_unreachable_storage_exits_2_and_says_how_to_start_azurite(prefect_server, tmp_path):
+    # No storage settings at all: the default is Azurite at 127.0.0.1:10000. Point the
+    # check at a closed port instead so a developer's own Azurite does not interfere.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/devstoreaccount1"
+    from site_backup.destination import azurite_connection_string
+
+    done = run_cli([str(tmp_path)], {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(url),
+                                     "PREFECT_API_URL": prefect_server})
+    assert done.returncode == 2, done.stderr
+    assert f"error: cannot reach blob storage at {url}" in done.stderr
+    assert "AccountKey" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_default_destination_message_names_make_azurite(prefect_server, tmp_path, monkeypatch):
+    from site_backup import destination
+
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setattr(destination, "AZURITE_URL", f"http://127.0.0.1:{free_port()}/devstoreaccount1")
+    with pytest.raises(destination.ConfigurationError, match="make azurite"):
+        destination.prepare(destination.Destination("backups"))
