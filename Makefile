@@ -36,7 +36,7 @@ server: setup
 run: setup azurite server
 	$(VENV)/bin/python flows/backup_site_content.py "$(ROOT)" --container "$(CONTAINER)"
 	@echo
-	@echo "Blobs: http://127.0.0.1:10000/devstoreaccount1/$(CONTAINER)?restype=container&comp=list"
+	@echo "List the blobs: scripts/list-blobs $(CONTAINER)"
 	@echo "Runs, logs and the summary artifact: http://127.0.0.1:4200 (Prefect UI). Stop services: make stop"
 
 test: setup

@@ -172,3 +172,20 @@ def test_rejected_credentials_are_a_configuration_error_without_the_key(storage,
     with pytest.raises(ConfigurationError, match="rejected the credentials|refused access") as info:
         backup_site_content(str(make_tree(SITE)), container="backups")
     assert "AAAA" not in str(info.value) and "AccountKey" not in str(info.value)
+
+
+def test_credentials_block_is_used_and_an_unknown_one_is_explained(azurite, monkeypatch, checkpoints, container_name,
+                                                                    make_tree):
+    from prefect_azure.credentials import AzureBlobStorageCredentials
+    from pydantic import SecretStr
+
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    AzureBlobStorageCredentials(connection_string=SecretStr(azurite.connection_string)).save(
+        "test-azurite", overwrite=True
+    )
+    root = make_tree({"a.txt": b"from a block"})
+    summary = backup_site_content(str(root), container=container_name, credentials_block="test-azurite")
+    assert summary.files_uploaded == 1 and summary.destination.startswith(azurite.blob_url)
+    assert read_container(azurite, container_name) == {"a.txt": b"from a block"}
+    with pytest.raises(ConfigurationError, match="no Azure Blob Storage Credentials block named 'nope'"):
+        backup_site_content(str(root), container=container_name, credentials_block="nope")
