@@ -45,7 +45,7 @@ def backup_site_content(
     refresh: bool = False,
     files_per_batch: int = 1000,
     mib_per_batch: int = 256,
-    files_in_flight: int = 4,
+    files_in_flight: int = 16,
     block_size_mib: int = 8,
     blocks_in_flight: int = 4,
 ) -> BackupSummary:

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--files-per-batch", type=_positive, default=1000, help="files per copy task (default 1000)")
     tuning.add_argument("--mib-per-batch", type=_positive, default=256, help="MiB per copy task (default 256)")
     tuning.add_argument("--parallel-batches", type=_positive, default=4, help="copy tasks at once (default 4)")
-    tuning.add_argument("--files-in-flight", type=_positive, default=4, help="files at once per copy task (default 4)")
+    tuning.add_argument("--files-in-flight", type=_positive, default=16,
+                        help="files copied at once, across all copy tasks (default 16)")
     tuning.add_argument("--block-size-mib", type=_positive, default=8,
                         help="block size for large files; smaller files go in one request (default 8)")
     tuning.add_argument("--blocks-in-flight", type=_positive, default=4, help="blocks at once per large file (default 4)")

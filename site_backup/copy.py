@@ -8,6 +8,7 @@ import hashlib
 import mimetypes
 import os
 import stat
+import threading
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -29,7 +30,7 @@ class CopyOptions:
     dry_run: bool = False
     check_remote: bool = True  # False when the destination held no blobs at the start
     follow_symlinks: bool = False
-    files_in_flight: int = 8
+    files_in_flight: int = 16  # across all batches copying in this process
     block_size: int = 8 * MiB  # files up to this size go up in one request
     blocks_in_flight: int = 4  # per large file
 
@@ -102,6 +103,17 @@ class _NotRegular(Exception):
     pass
 
 
+_slots_lock = threading.Lock()
+_slots: dict[int, threading.BoundedSemaphore] = {}
+
+
+def transfer_slots(limit: int) -> threading.BoundedSemaphore:
+    """The process-wide bound on files in flight: batches copying at the same time share
+    it, so one batch alone can use all of it and many batches cannot exceed it."""
+    with _slots_lock:
+        return _slots.setdefault(max(1, limit), threading.BoundedSemaphore(max(1, limit)))
+
+
 def copy_batch(
     root: str,
     batch: list[FileEntry],
@@ -114,11 +126,13 @@ def copy_batch(
     """Copy every file of `batch`, several at a time. Per-file problems become outcomes,
     never exceptions. Files in `done` (finished by an earlier attempt) are not redone."""
     done = done or {}
+    slots = transfer_slots(options.files_in_flight)
 
     def one(entry: FileEntry) -> FileOutcome:
         if entry.path in done:
             return done[entry.path]
-        outcome = copy_file(root, entry, store, prefix, options)
+        with slots:
+            outcome = copy_file(root, entry, store, prefix, options)
         if on_file:
             on_file(outcome)
         return outcome

@@ -157,7 +157,7 @@ def service_client(destination: Destination, settings: StorageSettings = Storage
 
 
 def open_store(destination: Destination, settings: StorageSettings = StorageSettings()) -> AzureBlobStore:
-    """The BlobStore for the destination's container."""
+    """A BlobStore for the destination's container, with its own retry count."""
     client, _ = service_client(destination, settings)
     return AzureBlobStore(client.get_container_client(destination.container))
 

@@ -65,6 +65,7 @@ def describe(exc: BaseException) -> str:
 
     if isinstance(exc, HttpResponseError):
         code = getattr(exc, "error_code", None) or (exc.reason or "error")
+        code = getattr(code, "value", code)  # the SDK gives a StorageErrorCode enum or a str
         status = status_of(exc)
         hint = _HINTS.get(str(code), "")
         return redact(f"storage answered {status} {code}{hint}")

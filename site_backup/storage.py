@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
@@ -56,17 +57,44 @@ def parse_mtime(text: str | None) -> int | None:
         return None
 
 
-class AzureBlobStore:
-    """BlobStore over an azure-storage-blob ContainerClient (sync, thread-safe)."""
+class RetryLog:
+    """Counts the SDK's retries of storage requests, by reason (thread-safe)."""
 
-    def __init__(self, container_client):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reasons: Counter[str] = Counter()
+
+    def __call__(self, response=None, error=None, **_) -> None:
+        if response is not None:
+            reason = f"{response.status_code} {response.headers.get('x-ms-error-code') or response.reason}"
+        else:
+            reason = type(error).__name__ if error is not None else "retry"
+        with self._lock:
+            self.reasons[reason] += 1
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.reasons.values())
+
+    def describe(self) -> str:
+        with self._lock:
+            return ", ".join(f"{reason} x{n}" for reason, n in self.reasons.most_common())
+
+
+class AzureBlobStore:
+    """BlobStore over an azure-storage-blob ContainerClient (sync, thread-safe). Every
+    request reports its retries to `retries`."""
+
+    def __init__(self, container_client, retries: RetryLog | None = None):
         self.container = container_client
+        self.retries = retries if retries is not None else RetryLog()
 
     def get(self, name: str) -> RemoteBlob | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            props = self.container.get_blob_client(name).get_blob_properties()
+            props = self.container.get_blob_client(name).get_blob_properties(retry_hook=self.retries)
         except ResourceNotFoundError as exc:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise
@@ -83,10 +111,13 @@ class AzureBlobStore:
             validate_content=True,
             content_settings=_content_settings(md5, content_type),
             metadata=metadata,
+            retry_hook=self.retries,
         )
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None:
-        self.container.get_blob_client(name).stage_block(block_id, data, validate_content=True)
+        self.container.get_blob_client(name).stage_block(
+            block_id, data, validate_content=True, retry_hook=self.retries
+        )
 
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
@@ -97,6 +128,7 @@ class AzureBlobStore:
             [BlobBlock(block_id=b) for b in block_ids],
             content_settings=_content_settings(md5, content_type),
             metadata=metadata,
+            retry_hook=self.retries,
         )
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
@@ -16,9 +17,16 @@ from site_backup.files import FileEntry
 from site_backup.progress import progress
 from tasks.retry import BatchIncomplete, transient_only
 
-# Outcomes of files finished by an earlier attempt of the same task run, so a retry
-# neither re-sends them nor miscounts them as unchanged.
-_finished_by_attempt: dict[str, dict[str, FileOutcome]] = {}
+@dataclass
+class _EarlierAttempts:
+    """What earlier attempts of one task run did: the files they finished (so a retry
+    neither re-sends them nor miscounts them as unchanged) and their storage retries."""
+
+    finished: dict[str, FileOutcome] = field(default_factory=dict)
+    storage_retries: int = 0
+
+
+_earlier_attempts: dict[str, _EarlierAttempts] = {}
 
 
 def batch_checkpoint_key(context, parameters) -> str | None:
@@ -49,15 +57,19 @@ def copy_batch(root: str, batch: list[FileEntry], destination: Destination, opti
     """Copy one batch; raises BatchIncomplete (with the partial result) if any file failed."""
     context = TaskRunContext.get()
     run_id = str(context.task_run.id)
-    finished = _finished_by_attempt.setdefault(run_id, {})
-    outcomes = copy_files(root, batch, open_store(destination), destination.prefix, options,
-                          done=finished, on_file=progress.add)
-    finished.update((o.path, o) for o in outcomes if o.status in ("uploaded", "unchanged"))
+    earlier = _earlier_attempts.setdefault(run_id, _EarlierAttempts())
+    store = open_store(destination)
+    outcomes = copy_files(root, batch, store, destination.prefix, options, done=earlier.finished,
+                          on_file=progress.add)
+    earlier.finished.update((o.path, o) for o in outcomes if o.status in ("uploaded", "unchanged"))
+    earlier.storage_retries += store.retries.total
     result = BatchResult.from_outcomes(outcomes)
-    result.retries += context.task_run.run_count - 1
+    result.retries += earlier.storage_retries + context.task_run.run_count - 1
+    if store.retries.total:
+        get_run_logger().warning("storage requests retried: %s", store.retries.describe())
     last_attempt = context.task_run.run_count > context.task.retries
     if not result.failed or last_attempt:
-        _finished_by_attempt.pop(run_id, None)
+        _earlier_attempts.pop(run_id, None)
     if result.failed:
         raise BatchIncomplete(result)
     return result

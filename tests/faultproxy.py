@@ -1,0 +1,149 @@
+"""A fault-injecting HTTP proxy in front of Azurite, for the resilience tests.
+
+It forwards every request to the upstream blob service and, on writes (PUT), can answer
+503 ServerBusy or 500 OperationTimedOut instead (the write never lands), or forward the
+write and then drop the connection without answering (the write landed, the client cannot
+know). It can add latency to every request and counts what it did."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections import Counter
+from urllib.parse import unquote, urlsplit
+
+from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from yarl import URL
+
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+_ERROR_BODY = (
+    '<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
+    "<Message>Injected by the test proxy.</Message></Error>"
+)
+
+
+class FaultProxy:
+    """Start with `with FaultProxy(upstream_port) as proxy:`; `proxy.port` is where to connect."""
+
+    def __init__(self, upstream_port: int, *, seed: int = 1):
+        self.upstream = f"http://127.0.0.1:{upstream_port}"
+        self.rng = random.Random(seed)
+        self.busy_rate = 0.0  # share of writes answered 503 ServerBusy
+        self.timeout_rate = 0.0  # share of writes answered 500 OperationTimedOut
+        self.drop_rate = 0.0  # share of writes forwarded, then the connection dropped
+        self.latency = 0.0  # seconds added to every request
+        self.blob_write_status: int | None = None  # answer every blob write with this status
+        self.faults: Counter[str] = Counter()
+        self.writes: Counter[str] = Counter()  # blob name -> writes that landed (Put Blob, Put Block List)
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.port = 0
+
+    # The test thread reads these while the proxy thread writes them.
+    def injected(self) -> int:
+        with self._lock:
+            return sum(self.faults.values())
+
+    def landed(self) -> int:
+        with self._lock:
+            return sum(self.writes.values())
+
+    def __enter__(self) -> "FaultProxy":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("fault proxy did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        self._session = ClientSession(
+            connector=TCPConnector(limit=100), auto_decompress=False, timeout=ClientTimeout(total=300)
+        )
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+        await self._session.close()
+
+    def _roll(self) -> str | None:
+        with self._lock:
+            r = self.rng.random()
+        if r < self.busy_rate:
+            return "503"
+        if r < self.busy_rate + self.timeout_rate:
+            return "500"
+        if r < self.busy_rate + self.timeout_rate + self.drop_rate:
+            return "drop"
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        with self._lock:
+            self.requests += 1
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        is_write = request.method == "PUT"
+        blob = _blob_name(request)
+        if is_write and blob and self.blob_write_status:
+            return _error(self.blob_write_status, "AuthenticationFailed")
+        fault = self._roll() if is_write else None
+        if fault in ("503", "500"):
+            with self._lock:
+                self.faults[fault] += 1
+            return _error(int(fault), "ServerBusy" if fault == "503" else "OperationTimedOut")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        # The path exactly as the client encoded it: the request's signature covers it.
+        url = URL(self.upstream + request.raw_path, encoded=True)
+        async with self._session.request(
+            request.method, url, headers=headers, data=body, skip_auto_headers=("Content-Type", "User-Agent")
+        ) as upstream:
+            payload = await upstream.read()
+            status = upstream.status
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+            if request.method == "HEAD":  # no body, but the length is the blob's size
+                out_headers["Content-Length"] = upstream.headers.get("Content-Length", "0")
+        query = request.rel_url.query
+        if is_write and blob and status == 201 and query.get("comp") in (None, "blocklist"):
+            with self._lock:
+                self.writes[blob] += 1
+        if fault == "drop":
+            with self._lock:
+                self.faults["drop"] += 1
+            request.transport.abort()  # the write landed; the client never hears so
+            return web.Response(status=status)
+        return web.Response(status=status, headers=out_headers, body=payload)
+
+
+def _blob_name(request: web.Request) -> str | None:
+    """The blob a request is about, or None for account and container requests."""
+    parts = urlsplit(str(request.rel_url)).path.split("/", 3)  # "", account, container, blob
+    if len(parts) < 4 or request.rel_url.query.get("restype") == "container":
+        return None
+    return unquote(parts[3])
+
+
+def _error(status: int, code: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=_ERROR_BODY.format(code=code),
+        headers={"Content-Type": "application/xml", "x-ms-error-code": code},
+    )
