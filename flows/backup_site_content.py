@@ -23,9 +23,9 @@ from site_backup.files import Problem
 from site_backup.errors import describe
 from site_backup.progress import progress
 from site_backup.summary import BackupSummary, summarize
-from tasks.copy_batch import copy_batch
+from tasks.copy_batch import with_checkpoints
 from tasks.list_files import list_files
-from tasks.prepare_destination import prepare_destination
+from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import publish_summary, start_progress, update_progress
 from tasks.retry import BatchIncomplete
 
@@ -43,6 +43,8 @@ def backup_site_content(
     follow_symlinks: bool = False,
     dry_run: bool = False,
     refresh: bool = False,
+    checkpoint_block: str | None = None,
+    checkpoint_days: float | None = None,
     files_per_batch: int = 1000,
     mib_per_batch: int = 256,
     files_in_flight: int = 16,
@@ -57,12 +59,14 @@ def backup_site_content(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )
     destination, empty = prepare_destination(destination)
+    if checkpoint_block:
+        prepare_checkpoints(checkpoint_block)
     options = CopyOptions(
         dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
         files_in_flight=files_in_flight, block_size=block_size_mib * MiB, blocks_in_flight=blocks_in_flight,
     )
     progress.reset(listing.files, listing.bytes)
-    copy = copy_batch.with_options(refresh_cache=True) if refresh else copy_batch
+    copy = with_checkpoints(refresh, checkpoint_block, checkpoint_days)
     futures = copy.map(unmapped(listing.root), listing.batches, unmapped(destination), unmapped(options))
     batch_of = {future: batch for future, batch in zip(futures, listing.batches)}
     progress_id = start_progress(f"Backing up {listing.files} files to {destination.describe()}")

@@ -36,7 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out files and folders matching GLOB (repeatable; wins over --include)")
     p.add_argument("--follow-symlinks", action="store_true", help="follow links that stay inside ROOT (never loops)")
     p.add_argument("--dry-run", action="store_true", help="compare and report, upload nothing")
+    p.add_argument("--verify", action="store_true",
+                   help="upload nothing; check every file has a blob of the same size and MD5, and list "
+                        "missing, different and extra blobs (exit 1 when a file is missing or different)")
     p.add_argument("--refresh", action="store_true", help="ignore checkpoints of earlier runs and re-check every file")
+    p.add_argument("--checkpoint-block", metavar="NAME",
+                   help="keep checkpoints in this saved AzureBlobStorageContainer block (container and folder) "
+                        "instead of the local Prefect home, so a run on another machine resumes too")
+    p.add_argument("--checkpoint-days", type=float, metavar="DAYS",
+                   help="checkpoints older than this are not trusted (default: they never expire)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no live progress line on the terminal")
     tuning = p.add_argument_group("tuning")
@@ -67,6 +75,13 @@ def flow_parameters(args: argparse.Namespace) -> dict:
     normalize_prefix(args.prefix)
     compile_patterns(args.include)
     compile_patterns(args.exclude)
+    if args.verify:
+        return dict(
+            root_directory=check_root(args.root), container=args.container, prefix=args.prefix,
+            credentials_block=args.credentials_block, include=args.include, exclude=args.exclude,
+            follow_symlinks=args.follow_symlinks, files_per_batch=args.files_per_batch,
+            mib_per_batch=args.mib_per_batch,
+        )
     return dict(
         root_directory=check_root(args.root),
         container=args.container,
@@ -77,6 +92,8 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         follow_symlinks=args.follow_symlinks,
         dry_run=args.dry_run,
         refresh=args.refresh,
+        checkpoint_block=args.checkpoint_block,
+        checkpoint_days=args.checkpoint_days,
         files_per_batch=args.files_per_batch,
         mib_per_batch=args.mib_per_batch,
         files_in_flight=args.files_in_flight,
@@ -143,7 +160,8 @@ class _ProgressLine:
 
 
 def main(flow, argv: list[str] | None = None) -> int:
-    """Run the backup flow from the command line; returns the exit code."""
+    """Run the backup flow (or with --verify the verify flow) from the command line;
+    returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         parameters = flow_parameters(args)
@@ -153,14 +171,18 @@ def main(flow, argv: list[str] | None = None) -> int:
 
     from prefect.settings import temporary_settings
 
+    if args.verify:
+        from flows.verify_backup import verify_backup as flow
+
     flow = flow.with_options(task_runner=type(flow.task_runner)(max_workers=args.parallel_batches))
-    show_progress = not args.no_progress and sys.stderr.isatty()
+    show_progress = not args.no_progress and not args.verify and sys.stderr.isatty()
     try:
         updates, notice = prefect_settings_for_this_run()
         with temporary_settings(updates=updates):
             # Checked before the flow starts, so a wrong address or key is one clear line,
             # not a failed flow run with tracebacks.
-            prepare(Destination(args.container, normalize_prefix(args.prefix), args.credentials_block))
+            prepare(Destination(args.container, normalize_prefix(args.prefix), args.credentials_block),
+                    create=not args.verify)
             if notice:
                 print(notice, file=sys.stderr)
             with _ProgressLine(show_progress):

@@ -103,7 +103,11 @@ def _from_block(name: str):
             f"no Azure Blob Storage Credentials block named {name!r}: create it in the Prefect UI "
             f"(Blocks) or with `make deploy`, or leave out --credentials-block"
         ) from exc
-    source = f"credentials block {name!r}"
+    return _from_credentials(block, f"credentials block {name!r}")
+
+
+def _from_credentials(block, source: str):
+    """Connection details from a prefect-azure AzureBlobStorageCredentials block."""
     if block.connection_string is not None:
         return block.connection_string.get_secret_value(), None, None, source
     if block.client_id and block.tenant_id and block.client_secret:
@@ -162,14 +166,15 @@ def open_store(destination: Destination, settings: StorageSettings = StorageSett
     return AzureBlobStore(client.get_container_client(destination.container))
 
 
-def prepare(destination: Destination) -> tuple[Destination, bool]:
+def prepare(destination: Destination, create: bool = True) -> tuple[Destination, bool]:
     """Check that storage answers and accepts the credentials, create the container when
-    missing, and tell whether the prefix holds no blob yet. Raises ConfigurationError
-    with the fix when it cannot."""
+    missing (or, with create=False, insist that it exists), and tell whether the prefix
+    holds no blob yet. Raises ConfigurationError with the fix when it cannot."""
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
         ResourceExistsError,
+        ResourceNotFoundError,
         ServiceRequestError,
         ServiceResponseError,
     )
@@ -181,12 +186,17 @@ def prepare(destination: Destination) -> tuple[Destination, bool]:
     destination = replace(destination, account_url=url, credentials_source=source)
     container = client.get_container_client(destination.container)
     try:
-        try:
-            container.create_container()
-        except ResourceExistsError:
-            pass
+        if create:
+            try:
+                container.create_container()
+            except ResourceExistsError:
+                pass
         prefix = destination.prefix + "/" if destination.prefix else None
         first = next(iter(container.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
+    except ResourceNotFoundError:
+        raise ConfigurationError(
+            f"container {destination.container!r} does not exist at {url}: check --container (and the account)"
+        ) from None
     except (ServiceRequestError, ServiceResponseError) as exc:
         fix = (
             "start the local emulator with `make azurite` (or `make run`), or set "
@@ -208,3 +218,34 @@ def prepare(destination: Destination) -> tuple[Destination, bool]:
             ) from None
         raise
     return destination, first is None
+
+
+def prepare_checkpoint_store(block_name: str) -> str:
+    """Create the container of a saved AzureBlobStorageContainer block (where checkpoints
+    go) when it is missing; returns where the checkpoints are, for messages."""
+    from azure.core.exceptions import AzureError, ResourceExistsError
+    from azure.storage.blob import BlobServiceClient
+    from prefect_azure.blob_storage import AzureBlobStorageContainer
+
+    try:
+        block = AzureBlobStorageContainer.load(block_name)
+    except ValueError:
+        raise ConfigurationError(
+            f"no Azure Blob Storage Container block named {block_name!r}: create one in the Prefect UI (Blocks) "
+            f"with the container and folder for checkpoints, or leave out --checkpoint-block"
+        ) from None
+    conn_str, account_url, credential, source = _from_credentials(block.credentials, f"checkpoint block {block_name!r}")
+    if conn_str:
+        client = BlobServiceClient.from_connection_string(conn_str, retry_total=1)
+    else:
+        client = BlobServiceClient(account_url, credential=credential, retry_total=1)
+    try:
+        client.get_container_client(block.container_name).create_container()
+    except ResourceExistsError:
+        pass
+    except AzureError as exc:
+        raise ConfigurationError(
+            f"cannot use the checkpoint container {block.container_name!r} from {source} ({describe(exc)}): "
+            f"check that block's credentials"
+        ) from None
+    return f"{block.container_name}/{block.base_folder or ''}"

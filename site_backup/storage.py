@@ -8,7 +8,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Iterator, Protocol
 
 MTIME_KEY = "mtime"  # the metadata key rclone uses too, in the same RFC 3339 format
 
@@ -30,6 +30,8 @@ class BlobStore(Protocol):
     def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None: ...
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None: ...
+
+    def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]: ...
 
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
@@ -99,8 +101,12 @@ class AzureBlobStore:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise
             return None
-        md5 = props.content_settings.content_md5
-        return RemoteBlob(props.size, bytes(md5) if md5 else None, parse_mtime((props.metadata or {}).get(MTIME_KEY)))
+        return _remote(props)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
+        """Every blob whose name starts with `prefix`, with size, MD5 and stored mtime."""
+        for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
+            yield props.name, _remote(props)
 
     def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
         # validate_content sends a transactional Content-MD5 the service checks on receipt;
@@ -130,6 +136,11 @@ class AzureBlobStore:
             metadata=metadata,
             retry_hook=self.retries,
         )
+
+
+def _remote(props) -> RemoteBlob:
+    md5 = props.content_settings.content_md5
+    return RemoteBlob(props.size, bytes(md5) if md5 else None, parse_mtime((props.metadata or {}).get(MTIME_KEY)))
 
 
 def _content_settings(md5: bytes, content_type: str):
@@ -163,6 +174,11 @@ class MemoryBlobStore:
         if blob is None:
             return None
         return RemoteBlob(len(blob.data), blob.content_md5, parse_mtime(blob.metadata.get(MTIME_KEY)))
+
+    def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
+        for name in sorted(self.blobs):
+            if name.startswith(prefix):
+                yield name, self.get(name)
 
     def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
         if hashlib.md5(data).digest() != md5:

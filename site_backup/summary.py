@@ -119,3 +119,85 @@ def summarize(
 
 def _path(p: FileProblem) -> str:
     return p.path
+
+
+class VerifySummary(BaseModel):
+    """What a verify run found. `outcome` is "verified" when every file has a blob of the
+    same size and MD5, "differences" otherwise (exit code 1). Extra blobs (files deleted
+    from the tree since, or excluded) are listed but are not a difference: backups never
+    delete."""
+
+    outcome: str = "verified"
+    root: str = ""
+    destination: str = ""
+    files_total: int = 0
+    files_matching: int = 0
+    files_missing: int = 0
+    files_different: int = 0
+    files_unreadable: int = 0
+    blobs_extra: int = 0
+    bytes_checked: int = 0
+    duration_seconds: float = 0.0
+    missing: list[FileProblem] = Field(default_factory=list)
+    different: list[FileProblem] = Field(default_factory=list)
+    unreadable: list[FileProblem] = Field(default_factory=list)
+    extra: list[str] = Field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.outcome == "verified" else EXIT_INCOMPLETE
+
+    def to_text(self) -> str:
+        rows = [
+            ("Source", self.root),
+            ("Destination", self.destination),
+            ("Files", f"{self.files_total} total, {self.files_matching} matching, {self.files_missing} missing, "
+                      f"{self.files_different} different, {self.files_unreadable} unreadable"),
+            ("Extra blobs", f"{self.blobs_extra} (no file in the tree: deleted or excluded since)"),
+            ("Checked", f"{human_bytes(self.bytes_checked)} in {self.duration_seconds:.1f} s"),
+            ("Outcome", self.outcome),
+        ]
+        width = max(len(label) for label, _ in rows)
+        lines = [f"{label + ':':<{width + 1}}  {value}" for label, value in rows]
+        for title, problems in (("Missing", self.missing), ("Different", self.different),
+                                ("Unreadable", self.unreadable)):
+            if problems:
+                lines.append(f"{title} ({len(problems)}):")
+                pad = min(max(len(p.path) for p in problems), 60)
+                lines.extend(f"  {p.path:<{pad}}  {p.reason}" for p in problems)
+        if self.extra:
+            lines.append(f"Extra ({len(self.extra)}):")
+            lines.extend(f"  {name}" for name in self.extra[:50])
+            if len(self.extra) > 50:
+                lines.append(f"  ... and {len(self.extra) - 50} more (see --json)")
+        return "\n".join(lines)
+
+    def table_rows(self, limit: int = 1000) -> list[dict[str, str]]:
+        """Rows for a Prefect table artifact: one per difference."""
+        rows = [{"kind": kind, "path": p.path, "reason": p.reason}
+                for kind, problems in (("missing", self.missing), ("different", self.different),
+                                       ("unreadable", self.unreadable))
+                for p in problems]
+        rows += [{"kind": "extra blob", "path": name, "reason": "no file in the tree"} for name in self.extra]
+        return rows[:limit]
+
+
+def summarize_verify(listing: FileListing, results, extra: list[str], *, root: str, destination: str,
+                     duration_seconds: float) -> VerifySummary:
+    """Reduce the verify results of every batch into one summary."""
+    s = VerifySummary(root=root, destination=destination, duration_seconds=round(duration_seconds, 3), extra=extra)
+    unreadable = [FileProblem(path=p.path, reason=p.reason) for p in listing.failed]
+    for r in results:
+        s.files_matching += r.matching
+        s.bytes_checked += r.bytes_checked
+        s.missing += [FileProblem(path=p.path, reason=p.reason) for p in r.missing]
+        s.different += [FileProblem(path=p.path, reason=p.reason) for p in r.different]
+        unreadable += [FileProblem(path=p.path, reason=p.reason) for p in r.unreadable]
+    s.unreadable = unreadable
+    s.missing.sort(key=_path)
+    s.different.sort(key=_path)
+    s.files_missing, s.files_different, s.files_unreadable = len(s.missing), len(s.different), len(s.unreadable)
+    s.blobs_extra = len(extra)
+    s.files_total = s.files_matching + s.files_missing + s.files_different + s.files_unreadable
+    s.outcome = "differences" if (s.files_missing or s.files_different or s.files_unreadable) else "verified"
+    return s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
@@ -42,6 +43,20 @@ def batch_checkpoint_key(context, parameters) -> str | None:
     for f in parameters["batch"]:
         h.update(f"\0{f.path}\0{f.size}\0{f.mtime_ns}".encode("utf-8", "surrogateescape"))
     return f"site-backup-batch-{h.hexdigest()}"
+
+
+def with_checkpoints(refresh: bool = False, block: str | None = None, days: float | None = None):
+    """The copy task with the run's checkpoint settings: ignore earlier checkpoints,
+    keep them in a saved AzureBlobStorageContainer block instead of the local Prefect
+    home, or let them expire after some days."""
+    options: dict = {}
+    if refresh:
+        options["refresh_cache"] = True
+    if block:
+        options["result_storage"] = f"azure-blob-storage-container/{block}"
+    if days:
+        options["cache_expiration"] = timedelta(days=days)
+    return copy_batch.with_options(**options) if options else copy_batch
 
 
 @task(

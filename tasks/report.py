@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
-from site_backup.summary import BackupSummary
+from site_backup.summary import BackupSummary, VerifySummary
 
 
 def start_progress(description: str) -> UUID:
@@ -25,3 +30,15 @@ def publish_summary(summary: BackupSummary) -> None:
         key="backup-summary",
         description=f"Backup {summary.outcome}: {summary.files_uploaded} files uploaded, {summary.files_failed} failed",
     )
+
+
+def publish_verify_summary(summary: VerifySummary) -> None:
+    """The verify summary as markdown, and its differences as a table."""
+    create_markdown_artifact(
+        markdown=f"# Verify: {summary.outcome}\n\n```\n{summary.to_text()}\n```\n",
+        key="verify-summary",
+        description=f"Verify {summary.outcome}: {summary.files_missing} missing, {summary.files_different} different",
+    )
+    rows = summary.table_rows()
+    if rows:
+        create_table_artifact(table=rows, key="verify-differences", description="Files that differ from the backup")

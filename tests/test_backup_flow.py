@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 
 import pytest
 
@@ -189,3 +190,63 @@ def test_credentials_block_is_used_and_an_unknown_one_is_explained(azurite, monk
     assert read_container(azurite, container_name) == {"a.txt": b"from a block"}
     with pytest.raises(ConfigurationError, match="no Azure Blob Storage Credentials block named 'nope'"):
         backup_site_content(str(root), container=container_name, credentials_block="nope")
+
+
+def test_verify_finds_missing_different_and_extra_blobs(storage, checkpoints, container_name, make_tree):
+    from flows.verify_backup import verify_backup
+
+    root = make_tree(SITE)
+    backup_site_content(str(root), container=container_name)
+    clean = verify_backup(str(root), container=container_name)
+    assert (clean.outcome, clean.exit_code, clean.files_matching) == ("verified", 0, len(SITE))
+    container = storage.container(container_name)
+    container.delete_blob("css/site.css")  # deleted behind the backup's back
+    container.upload_blob("index.html", b"<html>tampered</html>", overwrite=True)
+    container.upload_blob("old/removed.html", b"gone from the tree", overwrite=True)
+    (root / "about/index.html").write_bytes(b"<html>changed locally, same length?</html>")
+    found = verify_backup(str(root), container=container_name)
+    assert found.outcome == "differences" and found.exit_code == 1
+    assert [p.path for p in found.missing] == ["css/site.css"]
+    assert {p.path for p in found.different} == {"index.html", "about/index.html"}
+    assert found.extra == ["old/removed.html"]
+    # The local change invalidates the batch's checkpoint, so its files are compared again.
+    assert backup_site_content(str(root), container=container_name).files_uploaded == 3
+    assert verify_backup(str(root), container=container_name).outcome == "verified"
+    # A checkpoint does not see a blob deleted behind its back: verify does, refresh repairs.
+    container.delete_blob("css/site.css")
+    assert backup_site_content(str(root), container=container_name).files_uploaded == 0
+    assert verify_backup(str(root), container=container_name).files_missing == 1
+    assert backup_site_content(str(root), container=container_name, refresh=True).files_uploaded == 1
+    assert verify_backup(str(root), container=container_name).outcome == "verified"
+
+
+def test_verify_of_a_missing_container_is_a_configuration_error(storage, checkpoints, make_tree):
+    from flows.verify_backup import verify_backup
+
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        verify_backup(str(make_tree(SITE)), container="no-such-container")
+
+
+def test_checkpoints_in_a_blob_container_let_another_machine_resume(storage, checkpoints, container_name, make_tree):
+    from prefect_azure.blob_storage import AzureBlobStorageContainer
+    from prefect_azure.credentials import AzureBlobStorageCredentials
+    from pydantic import SecretStr
+
+    credentials = AzureBlobStorageCredentials(connection_string=SecretStr(storage.connection_string))
+    AzureBlobStorageContainer(container_name=f"{container_name}-cp", base_folder=container_name,
+                              credentials=credentials).save("test-checkpoints", overwrite=True)
+    root = make_tree(SITE)
+    first = backup_site_content(str(root), container=container_name, checkpoint_block="test-checkpoints")
+    stored = [b.name for b in storage.container(f"{container_name}-cp").list_blobs(name_starts_with=container_name)]
+    assert len(stored) == first.batches and all("site-backup-batch-" in name for name in stored)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # "another machine": no local checkpoints
+    again = backup_site_content(str(root), container=container_name, checkpoint_block="test-checkpoints")
+    assert again.batches_from_checkpoint == again.batches and again.bytes_uploaded == 0
+
+
+def test_expired_checkpoints_are_not_used(storage, checkpoints, container_name, make_tree):
+    root = make_tree(SITE)
+    backup_site_content(str(root), container=container_name, checkpoint_days=1e-9)
+    time.sleep(0.2)
+    again = backup_site_content(str(root), container=container_name, checkpoint_days=1e-9)
+    assert again.batches_from_checkpoint == 0 and again.files_unchanged == len(SITE)

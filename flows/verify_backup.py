@@ -1,0 +1,51 @@
+"""Verify a backup: does every file under the root have a blob of the same size and MD5?
+
+    python flows/backup_site_content.py ROOT --verify [--container C] [--prefix P] [--json]
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from site_backup.destination import Destination, normalize_prefix, validate_container_name
+from site_backup.summary import VerifySummary, summarize_verify
+from site_backup.verify import extra_blobs
+from tasks.list_files import list_files
+from tasks.prepare_destination import prepare_destination
+from tasks.report import publish_verify_summary
+from tasks.verify import list_blobs, verify_batch
+
+MiB = 2**20
+
+
+@flow(name="verify-backup", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+def verify_backup(
+    root_directory: str,
+    container: str = "backups",
+    prefix: str = "",
+    credentials_block: str | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    follow_symlinks: bool = False,
+    files_per_batch: int = 1000,
+    mib_per_batch: int = 256,
+) -> VerifySummary:
+    """Compare the tree with the container without uploading: missing, different and
+    extra blobs."""
+    started = time.monotonic()
+    destination = Destination(validate_container_name(container), normalize_prefix(prefix), credentials_block)
+    listing = list_files(
+        root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
+    )
+    destination, _ = prepare_destination(destination, create=False)
+    remote = list_blobs(destination)
+    futures = verify_batch.map(unmapped(listing.root), listing.batches, unmapped(remote), unmapped(destination))
+    summary = summarize_verify(
+        listing, futures.result(), extra_blobs(remote, listing.batches, destination.prefix),
+        root=listing.root, destination=destination.describe(), duration_seconds=time.monotonic() - started,
+    )
+    publish_verify_summary(summary)
+    return summary

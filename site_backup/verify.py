@@ -1,0 +1,77 @@
+"""Check a backup against the tree: every file has a blob of the same size and MD5."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from .copy import blob_name
+from .files import FileEntry, Problem, display_path
+from .storage import BlobStore, RemoteBlob
+
+MiB = 2**20
+
+
+@dataclass
+class VerifyResult:
+    """What one batch of files looks like in storage."""
+
+    matching: int = 0
+    bytes_checked: int = 0
+    missing: list[Problem] = field(default_factory=list)
+    different: list[Problem] = field(default_factory=list)
+    unreadable: list[Problem] = field(default_factory=list)
+
+
+def remote_blobs(store: BlobStore, prefix: str) -> dict[str, RemoteBlob]:
+    """Every blob under the prefix, by name: one listing instead of a request per file."""
+    return dict(store.list(f"{prefix}/" if prefix else ""))
+
+
+def file_md5(path: str) -> bytes:
+    md5 = hashlib.md5()
+    with open(path, "rb", buffering=0) as f:
+        for chunk in iter(lambda: f.read(MiB), b""):
+            md5.update(chunk)
+    return md5.digest()
+
+
+def verify_batch(root: str, batch: list[FileEntry], remote: Mapping[str, RemoteBlob], prefix: str,
+                 threads: int = 4) -> VerifyResult:
+    """Compare each file with its blob by size, then by MD5 (reading the file)."""
+    result = VerifyResult()
+
+    def check(entry: FileEntry) -> tuple[str, str]:
+        blob = remote.get(blob_name(prefix, entry.path))
+        if blob is None:
+            return "missing", "no blob"
+        try:
+            size = os.stat(os.path.join(root, entry.path)).st_size
+            if blob.size != size:
+                return "different", f"size differs: file {size} bytes, blob {blob.size} bytes"
+            if blob.content_md5 is None:
+                return "different", "blob has no Content-MD5 to compare with"
+            if file_md5(os.path.join(root, entry.path)) != blob.content_md5:
+                return "different", "content differs (MD5 of the file is not the blob's Content-MD5)"
+        except OSError as exc:
+            return "unreadable", f"cannot read the file: {exc.strerror or exc}"
+        return "matching", ""
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for entry, (status, reason) in zip(batch, pool.map(check, batch)):
+            problem = Problem(display_path(entry.path), reason)
+            if status == "matching":
+                result.matching += 1
+                result.bytes_checked += entry.size
+            else:
+                getattr(result, status).append(problem)
+    return result
+
+
+def extra_blobs(remote: Iterable[str], batches: Iterable[list[FileEntry]], prefix: str) -> list[str]:
+    """Blobs under the prefix with no file in the tree (deleted or excluded files)."""
+    expected = {blob_name(prefix, f.path) for batch in batches for f in batch}
+    return sorted(name for name in remote if name not in expected)
