@@ -8,7 +8,7 @@ ROOT ?= sample-site
 CONTAINER ?= backups
 PYTEST_ARGS ?=
 
-.PHONY: setup run test azurite server stop clean
+.PHONY: setup run test azurite server worker deploy api stop clean
 
 setup: $(VENV)/.installed $(AZURITE)
 
@@ -31,6 +31,17 @@ azurite: setup
 
 server: setup
 	scripts/start-prefect-server
+
+worker: setup
+	scripts/start-worker
+
+deploy: setup
+	scripts/deploy
+
+# The sample's HTTP start/status API on 127.0.0.1:$(API_PORT), over the Prefect server.
+API_PORT ?= 7071
+api: setup
+	API_PORT=$(API_PORT) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(VENV)/bin/python -m site_backup.http_api
 
 # Back up ROOT (default: the shipped sample site) into the local Azurite.
 run: setup azurite server

@@ -69,11 +69,13 @@ def backup_site_content(
     copy = with_checkpoints(refresh, checkpoint_block, checkpoint_days)
     futures = copy.map(unmapped(listing.root), listing.batches, unmapped(destination), unmapped(options))
     batch_of = {future: batch for future, batch in zip(futures, listing.batches)}
-    progress_id = start_progress(f"Backing up {listing.files} files to {destination.describe()}")
-    results = []
+    progress_id = start_progress(listing.files, listing.bytes)
+    results, files_done, bytes_done = [], 0, 0
     for future in as_completed(futures):
-        results.append(batch_outcome(future, batch_of[future]))
-        update_progress(progress_id, len(results), len(futures))
+        batch = batch_of[future]
+        results.append(batch_outcome(future, batch))
+        files_done, bytes_done = files_done + len(batch), bytes_done + sum(f.size for f in batch)
+        update_progress(progress_id, files_done, listing.files, bytes_done, listing.bytes)
     summary = summarize(
         listing, results, root=listing.root, destination=destination.describe(), dry_run=dry_run,
         duration_seconds=time.monotonic() - started,

@@ -13,14 +13,25 @@ from prefect.artifacts import (
 
 from site_backup.summary import BackupSummary, VerifySummary
 
+PROGRESS_FORMAT = "{files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes"
 
-def start_progress(description: str) -> UUID:
+
+def start_progress(files_total: int, bytes_total: int) -> UUID:
     """A progress artifact at 0 %, updated as batches finish."""
+    description = PROGRESS_FORMAT.format(files_done=0, files_total=files_total, bytes_done=0, bytes_total=bytes_total)
     return create_progress_artifact(progress=0.0, key="backup-progress", description=description)
 
 
-def update_progress(artifact_id: UUID, done: int, total: int) -> None:
-    update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / total if total else 100.0)
+def update_progress(artifact_id: UUID, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+    """Move the progress artifact; its description carries the counts (the HTTP status API
+    reads them back as the run's customStatus)."""
+    done, total = (bytes_done, bytes_total) if bytes_total else (files_done, files_total)
+    update_progress_artifact(
+        artifact_id=artifact_id,
+        progress=100.0 * done / total if total else 100.0,
+        description=PROGRESS_FORMAT.format(files_done=files_done, files_total=files_total,
+                                           bytes_done=bytes_done, bytes_total=bytes_total),
+    )
 
 
 def publish_summary(summary: BackupSummary) -> None:

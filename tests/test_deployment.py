@@ -1,0 +1,264 @@
+"""Deployments for real: a Prefect server on a free port, `scripts/deploy` (prefect deploy
+from prefect.yaml), a process worker, `prefect deployment run --watch`, a schedule made
+through the API that survives a redeploy, and the sample's HTTP start/status API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.conftest import PROJECT, free_port, read_container, start_process, stop_process, wait_for_port
+
+PREFECT = str(PROJECT / ".venv" / "bin" / "prefect") if (PROJECT / ".venv/bin/prefect").exists() else "prefect"
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, headers, parsed JSON or None) for one request."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, json.loads(raw) if raw else None
+
+
+@pytest.fixture(scope="module")
+def stack(azurite, tmp_path_factory):
+    """A Prefect server and a process worker, with the repository's deployment deployed."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    server_env = dict(base_env, PREFECT_HOME=str(home), PREFECT_SERVER_API_HOST="127.0.0.1",
+                      PREFECT_SERVER_API_PORT=str(port), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                      PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+    api_url = f"http://127.0.0.1:{port}/api"
+    client_env = dict(base_env, PREFECT_API_URL=api_url, PREFECT_HOME=str(tmp_path_factory.mktemp("client-home")),
+                      PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path_factory.mktemp("results")),
+                      AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string, PWD=str(PROJECT),
+                      PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_LEVEL="INFO")
+    logs = tmp_path_factory.mktemp("logs")
+    server = start_process([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=server_env,
+                           stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
+    worker = None
+    try:
+        wait_for_health(f"{api_url}/health", 240, logs / "server.log")
+        deploy = subprocess.run([str(PROJECT / "scripts" / "deploy")], cwd=PROJECT, env=client_env,
+                                capture_output=True, text=True, timeout=300)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        worker = start_process([PREFECT, "worker", "start", "--pool", "site-backup", "--type", "process"],
+                               cwd=PROJECT, env=client_env, stdout=open(logs / "worker.log", "w"),
+                               stderr=subprocess.STDOUT)
+        yield {"api_url": api_url, "env": client_env, "logs": logs, "azurite": azurite}
+    finally:
+        if worker:
+            stop_process(worker)
+        stop_process(server)
+
+
+def wait_for_health(url: str, timeout: float, log) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if http("GET", url)[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"no answer from {url}: " + log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def client_call(stack, coro_fn):
+    """Run `coro_fn(client)` against the stack's Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def run():
+        async with get_client() as client:
+            return await coro_fn(client)
+
+    with temporary_settings(updates={PREFECT_API_URL: stack["api_url"]}):
+        return asyncio.run(run())
+
+
+def test_prefect_deployment_run_watch_completes_and_backs_up(stack, make_tree, container_name):
+    files = {"index.html": b"home", "docs/a b.txt": b"text", "big.bin": os.urandom(300_000)}
+    root = make_tree(files)
+    started = time.monotonic()
+    run = subprocess.run(
+        [PREFECT, "deployment", "run", "backup-site-content/local", "--param", f"root_directory={root}",
+         "--param", f"container={container_name}", "--watch", "--watch-timeout", "240"],
+        env=stack["env"], capture_output=True, text=True, timeout=300,
+    )
+    took = time.monotonic() - started
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + (stack["logs"] / "worker.log").read_text()[-3000:]
+    assert "Completed" in run.stdout
+    assert read_container(stack["azurite"], container_name) == files
+
+    async def latest_run(client):
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        [flow_run] = await client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)
+        return flow_run
+
+    flow_run = client_call(stack, latest_run)
+    assert flow_run.state.is_completed() and flow_run.parameters["container"] == container_name
+    waited = (flow_run.start_time - flow_run.created).total_seconds()
+    print(f"\ndeployment run: {took:.1f} s from `prefect deployment run` to Completed, "
+          f"{waited:.1f} s of it before the flow started (worker pick-up and process start), "
+          f"flow itself {flow_run.total_run_time.total_seconds():.1f} s")
+
+
+def test_schedule_made_in_the_api_survives_redeploy_and_runs(stack):
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    anchor = datetime.now(timezone.utc) + timedelta(seconds=5)
+
+    async def add_schedule(client):
+        dep = await client.read_deployment_by_name("backup-site-content/local")
+        await client.create_deployment_schedules(
+            dep.id, [DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(minutes=10),
+                                                                         anchor_date=anchor), active=True)])
+        return dep.id
+
+    deployment_id = client_call(stack, add_schedule)
+    redeploy = subprocess.run([str(PROJECT / "scripts" / "deploy")], cwd=PROJECT, env=stack["env"],
+                              capture_output=True, text=True, timeout=300)
+    assert redeploy.returncode == 0, redeploy.stderr[-3000:]
+
+    async def schedules(client):
+        return (await client.read_deployment(deployment_id)).schedules
+
+    assert len(client_call(stack, schedules)) == 1, "prefect deploy replaced the schedule made in the UI/API"
+
+    async def scheduled_runs(client):
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        return [r for r in runs if r.auto_scheduled]
+
+    deadline = time.monotonic() + 180
+    while True:
+        runs = client_call(stack, scheduled_runs)
+        if any(r.state.is_completed() for r in runs):
+            break
+        assert not any(r.state.is_final() and not r.state.is_completed() for r in runs), [r.state for r in runs]
+        assert time.monotonic() < deadline, [r.state for r in runs]
+        time.sleep(1)
+    assert "index.html" in read_container(stack["azurite"], "backups")  # the deployment's default: sample-site
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    port = free_port()
+    env = dict(stack["env"], API_PORT=str(port))
+    proc = start_process([sys.executable, "-m", "site_backup.http_api"], cwd=PROJECT, env=env,
+                         stdout=open(stack["logs"] / "api.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
+def poll_until_finished(status_url: str, timeout: float = 240, headers=None):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        code, head, body = http("GET", status_url, headers=headers)
+        seen.append(body["runtimeStatus"])
+        if code == 200:
+            return body, seen
+        assert code == 202 and head.get("retry-after") and head.get("location"), (code, head)
+        time.sleep(0.5)
+    raise AssertionError(f"not finished after {timeout} s: {seen[-5:]}")
+
+
+def test_http_start_and_poll_until_completed_with_the_byte_count(api, stack, make_tree, container_name):
+    files = {"index.html": b"<html>", "css/site.css": b"body{}" * 100}
+    root = make_tree(files)
+    code, headers, body = http("POST", f"{api}/api/orchestrators/E2_BackupSiteContent",
+                               json.dumps({"root_directory": str(root), "container": container_name}).encode())
+    assert code == 202 and headers["location"] == body["statusQueryGetUri"] and body["terminatePostUri"]
+    final, seen = poll_until_finished(headers["location"])
+    assert final["runtimeStatus"] == "Completed" and final["instanceId"] == body["id"]
+    assert final["output"]["bytes_uploaded"] == sum(map(len, files.values()))
+    assert final["customStatus"] == {"filesDone": 2, "filesTotal": 2, "bytesDone": 606, "bytesTotal": 606}
+    assert final["input"]["root_directory"] == str(root) and final["createdTime"] and final["lastUpdatedTime"]
+    assert seen[0] in ("Pending", "Running")
+    assert read_container(stack["azurite"], container_name) == files
+
+
+def test_http_body_as_a_plain_string_like_the_sample(api, stack):
+    code, headers, body = http("POST", f"{api}/orchestrators/backup_site_content", json.dumps("sample-site").encode())
+    assert code == 202
+    final, _ = poll_until_finished(headers["location"])
+    assert final["runtimeStatus"] == "Completed" and final["input"]["root_directory"] == "sample-site"
+
+
+@pytest.mark.parametrize("body,message", [
+    (b"not json", "not JSON"),
+    (b"42", "JSON int"),
+    (b'{"root_directory": "/x", "colour": "red"}', "unknown parameters ['colour']"),
+    (b'{"container": "x"}', "root_directory is missing"),
+    (b"", "empty body"),
+])
+def test_http_bad_requests_get_400_with_a_message(api, body, message):
+    code, _, answer = http("POST", f"{api}/orchestrators/E2_BackupSiteContent", body)
+    assert code == 400 and message in answer["error"]
+
+
+def test_http_unknown_function_and_instance_get_404(api):
+    assert http("POST", f"{api}/orchestrators/E3_Other", b'"x"')[0] == 404
+    assert http("GET", f"{api}/instances/00000000-0000-0000-0000-000000000000")[0] == 404
+    assert http("GET", f"{api}/instances/not-a-uuid")[0] == 404
+
+
+def test_http_terminate_cancels_the_run(api, stack, tmp_path, container_name):
+    root = tmp_path / "many"
+    for i in range(1500):
+        (root / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 10}" / f"f{i}.txt").write_bytes(b"x" * 100)
+    code, headers, body = http("POST", f"{api}/orchestrators/E2_BackupSiteContent", json.dumps(
+        {"root_directory": str(root), "container": container_name, "files_in_flight": 1}).encode())
+    assert code == 202
+    deadline = time.monotonic() + 120
+    while http("GET", body["statusQueryGetUri"])[2]["runtimeStatus"] == "Pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert http("POST", body["terminatePostUri"])[0] == 202
+    final, _ = poll_until_finished(body["statusQueryGetUri"], timeout=120)
+    assert final["runtimeStatus"] == "Terminated"
+    assert http("POST", body["terminatePostUri"])[0] == 410
+
+
+def test_http_api_key_is_required_off_loopback(stack):
+    port = free_port()
+    refused = subprocess.run([sys.executable, "-m", "site_backup.http_api"], cwd=PROJECT, capture_output=True,
+                             text=True, timeout=60, env=dict(stack["env"], API_HOST="0.0.0.0", API_PORT=str(port)))
+    assert refused.returncode == 2 and "set API_KEY" in refused.stderr
+
+    env = dict(stack["env"], API_PORT=str(port), API_KEY="s3cret-key")
+    proc = start_process([sys.executable, "-m", "site_backup.http_api"], cwd=PROJECT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 60)
+        url = f"http://127.0.0.1:{port}/instances/00000000-0000-0000-0000-000000000000"
+        assert http("GET", url)[0] == 401
+        assert http("GET", url, headers={"x-functions-key": "wrong"})[0] == 401
+        assert http("GET", url, headers={"x-functions-key": "s3cret-key"})[0] == 404
+        code, _, body = http("GET", url + "?code=s3cret-key")
+        assert code == 404 and "s3cret" not in json.dumps(body)
+    finally:
+        stop_process(proc)
