@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
-from .errors import FileChangedError, describe, is_transient
+from .errors import FileChangedError, describe, error_code, is_transient
 from .files import FileEntry, Problem, display_path, special_file_reason
 from .storage import MTIME_KEY, BlobStore, format_mtime
 
@@ -161,6 +161,10 @@ def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, option
         except _NotRegular as exc:
             return FileOutcome(path, "skipped", reason=str(exc))
         except Exception as exc:  # every other problem is this file's alone
+            if attempt == 0 and error_code(exc) == "InvalidBlockList":
+                # Another upload of the same blob committed first and discarded our
+                # staged blocks; look again (the blob probably matches now).
+                continue
             return FileOutcome(path, "failed", size=entry.size, reason=describe(exc), transient=is_transient(exc))
     raise AssertionError("unreachable")
 

@@ -37,6 +37,12 @@ def status_of(exc: BaseException) -> int | None:
     return getattr(exc, "status_code", None)
 
 
+def error_code(exc: BaseException) -> str | None:
+    """The storage service's error code (the SDK gives an enum or a str), if any."""
+    code = getattr(exc, "error_code", None)
+    return getattr(code, "value", code)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when trying the same request again later may succeed."""
     from azure.core.exceptions import (
@@ -51,7 +57,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         return True
     if isinstance(exc, HttpResponseError):
-        return status_of(exc) in TRANSIENT_STATUSES
+        # InvalidBlockList: a concurrent upload of the same blob won the commit.
+        return status_of(exc) in TRANSIENT_STATUSES or error_code(exc) == "InvalidBlockList"
     if isinstance(exc, FileChangedError):
         return True
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
@@ -64,8 +71,7 @@ def describe(exc: BaseException) -> str:
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
     if isinstance(exc, HttpResponseError):
-        code = getattr(exc, "error_code", None) or (exc.reason or "error")
-        code = getattr(code, "value", code)  # the SDK gives a StorageErrorCode enum or a str
+        code = error_code(exc) or exc.reason or "error"
         status = status_of(exc)
         hint = _HINTS.get(str(code), "")
         return redact(f"storage answered {status} {code}{hint}")

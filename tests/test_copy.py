@@ -211,3 +211,28 @@ def test_copy_file_reports_unreadable_file(make_tree, monkeypatch):
     monkeypatch.setattr(os, "open", deny)
     outcome = copy_file(str(root), FileEntry("a.txt", 1, 0), MemoryBlobStore(), "", CopyOptions())
     assert (outcome.status, outcome.reason, outcome.transient) == ("failed", "Permission denied", False)
+
+
+class LosingCommitStore(MemoryBlobStore):
+    """Like Azure when another upload of the same blob committed first: our staged blocks
+    are gone and the commit fails with InvalidBlockList, but the blob is there."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = False
+
+    def commit_blocks(self, name, block_ids, **kw):
+        if not self.lost:
+            self.lost = True
+            super().commit_blocks(name, block_ids, **kw)  # the other run's identical upload
+            err = HttpResponseError(message="InvalidBlockList")
+            err.status_code, err.error_code = 400, "InvalidBlockList"
+            raise err
+        super().commit_blocks(name, block_ids, **kw)
+
+
+def test_losing_the_commit_race_to_another_run_is_not_a_failure(make_tree):
+    root = make_tree({"big.bin": os.urandom(100)})
+    store = LosingCommitStore()
+    [outcome] = run(root, store, block_size=16)
+    assert outcome.status == "unchanged" and store.blobs["pre/big.bin"].data == (root / "big.bin").read_bytes()
