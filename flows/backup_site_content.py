@@ -19,15 +19,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import Destination, normalize_prefix, validate_container_name
-from site_backup.files import Problem
-from site_backup.errors import describe
 from site_backup.progress import progress
 from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import publish_summary, start_progress, update_progress
-from tasks.retry import BatchIncomplete
+from tasks.retry import batch_outcome
 
 MiB = 2**20
 
@@ -73,7 +71,7 @@ def backup_site_content(
     results, files_done, bytes_done = [], 0, 0
     for future in as_completed(futures):
         batch = batch_of[future]
-        results.append(batch_outcome(future, batch))
+        results.append(batch_outcome(future, batch, lambda failed: BatchResult(failed=failed)))
         files_done, bytes_done = files_done + len(batch), bytes_done + sum(f.size for f in batch)
         update_progress(progress_id, files_done, listing.files, bytes_done, listing.bytes)
     summary = summarize(
@@ -82,20 +80,6 @@ def backup_site_content(
     )
     publish_summary(summary)
     return summary
-
-
-def batch_outcome(future, batch) -> tuple[BatchResult, bool]:
-    """A finished copy task as (result, came from a checkpoint). A batch that failed
-    keeps the result of its files; one that failed whole lists every file as failed."""
-    future.wait()  # sets the future's final state; without it `state` asks the server
-    state = future.state
-    if state.is_completed():
-        return future.result(), state.name == "Cached"
-    error = state.result(raise_on_failure=False)
-    if isinstance(error, BatchIncomplete):
-        return error.result, False
-    reason = describe(error) if isinstance(error, BaseException) else f"copy task ended {state.name}"
-    return BatchResult(failed=[Problem(f.path, reason) for f in batch]), False
 
 
 if __name__ == "__main__":

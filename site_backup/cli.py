@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import urllib.request
@@ -168,21 +169,65 @@ def main(flow, argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-    from prefect.settings import temporary_settings
-
     if args.verify:
         from flows.verify_backup import verify_backup as flow
 
     flow = flow.with_options(task_runner=type(flow.task_runner)(max_workers=args.parallel_batches))
+    destination = Destination(args.container, normalize_prefix(args.prefix), args.credentials_block)
     show_progress = not args.no_progress and not args.verify and sys.stderr.isatty()
+    return run_flow(flow, parameters, destination, create=not args.verify, as_json=args.json,
+                    show_progress=show_progress)
+
+
+def build_restore_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python flows/restore_site_content.py",
+        description="Restore a backup from Azure Blob Storage (or the local Azurite) into a folder.",
+        epilog=(
+            "Storage settings as for the backup. Exit codes: 0 every blob restored or already there, "
+            "1 some blobs failed or were refused (the rest were restored), 2 bad input or configuration."
+        ),
+    )
+    p.add_argument("container", metavar="CONTAINER", help="blob container holding the backup")
+    p.add_argument("target", metavar="TARGET", help="folder to restore into (created if missing)")
+    p.add_argument("--prefix", default="", help="restore only blobs under this prefix (it is not part of the paths)")
+    p.add_argument("--credentials-block", metavar="NAME", help="saved prefect-azure AzureBlobStorageCredentials block")
+    p.add_argument("--overwrite", action="store_true", help="replace files in TARGET that differ from the backup")
+    p.add_argument("--refresh", action="store_true", help="ignore the checkpoints of an interrupted restore")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--files-per-batch", type=_positive, default=1000, help="files per restore task (default 1000)")
+    return p
+
+
+def restore_main(flow, argv: list[str] | None = None) -> int:
+    """Run the restore flow from the command line; returns the exit code."""
+    args = build_restore_parser().parse_args(argv)
+    try:
+        validate_container_name(args.container)
+        prefix = normalize_prefix(args.prefix)
+        if os.path.exists(args.target) and not os.path.isdir(args.target):
+            raise ConfigurationError(f"target {args.target!r} is not a folder: give a folder to restore into")
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    parameters = dict(container=args.container, target_directory=os.path.abspath(args.target), prefix=args.prefix,
+                      credentials_block=args.credentials_block, overwrite=args.overwrite, refresh=args.refresh,
+                      files_per_batch=args.files_per_batch)
+    destination = Destination(args.container, prefix, args.credentials_block)
+    return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
+
+
+def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, as_json: bool,
+             show_progress: bool) -> int:
+    """Pick the Prefect server, check the storage, run the flow, print its summary."""
+    from prefect.settings import temporary_settings
+
     try:
         updates, notice = prefect_settings_for_this_run()
         with temporary_settings(updates=updates):
             # Checked before the flow starts, so a wrong address or key is one clear line,
             # not a failed flow run with tracebacks.
-            prepare(Destination(args.container, normalize_prefix(args.prefix), args.credentials_block),
-                    create=not args.verify)
+            prepare(destination, create=create)
             if notice:
                 print(notice, file=sys.stderr)
             with _ProgressLine(show_progress):
@@ -194,10 +239,7 @@ def main(flow, argv: list[str] | None = None) -> int:
         print("interrupted: finished batches are checkpointed; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:
-        print(f"error: the backup run failed: {redact(str(exc))}", file=sys.stderr)
+        print(f"error: the run failed: {redact(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
-    if args.json:
-        print(summary.model_dump_json(indent=2))
-    else:
-        print(summary.to_text())
+    print(summary.model_dump_json(indent=2) if as_json else summary.to_text())
     return summary.exit_code

@@ -33,6 +33,8 @@ class BlobStore(Protocol):
 
     def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]: ...
 
+    def read(self, name: str) -> Iterator[bytes]: ...
+
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
     ) -> None: ...
@@ -108,6 +110,10 @@ class AzureBlobStore:
         for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
             yield props.name, _remote(props)
 
+    def read(self, name: str) -> Iterator[bytes]:
+        """The blob's content in chunks, downloaded a few ranges at a time."""
+        return self.container.download_blob(name, max_concurrency=4, retry_hook=self.retries).chunks()
+
     def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
         # validate_content sends a transactional Content-MD5 the service checks on receipt;
         # content_md5 is the property stored with the blob.
@@ -179,6 +185,10 @@ class MemoryBlobStore:
         for name in sorted(self.blobs):
             if name.startswith(prefix):
                 yield name, self.get(name)
+
+    def read(self, name: str) -> Iterator[bytes]:
+        data = self.blobs[name].data
+        return iter([data[i : i + 1024] for i in range(0, len(data), 1024)])
 
     def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
         if hashlib.md5(data).digest() != md5:

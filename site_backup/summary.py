@@ -60,19 +60,24 @@ class BackupSummary(BaseModel):
                          f"{self.bytes_uploaded / 2**20 / secs:.1f} MiB/s {verb})"),
             ("Outcome", self.outcome + (" (dry run: nothing was uploaded)" if self.dry_run else "")),
         ]
-        width = max(len(label) for label, _ in rows)
-        lines = [f"{label + ':':<{width + 1}}  {value}" for label, value in rows]
-        for title, problems in (("Skipped", self.skipped), ("Failed", self.failed)):
-            if problems:
-                lines.append(f"{title} ({len(problems)}):")
-                pad = min(max(len(p.path) for p in problems), 60)
-                lines.extend(f"  {p.path:<{pad}}  {p.reason}" for p in problems)
-        return "\n".join(lines)
+        return render(rows, (("Skipped", self.skipped), ("Failed", self.failed)))
 
     def to_markdown(self) -> str:
         """The summary as a Prefect markdown artifact."""
         text = self.to_text().replace("|", "\\|")
         return f"# Backup {self.outcome}\n\n```\n{text}\n```\n"
+
+
+def render(rows: list[tuple[str, str]], sections) -> str:
+    """Aligned `Label:  value` lines, then each non-empty list of problems as a table."""
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label + ':':<{width + 1}}  {value}" for label, value in rows]
+    for title, problems in sections:
+        if problems:
+            lines.append(f"{title} ({len(problems)}):")
+            pad = min(max(len(p.path) for p in problems), 60)
+            lines.extend(f"  {p.path:<{pad}}  {p.reason}" for p in problems)
+    return "\n".join(lines)
 
 
 def human_bytes(n: int) -> str:
@@ -157,14 +162,8 @@ class VerifySummary(BaseModel):
             ("Checked", f"{human_bytes(self.bytes_checked)} in {self.duration_seconds:.1f} s"),
             ("Outcome", self.outcome),
         ]
-        width = max(len(label) for label, _ in rows)
-        lines = [f"{label + ':':<{width + 1}}  {value}" for label, value in rows]
-        for title, problems in (("Missing", self.missing), ("Different", self.different),
-                                ("Unreadable", self.unreadable)):
-            if problems:
-                lines.append(f"{title} ({len(problems)}):")
-                pad = min(max(len(p.path) for p in problems), 60)
-                lines.extend(f"  {p.path:<{pad}}  {p.reason}" for p in problems)
+        lines = [render(rows, (("Missing", self.missing), ("Different", self.different),
+                               ("Unreadable", self.unreadable)))]
         if self.extra:
             lines.append(f"Extra ({len(self.extra)}):")
             lines.extend(f"  {name}" for name in self.extra[:50])
@@ -200,4 +199,70 @@ def summarize_verify(listing: FileListing, results, extra: list[str], *, root: s
     s.blobs_extra = len(extra)
     s.files_total = s.files_matching + s.files_missing + s.files_different + s.files_unreadable
     s.outcome = "differences" if (s.files_missing or s.files_different or s.files_unreadable) else "verified"
+    return s
+
+
+class RestoreSummary(BaseModel):
+    """What a restore did. `outcome` is "completed" when every blob was restored or was
+    already there, "incomplete" when some failed or were refused (exit code 1)."""
+
+    outcome: str = "completed"
+    source: str = ""
+    target: str = ""
+    files_total: int = 0
+    files_restored: int = 0
+    files_unchanged: int = 0
+    files_refused: int = 0
+    files_failed: int = 0
+    bytes_total: int = 0
+    bytes_restored: int = 0
+    batches: int = 0
+    batches_from_checkpoint: int = 0
+    duration_seconds: float = 0.0
+    unverified: list[str] = Field(default_factory=list)
+    refused: list[FileProblem] = Field(default_factory=list)
+    failed: list[FileProblem] = Field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.outcome == "completed" else EXIT_INCOMPLETE
+
+    def to_text(self) -> str:
+        secs = max(self.duration_seconds, 1e-9)
+        rows = [
+            ("Source", self.source),
+            ("Target", self.target),
+            ("Files", f"{self.files_total} total, {self.files_restored} restored, {self.files_unchanged} unchanged, "
+                      f"{self.files_refused} refused, {self.files_failed} failed"),
+            ("Bytes", f"{human_bytes(self.bytes_total)} total, {human_bytes(self.bytes_restored)} restored"),
+            ("Unverified", f"{len(self.unverified)} (blobs without a Content-MD5)"),
+            ("Batches", f"{self.batches} ({self.batches_from_checkpoint} done by an earlier run)"),
+            ("Duration", f"{self.duration_seconds:.1f} s ({self.bytes_restored / 2**20 / secs:.1f} MiB/s)"),
+            ("Outcome", self.outcome),
+        ]
+        return render(rows, (("Refused", self.refused), ("Failed", self.failed)))
+
+    def to_markdown(self) -> str:
+        return f"# Restore {self.outcome}\n\n```\n{self.to_text()}\n```\n"
+
+
+def summarize_restore(refused, results, *, source: str, target: str, duration_seconds: float) -> RestoreSummary:
+    """Reduce the refused names and each batch's (result, came from a checkpoint)."""
+    s = RestoreSummary(source=source, target=target, duration_seconds=round(duration_seconds, 3))
+    s.refused = sorted((FileProblem(path=p.path, reason=p.reason) for p in refused), key=_path)
+    for result, from_checkpoint in results:
+        if from_checkpoint:
+            result = result.as_cached()
+        s.batches += 1
+        s.batches_from_checkpoint += from_checkpoint
+        s.files_restored += result.files_restored
+        s.files_unchanged += result.files_unchanged
+        s.bytes_total += result.bytes_total
+        s.bytes_restored += result.bytes_restored
+        s.unverified += result.unverified
+        s.failed += [FileProblem(path=p.path, reason=p.reason) for p in result.failed]
+    s.failed.sort(key=_path)
+    s.files_refused, s.files_failed = len(s.refused), len(s.failed)
+    s.files_total = s.files_restored + s.files_unchanged + s.files_refused + s.files_failed
+    s.outcome = "incomplete" if (s.files_refused or s.files_failed) else "completed"
     return s

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from prefect import get_run_logger, task
@@ -12,23 +11,11 @@ from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from site_backup import CHECKPOINT_VERSION
-from site_backup.copy import BatchResult, CopyOptions, FileOutcome, copy_batch as copy_files
+from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files
 from site_backup.destination import Destination, open_store
 from site_backup.files import FileEntry
 from site_backup.progress import progress
-from tasks.retry import BatchIncomplete, transient_only
-
-@dataclass
-class _EarlierAttempts:
-    """What earlier attempts of one task run did: the files they finished (so a retry
-    neither re-sends them nor miscounts them as unchanged) and their storage retries."""
-
-    finished: dict[str, FileOutcome] = field(default_factory=dict)
-    storage_retries: int = 0
-
-
-_earlier_attempts: dict[str, _EarlierAttempts] = {}
-
+from tasks.retry import BatchIncomplete, earlier_attempts, end_attempt, transient_only
 
 def batch_checkpoint_key(context, parameters) -> str | None:
     """The checkpoint key: what the batch is (destination, and each file's path, size and
@@ -71,8 +58,7 @@ def with_checkpoints(refresh: bool = False, block: str | None = None, days: floa
 def copy_batch(root: str, batch: list[FileEntry], destination: Destination, options: CopyOptions) -> BatchResult:
     """Copy one batch; raises BatchIncomplete (with the partial result) if any file failed."""
     context = TaskRunContext.get()
-    run_id = str(context.task_run.id)
-    earlier = _earlier_attempts.setdefault(run_id, _EarlierAttempts())
+    earlier = earlier_attempts(context)
     store = open_store(destination)
     outcomes = copy_files(root, batch, store, destination.prefix, options, done=earlier.finished,
                           on_file=progress.add)
@@ -82,9 +68,7 @@ def copy_batch(root: str, batch: list[FileEntry], destination: Destination, opti
     result.retries += earlier.storage_retries + context.task_run.run_count - 1
     if store.retries.total:
         get_run_logger().warning("storage requests retried: %s", store.retries.describe())
-    last_attempt = context.task_run.run_count > context.task.retries
-    if not result.failed or last_attempt:
-        _earlier_attempts.pop(run_id, None)
+    end_attempt(context, failed=bool(result.failed))
     if result.failed:
         raise BatchIncomplete(result)
     return result

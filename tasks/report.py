@@ -11,7 +11,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from site_backup.summary import BackupSummary, VerifySummary
+from site_backup.summary import BackupSummary, RestoreSummary, VerifySummary
 
 PROGRESS_FORMAT = "{files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes"
 
@@ -53,3 +53,12 @@ def publish_verify_summary(summary: VerifySummary) -> None:
     rows = summary.table_rows()
     if rows:
         create_table_artifact(table=rows, key="verify-differences", description="Files that differ from the backup")
+
+
+def publish_restore_summary(summary: RestoreSummary) -> None:
+    """The restore summary as a markdown artifact on the flow run."""
+    create_markdown_artifact(
+        markdown=summary.to_markdown(),
+        key="restore-summary",
+        description=f"Restore {summary.outcome}: {summary.files_restored} restored, {summary.files_failed} failed",
+    )

@@ -1,16 +1,21 @@
-"""Which task failures are worth a retry."""
+"""What the batch tasks share: which failures are worth a retry, what earlier attempts of
+a task run finished, and how a finished batch future becomes a result."""
 
 from __future__ import annotations
 
-from site_backup.copy import BatchResult
-from site_backup.errors import is_transient
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from site_backup.errors import describe, is_transient
+from site_backup.files import Problem
 
 
 class BatchIncomplete(Exception):
-    """Some files of a batch failed; carries the batch's result so nothing is lost. A
-    failed task run is never checkpointed, so a later run tries those files again."""
+    """Some files of a batch failed; carries the batch's result (anything with `failed`
+    and `transient_failures`) so nothing is lost. A failed task run is never
+    checkpointed, so a later run tries those files again."""
 
-    def __init__(self, result: BatchResult):
+    def __init__(self, result: Any):
         super().__init__(result)  # the only arg, so the exception pickles and unpickles
         self.result = result
 
@@ -31,3 +36,41 @@ def transient_only(task, task_run, state) -> bool:
     except Exception as exc:
         return is_transient(exc)
     return False
+
+
+@dataclass
+class EarlierAttempts:
+    """What earlier attempts of one task run did: the files they finished (so a retry
+    neither redoes them nor miscounts them as unchanged) and their storage retries."""
+
+    finished: dict[str, Any] = field(default_factory=dict)
+    storage_retries: int = 0
+
+
+_attempts: dict[str, EarlierAttempts] = {}
+
+
+def earlier_attempts(context) -> EarlierAttempts:
+    """The record for the current task run (kept across its retries, in this process)."""
+    return _attempts.setdefault(str(context.task_run.id), EarlierAttempts())
+
+
+def end_attempt(context, failed: bool) -> None:
+    """Forget the record once the task run succeeded or has no retry left."""
+    if not failed or context.task_run.run_count > context.task.retries:
+        _attempts.pop(str(context.task_run.id), None)
+
+
+def batch_outcome(future, batch: list, failed_result: Callable[[list[Problem]], Any]) -> tuple[Any, bool]:
+    """A finished batch task as (result, came from a checkpoint). A batch whose task
+    failed keeps the result of its files; one that failed whole (an unexpected error)
+    becomes `failed_result` listing every file with the reason."""
+    future.wait()  # sets the future's final state; without it `state` asks the server
+    state = future.state
+    if state.is_completed():
+        return future.result(), state.name == "Cached"
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, BatchIncomplete):
+        return error.result, False
+    reason = describe(error) if isinstance(error, BaseException) else f"task ended {state.name}"
+    return failed_result([Problem(f.path, reason) for f in batch]), False

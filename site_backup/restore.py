@@ -1,0 +1,271 @@
+"""Restore blobs into a folder: plan safely, download to a temporary name, check the MD5,
+then rename into place with the file's modification time."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, NamedTuple
+
+from .errors import ConfigurationError, describe, error_code, is_transient
+from .files import Problem, display_path
+from .storage import RemoteBlob
+
+MiB = 2**20
+MARKER = ".site-backup-restore-in-progress"  # holds the id that keys this restore's checkpoints
+
+
+class BlobEntry(NamedTuple):
+    """A blob to restore, with the path it restores to (relative to the target)."""
+
+    path: str
+    size: int
+    name: str
+    content_md5: bytes | None
+    mtime_ns: int | None
+
+
+@dataclass
+class RestorePlan:
+    batches: list[list[BlobEntry]] = field(default_factory=list)
+    refused: list[Problem] = field(default_factory=list)
+
+    @property
+    def files(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.size for b in self.batches for e in b)
+
+
+def unsafe_name_reason(path: str) -> str | None:
+    """Why a blob's relative path must not be written under the target, or None if safe.
+    Absolute paths, `..`, `.` and empty segments, backslashes (separators on Windows), NUL
+    and other control characters are refused; so are names too long for a file system."""
+    if not path:
+        return "empty name"
+    if path.startswith("/"):
+        return "absolute path"
+    if "\\" in path:
+        return "backslash in the name (a folder separator on Windows)"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        return "control character or NUL in the name"
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "'..', '.' or empty path segment"
+    if any(len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts):
+        return "a path segment is longer than 255 bytes"
+    return None
+
+
+def plan_restore(blobs: Iterable[tuple[str, RemoteBlob]], prefix: str, max_files: int, max_bytes: int) -> RestorePlan:
+    """Turn the blobs under `prefix` into batches of files to restore; unsafe names are
+    refused here (and checked again before any write)."""
+    from .files import make_batches
+
+    plan = RestorePlan()
+    start = len(prefix) + 1 if prefix else 0
+    entries = []
+    for name, blob in blobs:
+        path = name[start:]
+        if name.endswith("/"):
+            plan.refused.append(Problem(display_path(name), "folder marker blob, nothing to restore"))
+            continue
+        reason = unsafe_name_reason(path)
+        if reason:
+            plan.refused.append(Problem(display_path(name), f"refused, would not stay inside the target: {reason}"))
+            continue
+        entries.append(BlobEntry(path, blob.size, name, blob.content_md5, blob.mtime_ns))
+    plan.batches = list(make_batches(entries, max_files, max_bytes))
+    return plan
+
+
+def prepare_target(target: str) -> tuple[str, str]:
+    """Create the target folder if needed; return its real path and this restore's id
+    (kept in a marker file until the restore completes, so a crashed restore resumes
+    from its checkpoints and a later restore does not trust them)."""
+    path = os.path.abspath(os.path.expanduser(target))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigurationError(f"target {target!r} exists and is not a folder: give a folder to restore into")
+    try:
+        os.makedirs(path, exist_ok=True)
+        marker = os.path.join(path, MARKER)
+        if os.path.exists(marker):
+            with open(marker) as f:
+                restore_id = f.read().strip()
+        else:
+            restore_id = uuid.uuid4().hex
+            with open(marker, "w") as f:
+                f.write(restore_id + "\n")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot write to the target {target!r} ({exc.strerror or exc}): give a folder you may write to"
+        ) from None
+    return os.path.realpath(path), restore_id
+
+
+def finish_target(target: str) -> None:
+    """The restore completed: forget its id."""
+    try:
+        os.remove(os.path.join(target, MARKER))
+    except FileNotFoundError:
+        pass
+
+
+class RestoreOutcome(NamedTuple):
+    path: str
+    status: str  # "restored", "unchanged", "failed"
+    size: int = 0
+    bytes_restored: int = 0
+    reason: str = ""
+    transient: bool = False
+    unverified: bool = False
+
+
+@dataclass
+class RestoreBatchResult:
+    files_restored: int = 0
+    files_unchanged: int = 0
+    bytes_total: int = 0
+    bytes_restored: int = 0
+    unverified: list[str] = field(default_factory=list)
+    failed: list[Problem] = field(default_factory=list)
+    transient_failures: int = 0
+
+    @classmethod
+    def from_outcomes(cls, outcomes: list[RestoreOutcome]) -> "RestoreBatchResult":
+        r = cls()
+        for o in outcomes:
+            r.bytes_total += o.size
+            if o.unverified:
+                r.unverified.append(o.path)
+            if o.status == "restored":
+                r.files_restored += 1
+                r.bytes_restored += o.bytes_restored
+            elif o.status == "unchanged":
+                r.files_unchanged += 1
+            else:
+                r.failed.append(Problem(o.path, o.reason))
+                r.transient_failures += o.transient
+        return r
+
+    def as_cached(self) -> "RestoreBatchResult":
+        return RestoreBatchResult(files_unchanged=self.files_restored + self.files_unchanged,
+                                  bytes_total=self.bytes_total)
+
+
+class _Refused(Exception):
+    pass
+
+
+def restore_batch(target: str, batch: list[BlobEntry], download: Callable[[str], Iterable[bytes]], *,
+                  overwrite: bool = False, threads: int = 8) -> list[RestoreOutcome]:
+    """Restore every blob of the batch; `download(name)` yields the blob's bytes."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(lambda e: restore_file(target, e, download, overwrite=overwrite), batch))
+
+
+def restore_file(target: str, entry: BlobEntry, download, *, overwrite: bool = False) -> RestoreOutcome:
+    """Restore one blob. Never writes outside `target`, never through a link, never
+    leaves a file whose content does not match the blob's Content-MD5."""
+    try:
+        reason = unsafe_name_reason(entry.path)
+        if reason:
+            raise _Refused(f"refused, would not stay inside the target: {reason}")
+        parent = _safe_parent(target, entry.path.split("/")[:-1])
+        dest = os.path.join(parent, entry.path.rsplit("/", 1)[-1])
+        existing = _lstat(dest)
+        if existing is not None:
+            if stat.S_ISREG(existing.st_mode) and _same(dest, existing, entry):
+                return RestoreOutcome(entry.path, "unchanged", size=entry.size)
+            if not overwrite:
+                raise _Refused("a different file already exists here: pass --overwrite to replace it")
+            if stat.S_ISDIR(existing.st_mode):
+                raise _Refused("a folder stands where this file belongs")
+        unverified = _download_to(dest, entry, download)
+        return RestoreOutcome(entry.path, "restored", size=entry.size, bytes_restored=entry.size,
+                              unverified=unverified)
+    except _Refused as exc:
+        return RestoreOutcome(entry.path, "failed", size=entry.size, reason=str(exc))
+    except Exception as exc:
+        if error_code(exc) == "BlobNotFound":
+            return RestoreOutcome(entry.path, "failed", size=entry.size, reason="blob was deleted during the restore")
+        return RestoreOutcome(entry.path, "failed", size=entry.size, reason=describe(exc), transient=is_transient(exc))
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _safe_parent(target: str, parts: list[str]) -> str:
+    """Create the folders of a path under `target`, refusing to pass through a link or a file."""
+    path = target
+    for part in parts:
+        path = os.path.join(path, part)
+        st = _lstat(path)
+        if st is None:
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                pass
+            st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise _Refused(f"refused: {display_path(os.path.relpath(path, target))} is a symbolic link in the target")
+        if not stat.S_ISDIR(st.st_mode):
+            raise _Refused(f"a file stands where the folder {display_path(os.path.relpath(path, target))} belongs")
+    return path
+
+
+def _same(dest: str, st: os.stat_result, entry: BlobEntry) -> bool:
+    if st.st_size != entry.size:
+        return False
+    if entry.mtime_ns is not None and st.st_mtime_ns == entry.mtime_ns:
+        return True
+    if entry.content_md5 is None:
+        return False
+    md5 = hashlib.md5()
+    with open(dest, "rb", buffering=0) as f:
+        for chunk in iter(lambda: f.read(MiB), b""):
+            md5.update(chunk)
+    return md5.digest() == entry.content_md5
+
+
+def _download_to(dest: str, entry: BlobEntry, download) -> bool:
+    """Write the blob to a temporary file beside `dest`, check it, rename it into place.
+    Returns True when the blob had no Content-MD5 to check against."""
+    folder, name = os.path.split(dest)
+    temp = os.path.join(folder, f".{name[:200]}.{uuid.uuid4().hex[:8]}.part")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        md5, size = hashlib.md5(), 0
+        with os.fdopen(fd, "wb") as f:
+            for chunk in download(entry.name):
+                md5.update(chunk)
+                size += len(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        if size != entry.size:
+            raise _Refused(f"blob changed during the restore ({size} bytes read, {entry.size} listed): run again")
+        if entry.content_md5 is not None and md5.digest() != entry.content_md5:
+            raise _Refused("damaged blob: its content does not match its Content-MD5, not written")
+        if entry.mtime_ns is not None:
+            os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
+        os.replace(temp, dest)
+    except BaseException:
+        try:
+            os.remove(temp)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        raise
+    return entry.content_md5 is None

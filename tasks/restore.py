@@ -1,0 +1,82 @@
+"""Restore tasks: plan from the blob listing, prepare the target, restore batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+
+from site_backup import CHECKPOINT_VERSION
+from site_backup.destination import Destination, open_store
+from site_backup.restore import (
+    BlobEntry,
+    RestoreBatchResult,
+    RestorePlan,
+    finish_target,
+    plan_restore,
+    prepare_target,
+    restore_batch as restore_files,
+)
+from tasks.retry import BatchIncomplete, earlier_attempts, end_attempt, transient_only
+
+
+@task(name="list-backup", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=transient_only)
+def list_backup(destination: Destination, max_files: int, max_bytes: int) -> RestorePlan:
+    """The blobs under the prefix as batches to restore; unsafe names refused."""
+    store = open_store(destination)
+    prefix = f"{destination.prefix}/" if destination.prefix else ""
+    return plan_restore(store.list(prefix), destination.prefix, max_files, max_bytes)
+
+
+@task(name="prepare-target", cache_policy=NO_CACHE)
+def prepare_restore_target(target_directory: str) -> tuple[str, str]:
+    """The target's real path (created if missing) and this restore's id."""
+    return prepare_target(target_directory)
+
+
+@task(name="finish-restore", cache_policy=NO_CACHE)
+def finish_restore(target: str) -> None:
+    """Forget the restore id: a later restore into this folder checks every file again."""
+    finish_target(target)
+
+
+def restore_checkpoint_key(context, parameters) -> str:
+    """What the batch is (source, target, this restore's id, each blob's name, size and
+    MD5), so only a resumed restore reuses it."""
+    destination: Destination = parameters["destination"]
+    h = hashlib.sha256(json.dumps([CHECKPOINT_VERSION, "restore", destination.account_url, destination.container,
+                                   destination.prefix, parameters["target"], parameters["restore_id"]]).encode())
+    for e in parameters["batch"]:
+        h.update(f"\0{e.name}\0{e.size}\0{(e.content_md5 or b'').hex()}\0{e.mtime_ns}".encode("utf-8", "surrogatepass"))
+    return f"site-backup-restore-{h.hexdigest()}"
+
+
+@task(
+    name="restore-batch",
+    cache_key_fn=restore_checkpoint_key,
+    persist_result=True,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=transient_only,
+)
+def restore_batch(target: str, restore_id: str, batch: list[BlobEntry], destination: Destination,
+                  overwrite: bool) -> RestoreBatchResult:
+    """Restore one batch; raises BatchIncomplete (with the partial result) if any file failed."""
+    context = TaskRunContext.get()
+    earlier = earlier_attempts(context)
+    todo = [e for e in batch if e.path not in earlier.finished]
+    outcomes = restore_files(target, todo, open_store(destination).read, overwrite=overwrite)
+    earlier.finished.update((o.path, o) for o in outcomes if o.status != "failed")
+    by_path = {o.path: o for o in outcomes}
+    by_path.update(earlier.finished)
+    result = RestoreBatchResult.from_outcomes([by_path[e.path] for e in batch])
+    end_attempt(context, failed=bool(result.failed))
+    if result.failed:
+        raise BatchIncomplete(result)
+    return result

@@ -1,0 +1,190 @@
+"""Restore: a round trip through Azurite, hostile names, damaged blobs, resume."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flows.backup_site_content import backup_site_content
+from flows.restore_site_content import restore_site_content
+from site_backup.restore import MARKER, BlobEntry, plan_restore, restore_file, unsafe_name_reason
+from site_backup.storage import MemoryBlobStore, RemoteBlob
+from tests.conftest import PROJECT, read_tree
+
+ODD = {
+    "index.html": b"<html>home</html>",
+    "with space/and%percent #hash?.txt": b"odd",
+    "ünïcødé/日本語/файл.txt": "текст".encode(),
+    "emoji-\U0001f600.txt": b"smile",
+    "empty.txt": b"",
+    "deep/" + "/".join(["d"] * 40) + "/leaf.bin": os.urandom(5000),
+    "big.bin": os.urandom(9 * 2**20 + 3),
+}
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/../../evil", "/abs/path", "a/./b", "a//b", "back\\..\\slash",
+                                  "nul\x00byte", "ctrl\x01char", "", "x" * 256])
+def test_unsafe_names_are_refused(name):
+    assert unsafe_name_reason(name)
+
+
+@pytest.mark.parametrize("name", ["a/b/c.txt", "..hidden", "a..b", "dot.", "space name", "日本語", "x" * 255])
+def test_ordinary_names_are_allowed(name):
+    assert unsafe_name_reason(name) is None
+
+
+def blob(data: bytes, mtime_ns=None, md5=True) -> RemoteBlob:
+    return RemoteBlob(len(data), hashlib.md5(data).digest() if md5 else None, mtime_ns)
+
+
+def test_plan_strips_the_prefix_and_refuses_hostile_names():
+    plan = plan_restore([("p/ok.txt", blob(b"1")), ("p/../x", blob(b"2")), ("p/dir/", blob(b""))], "p", 10, 10**6)
+    assert [e.path for b in plan.batches for e in b] == ["ok.txt"]
+    assert {p.path for p in plan.refused} == {"p/../x", "p/dir/"}
+
+
+def entry(path, data, mtime_ns=1_600_000_000_123_456_789, md5=None):
+    return BlobEntry(path, len(data), path, md5 if md5 is not None else hashlib.md5(data).digest(), mtime_ns)
+
+
+def download_of(data: bytes):
+    return lambda name: iter([data[:3], data[3:]])
+
+
+def test_restore_file_writes_content_and_mtime_and_then_is_unchanged(tmp_path):
+    e = entry("a/b.txt", b"hello world")
+    assert restore_file(str(tmp_path), e, download_of(b"hello world")).status == "restored"
+    assert (tmp_path / "a/b.txt").read_bytes() == b"hello world"
+    assert os.stat(tmp_path / "a/b.txt").st_mtime_ns == e.mtime_ns
+    assert restore_file(str(tmp_path), e, download_of(b"hello world")).status == "unchanged"
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.txt"]  # no temporary file left
+
+
+def test_damaged_blob_is_not_written(tmp_path):
+    e = entry("a.txt", b"original", md5=hashlib.md5(b"original").digest())
+    outcome = restore_file(str(tmp_path), e, download_of(b"tampered"))
+    assert outcome.status == "failed" and "damaged" in outcome.reason
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_different_existing_file_needs_overwrite(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"local edit")
+    e = entry("a.txt", b"from backup")
+    outcome = restore_file(str(tmp_path), e, download_of(b"from backup"))
+    assert outcome.status == "failed" and "--overwrite" in outcome.reason
+    assert (tmp_path / "a.txt").read_bytes() == b"local edit"
+    assert restore_file(str(tmp_path), e, download_of(b"from backup"), overwrite=True).status == "restored"
+    assert (tmp_path / "a.txt").read_bytes() == b"from backup"
+
+
+def test_a_link_in_the_target_is_never_followed(tmp_path):
+    target, outside = tmp_path / "target", tmp_path / "outside"
+    target.mkdir()
+    outside.mkdir()
+    os.symlink(outside, target / "etc")
+    outcome = restore_file(str(target), entry("etc/passwd", b"owned"), download_of(b"owned"))
+    assert outcome.status == "failed" and "symbolic link" in outcome.reason
+    assert list(outside.iterdir()) == []
+
+
+def test_round_trip_byte_identical_with_mtimes(storage, checkpoints, container_name, make_tree, tmp_path):
+    source = make_tree(ODD)
+    os.utime(source / "index.html", ns=(1_500_000_000_987_654_321, 1_500_000_000_987_654_321))
+    backup_site_content(str(source), container=container_name, prefix="site")
+    target = tmp_path / "restored"
+    summary = restore_site_content(container_name, str(target), prefix="site")
+    assert summary.outcome == "completed" and summary.exit_code == 0
+    assert summary.files_restored == len(ODD) and summary.bytes_restored == sum(map(len, ODD.values()))
+    assert read_tree(target) == ODD
+    for rel in ODD:
+        assert os.stat(target / rel).st_mtime_ns == os.stat(source / rel).st_mtime_ns, rel
+    assert not (target / MARKER).exists()
+    again = restore_site_content(container_name, str(target), prefix="site")
+    assert again.files_restored == 0 and again.files_unchanged == len(ODD)
+
+
+def test_hostile_names_write_nothing_outside_the_target(storage, checkpoints, container_name, tmp_path):
+    container = storage.container(container_name)
+    container.create_container()
+    # The service itself refuses names with '..' segments in the URL, but stores these;
+    # Azurite turns the backslashes into '/', so that one arrives as 'back/../slash.txt'.
+    hostile = ["/absolute.txt", "back\\..\\..\\slash.txt", "dir/", "a//b.txt"]
+    for name in hostile + ["good/one.txt", "good two.txt", ".../three dots"]:
+        container.upload_blob(name, b"payload", overwrite=True)
+    sandbox = tmp_path / "sandbox"
+    target = sandbox / "target"
+    summary = restore_site_content(container_name, str(target))
+    assert summary.outcome == "incomplete" and summary.exit_code == 1
+    assert summary.files_restored == 3 and summary.files_refused == len(hostile)
+    assert read_tree(sandbox) == {"target/good/one.txt": b"payload", "target/good two.txt": b"payload",
+                                  "target/.../three dots": b"payload", f"target/{MARKER}": (target / MARKER).read_bytes()}
+    assert not (tmp_path / "slash.txt").exists() and not os.path.exists("/absolute.txt")
+
+
+def put_damaged(container, name: str, data: bytes) -> None:
+    """A blob whose stored Content-MD5 does not match its content (Put Block List stores
+    the MD5 it is given without checking it)."""
+    from azure.storage.blob import BlobBlock, ContentSettings
+
+    client = container.get_blob_client(name)
+    block_id = base64.b64encode(b"block-0").decode()
+    client.stage_block(block_id, data)
+    client.commit_block_list([BlobBlock(block_id=block_id)],
+                             content_settings=ContentSettings(content_md5=bytearray(hashlib.md5(b"other").digest())))
+
+
+def test_damaged_blob_is_reported_and_a_rerun_resumes_from_checkpoints(storage, checkpoints, container_name,
+                                                                       make_tree, tmp_path):
+    files = {f"f{i:03d}.txt": f"file {i}".encode() for i in range(60)}
+    backup_site_content(str(make_tree(files)), container=container_name)
+    container = storage.container(container_name)
+    put_damaged(container, "f030.txt", b"file 30")
+    target = tmp_path / "restored"
+    first = restore_site_content(container_name, str(target), files_per_batch=10)
+    assert first.outcome == "incomplete" and [p.path for p in first.failed] == ["f030.txt"]
+    assert "damaged" in first.failed[0].reason and not (target / "f030.txt").exists()
+    assert (target / MARKER).exists()  # the restore is unfinished: its checkpoints stay valid
+    container.upload_blob("f030.txt", b"file 30", overwrite=True)  # repaired
+    second = restore_site_content(container_name, str(target), files_per_batch=10)
+    assert second.outcome == "completed" and second.files_restored == 1
+    assert 1 <= second.batches_from_checkpoint < second.batches
+    assert read_tree(target) == files
+
+
+def test_restore_command_line(storage, prefect_server, checkpoints, container_name, make_tree, tmp_path):
+    backup_site_content(str(make_tree({"a.txt": b"A", "b/c.txt": b"C"})), container=container_name)
+    env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=storage.connection_string, PREFECT_API_URL=prefect_server)
+    script = str(PROJECT / "flows" / "restore_site_content.py")
+    done = subprocess.run([sys.executable, script, container_name, str(tmp_path / "out"), "--json"], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["files_restored"] == 2
+    assert read_tree(tmp_path / "out") == {"a.txt": b"A", "b/c.txt": b"C"}
+    missing = subprocess.run([sys.executable, script, "no-such-container", str(tmp_path / "x")], env=env,
+                             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    (tmp_path / "file").write_text("x")
+    not_a_dir = subprocess.run([sys.executable, script, container_name, str(tmp_path / "file")], env=env,
+                               capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert not_a_dir.returncode == 2 and "is not a folder" in not_a_dir.stderr
+
+
+def test_dot_dot_names_from_any_listing_are_refused_and_neighbours_restored(tmp_path):
+    from site_backup.restore import restore_batch
+
+    store = MemoryBlobStore()  # its listing may hold names the real service refuses in a URL
+    for name in ["../../escaped.txt", "ok/../../../escaped2.txt", "fine.txt", "C:\\windows\\x.txt"]:
+        store.put(name, b"data", md5=hashlib.md5(b"data").digest(), content_type="text/plain", metadata={})
+    plan = plan_restore(store.list(""), "", 100, 10**6)
+    target = tmp_path / "a" / "target"
+    target.mkdir(parents=True)
+    outcomes = restore_batch(str(target), [e for b in plan.batches for e in b], store.read)
+    assert [(o.path, o.status) for o in outcomes] == [("fine.txt", "restored")]
+    assert len(plan.refused) == 3
+    assert read_tree(tmp_path) == {"a/target/fine.txt": b"data"}
