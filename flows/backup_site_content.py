@@ -65,6 +65,7 @@ def backup_site_content(
     )
     progress.reset(listing.files, listing.bytes)
     copy = with_checkpoints(refresh, checkpoint_block, checkpoint_days)
+    copy_started = time.monotonic()
     futures = copy.map(unmapped(listing.root), listing.batches, unmapped(destination), unmapped(options))
     batch_of = {future: batch for future, batch in zip(futures, listing.batches)}
     progress_id = start_progress(listing.files, listing.bytes)
@@ -76,7 +77,7 @@ def backup_site_content(
         update_progress(progress_id, files_done, listing.files, bytes_done, listing.bytes)
     summary = summarize(
         listing, results, root=listing.root, destination=destination.describe(), dry_run=dry_run,
-        duration_seconds=time.monotonic() - started,
+        duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,
     )
     publish_summary(summary)
     return summary

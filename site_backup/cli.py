@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--files-per-batch", type=_positive, default=1000, help="files per copy task (default 1000)")
     tuning.add_argument("--mib-per-batch", type=_positive, default=256, help="MiB per copy task (default 256)")
     tuning.add_argument("--parallel-batches", type=_positive, default=4, help="copy tasks at once (default 4)")
+    tuning.add_argument("--task-runner", choices=("threads", "dask"), default="threads",
+                        help="where copy tasks run: threads in this process (default), or an existing Dask "
+                             "cluster (needs `pip install -e .[dask]`)")
+    tuning.add_argument("--dask-address", metavar="tcp://HOST:8786", help="the Dask scheduler for --task-runner dask")
     tuning.add_argument("--files-in-flight", type=_positive, default=16,
                         help="files copied at once, across all copy tasks (default 16)")
     tuning.add_argument("--block-size-mib", type=_positive, default=8,
@@ -171,12 +175,29 @@ def main(flow, argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if args.verify:
         from flows.verify_backup import verify_backup as flow
-
-    flow = flow.with_options(task_runner=type(flow.task_runner)(max_workers=args.parallel_batches))
+    try:
+        flow = flow.with_options(task_runner=task_runner(args))
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     destination = Destination(args.container, normalize_prefix(args.prefix), args.credentials_block)
-    show_progress = not args.no_progress and not args.verify and sys.stderr.isatty()
+    show_progress = not args.no_progress and not args.verify and args.task_runner == "threads" and sys.stderr.isatty()
     return run_flow(flow, parameters, destination, create=not args.verify, as_json=args.json,
                     show_progress=show_progress)
+
+
+def task_runner(args: argparse.Namespace):
+    """The task runner the command line asks for."""
+    if args.task_runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise ConfigurationError("--task-runner dask needs prefect-dask: `pip install -e '.[dask]'`") from None
+        # Without an address, prefect-dask starts a temporary local cluster.
+        return DaskTaskRunner(address=args.dask_address) if args.dask_address else DaskTaskRunner()
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=args.parallel_batches)
 
 
 def build_restore_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,10 @@ class Progress:
             self.bytes_done += outcome.size
             self.bytes_uploaded += outcome.bytes_uploaded
 
+    def __reduce__(self):
+        # Pickled (the copy task shipped to a Dask worker), it stands for that process's own.
+        return (_this_process, ())
+
     def line(self) -> str:
         """One line for a terminal: files, bytes and throughput so far."""
         with self._lock:
@@ -39,3 +43,7 @@ class Progress:
 
 # One per process: the copy tasks of a run share it, the command line reads it.
 progress = Progress()
+
+
+def _this_process() -> Progress:
+    return progress

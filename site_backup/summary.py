@@ -37,6 +37,7 @@ class BackupSummary(BaseModel):
     batches: int = 0
     batches_from_checkpoint: int = 0
     duration_seconds: float = 0.0
+    copy_seconds: float = 0.0  # from the first copy task submitted to the last one finished
     skipped: list[FileProblem] = Field(default_factory=list)
     failed: list[FileProblem] = Field(default_factory=list)
 
@@ -96,10 +97,12 @@ def summarize(
     destination: str,
     dry_run: bool,
     duration_seconds: float,
+    copy_seconds: float = 0.0,
 ) -> BackupSummary:
     """Reduce the listing and each batch's result (with whether it came from a
     checkpoint) into one summary."""
-    s = BackupSummary(root=root, destination=destination, dry_run=dry_run, duration_seconds=round(duration_seconds, 3))
+    s = BackupSummary(root=root, destination=destination, dry_run=dry_run, duration_seconds=round(duration_seconds, 3),
+                      copy_seconds=round(copy_seconds, 3))
     s.files_excluded = listing.excluded
     skipped = [FileProblem(path=p.path, reason=p.reason) for p in listing.skipped]
     failed = [FileProblem(path=p.path, reason=p.reason) for p in listing.failed]
