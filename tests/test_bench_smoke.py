@@ -1,0 +1,16 @@
+"""The benchmark harness itself, on a tiny tree (the real benchmark is `make bench`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import PROJECT
+
+
+def test_bench_smoke_measures_the_flow_and_the_sdk_floor(tmp_path):
+    done = subprocess.run([sys.executable, str(PROJECT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (tmp_path / "bench.md").read_text()
+    assert "| tiny | full | flow |" in table and "| tiny | full | sdk |" in table and "| tiny | rerun | flow |" in table
