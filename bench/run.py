@@ -84,6 +84,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_port(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -360,6 +365,10 @@ def main(argv=None) -> int:
     if args.smoke:
         args.rounds, args.trees, args.tools = 1, "tiny", "flow,sdk"
     tools = [t for t in args.tools.split(",") if available(t) or print(f"({t} not installed: skipped)")]
+    if "flow-ephemeral" in tools and _listening(4200):
+        print("warning: a Prefect server listens on 127.0.0.1:4200, so 'flow-ephemeral' would use it instead of a "
+              "temporary server: stop it (`make stop`) for that figure; skipping flow-ephemeral")
+        tools.remove("flow-ephemeral")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     trees = {}

@@ -24,7 +24,7 @@ from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
-from tasks.report import publish_summary, start_progress, update_progress
+from tasks.report import ProgressArtifact, publish_summary
 from tasks.retry import batch_outcome
 
 MiB = 2**20
@@ -63,18 +63,18 @@ def backup_site_content(
         dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
         files_in_flight=files_in_flight, block_size=block_size_mib * MiB, blocks_in_flight=blocks_in_flight,
     )
-    progress.reset(listing.files, listing.bytes)
+    files_total, bytes_total = listing.files, listing.bytes  # each is a pass over the listing
+    progress.reset(files_total, bytes_total)
     copy = with_checkpoints(refresh, checkpoint_block, checkpoint_days)
     copy_started = time.monotonic()
     futures = copy.map(unmapped(listing.root), listing.batches, unmapped(destination), unmapped(options))
     batch_of = {future: batch for future, batch in zip(futures, listing.batches)}
-    progress_id = start_progress(listing.files, listing.bytes)
-    results, files_done, bytes_done = [], 0, 0
+    shown = ProgressArtifact(files_total, bytes_total)
+    results = []
     for future in as_completed(futures):
         batch = batch_of[future]
         results.append(batch_outcome(future, batch, lambda failed: BatchResult(failed=failed)))
-        files_done, bytes_done = files_done + len(batch), bytes_done + sum(f.size for f in batch)
-        update_progress(progress_id, files_done, listing.files, bytes_done, listing.bytes)
+        shown.advance(len(batch), sum(f.size for f in batch))
     summary = summarize(
         listing, results, root=listing.root, destination=destination.describe(), dry_run=dry_run,
         duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,

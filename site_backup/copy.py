@@ -103,15 +103,18 @@ class _NotRegular(Exception):
     pass
 
 
-_slots_lock = threading.Lock()
-_slots: dict[int, threading.BoundedSemaphore] = {}
+_pools_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def transfer_slots(limit: int) -> threading.BoundedSemaphore:
-    """The process-wide bound on files in flight: batches copying at the same time share
-    it, so one batch alone can use all of it and many batches cannot exceed it."""
-    with _slots_lock:
-        return _slots.setdefault(max(1, limit), threading.BoundedSemaphore(max(1, limit)))
+def file_pool(limit: int) -> ThreadPoolExecutor:
+    """The process-wide pool that copies files: batches copying at the same time share it,
+    so one batch alone can use all of it, many batches cannot exceed it, and the process
+    keeps `limit` threads instead of a pool per batch."""
+    with _pools_lock:
+        if limit not in _pools:
+            _pools[limit] = ThreadPoolExecutor(max_workers=max(1, limit), thread_name_prefix="copy")
+        return _pools[limit]
 
 
 def copy_batch(
@@ -126,19 +129,18 @@ def copy_batch(
     """Copy every file of `batch`, several at a time. Per-file problems become outcomes,
     never exceptions. Files in `done` (finished by an earlier attempt) are not redone."""
     done = done or {}
-    slots = transfer_slots(options.files_in_flight)
 
     def one(entry: FileEntry) -> FileOutcome:
         if entry.path in done:
             return done[entry.path]
-        with slots:
-            outcome = copy_file(root, entry, store, prefix, options)
+        outcome = copy_file(root, entry, store, prefix, options)
         if on_file:
             on_file(outcome)
         return outcome
 
-    with ThreadPoolExecutor(max_workers=max(1, options.files_in_flight), thread_name_prefix="copy") as pool:
-        return list(pool.map(one, batch))
+    if options.dry_run and not options.check_remote:
+        return list(map(one, batch))  # no I/O at all: threads would only add overhead
+    return list(file_pool(options.files_in_flight).map(one, batch))
 
 
 def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, options: CopyOptions) -> FileOutcome:
@@ -147,6 +149,9 @@ def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, option
     refused = blob_name_problem(blob_name(prefix, path))
     if refused:
         return FileOutcome(path, "failed", size=entry.size, reason=refused)
+    if options.dry_run and not options.check_remote:
+        # Nothing to compare with (the destination is empty): the listing says it all.
+        return FileOutcome(path, "uploaded", bytes_uploaded=entry.size, size=entry.size)
     for attempt in (0, 1):
         try:
             return _copy_once(root, entry, store, prefix, options, attempt)

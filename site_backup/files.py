@@ -7,6 +7,7 @@ import re
 import stat
 import zlib
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Iterable, Iterator, NamedTuple
 
 from .errors import ConfigurationError
@@ -27,12 +28,33 @@ class Problem(NamedTuple):
     reason: str
 
 
+class Batch(Sequence):
+    """The unit of work of one task: a sequence of files (or blobs). Deliberately not a
+    list: Prefect walks list and tuple parameters item by item looking for futures, which
+    cost seconds per 100,000 files; this it passes along as one value."""
+
+    def __init__(self, items: Iterable = ()):
+        self.items = tuple(items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Batch) and self.items == other.items
+
+    def __repr__(self) -> str:
+        return f"Batch({len(self.items)} items)"
+
+
 @dataclass
 class FileListing:
     """The result of walking a tree: the work, and what was left out and why."""
 
     root: str = ""
-    batches: list[list[FileEntry]] = field(default_factory=list)
+    batches: list[Batch] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
     excluded: int = 0
@@ -276,5 +298,5 @@ def list_batches(
     """Walk `root` and return its files as batches, plus what was skipped or failed."""
     listing = FileListing(root=check_root(root))
     files = walk_tree(listing.root, include=include, exclude=exclude, follow_symlinks=follow_symlinks, listing=listing)
-    listing.batches = list(make_batches(files, max_files, max_bytes))
+    listing.batches = [Batch(b) for b in make_batches(files, max_files, max_bytes)]
     return listing

@@ -67,7 +67,7 @@ def unsafe_name_reason(path: str) -> str | None:
 def plan_restore(blobs: Iterable[tuple[str, RemoteBlob]], prefix: str, max_files: int, max_bytes: int) -> RestorePlan:
     """Turn the blobs under `prefix` into batches of files to restore; unsafe names are
     refused here (and checked again before any write)."""
-    from .files import make_batches
+    from .files import Batch, make_batches
 
     plan = RestorePlan()
     start = len(prefix) + 1 if prefix else 0
@@ -82,7 +82,7 @@ def plan_restore(blobs: Iterable[tuple[str, RemoteBlob]], prefix: str, max_files
             plan.refused.append(Problem(display_path(name), f"refused, would not stay inside the target: {reason}"))
             continue
         entries.append(BlobEntry(path, blob.size, name, blob.content_md5, blob.mtime_ns))
-    plan.batches = list(make_batches(entries, max_files, max_bytes))
+    plan.batches = [Batch(b) for b in make_batches(entries, max_files, max_bytes)]
     return plan
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -16,22 +17,30 @@ from site_backup.summary import BackupSummary, RestoreSummary, VerifySummary
 PROGRESS_FORMAT = "{files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes"
 
 
-def start_progress(files_total: int, bytes_total: int) -> UUID:
-    """A progress artifact at 0 %, updated as batches finish."""
-    description = PROGRESS_FORMAT.format(files_done=0, files_total=files_total, bytes_done=0, bytes_total=bytes_total)
-    return create_progress_artifact(progress=0.0, key="backup-progress", description=description)
+class ProgressArtifact:
+    """The run's progress artifact. Each update is an API call, so it is updated at most
+    once a second (and at the end), not after every batch. Its description carries the
+    counts: the HTTP status API reads them back as the run's customStatus."""
 
+    def __init__(self, files_total: int, bytes_total: int, every_seconds: float = 1.0):
+        self.files_total, self.bytes_total, self.every = files_total, bytes_total, every_seconds
+        self.files_done = self.bytes_done = 0
+        self.id: UUID = create_progress_artifact(progress=0.0, key="backup-progress", description=self._text())
+        self.last = time.monotonic()
 
-def update_progress(artifact_id: UUID, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
-    """Move the progress artifact; its description carries the counts (the HTTP status API
-    reads them back as the run's customStatus)."""
-    done, total = (bytes_done, bytes_total) if bytes_total else (files_done, files_total)
-    update_progress_artifact(
-        artifact_id=artifact_id,
-        progress=100.0 * done / total if total else 100.0,
-        description=PROGRESS_FORMAT.format(files_done=files_done, files_total=files_total,
-                                           bytes_done=bytes_done, bytes_total=bytes_total),
-    )
+    def advance(self, files: int, size: int) -> None:
+        self.files_done += files
+        self.bytes_done += size
+        finished = self.files_done >= self.files_total
+        if finished or time.monotonic() - self.last >= self.every:
+            done, total = (self.bytes_done, self.bytes_total) if self.bytes_total else (self.files_done, self.files_total)
+            update_progress_artifact(artifact_id=self.id, progress=100.0 * done / total if total else 100.0,
+                                     description=self._text())
+            self.last = time.monotonic()
+
+    def _text(self) -> str:
+        return PROGRESS_FORMAT.format(files_done=self.files_done, files_total=self.files_total,
+                                      bytes_done=self.bytes_done, bytes_total=self.bytes_total)
 
 
 def publish_summary(summary: BackupSummary) -> None:
