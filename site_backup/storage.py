@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterator, Protocol
 
+from .errors import error_code
+
 MTIME_KEY = "mtime"  # the metadata key rclone uses too, in the same RFC 3339 format
 
 
@@ -100,7 +102,7 @@ class AzureBlobStore:
         try:
             props = self.container.get_blob_client(name).get_blob_properties(retry_hook=self.retries)
         except ResourceNotFoundError as exc:
-            if getattr(exc, "error_code", None) == "ContainerNotFound":
+            if error_code(exc) == "ContainerNotFound":
                 raise
             return None
         return _remote(props)
