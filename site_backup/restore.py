@@ -46,16 +46,17 @@ class RestorePlan:
 
 def unsafe_name_reason(path: str) -> str | None:
     """Why a blob's relative path must not be written under the target, or None if safe.
-    Absolute paths, `..`, `.` and empty segments, backslashes (separators on Windows), NUL
-    and other control characters are refused; so are names too long for a file system."""
+    Absolute paths, `..`, `.` and empty segments, backslashes (separators on Windows) and
+    NUL are refused; so are names too long for a file system. Other control characters
+    (a tab, a newline) are legal in file names here, and backups hold them, so they pass."""
     if not path:
         return "empty name"
     if path.startswith("/"):
         return "absolute path"
     if "\\" in path:
         return "backslash in the name (a folder separator on Windows)"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
-        return "control character or NUL in the name"
+    if "\0" in path:
+        return "NUL in the name"
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         return "'..', '.' or empty path segment"

@@ -22,6 +22,7 @@ ODD = {
     "with space/and%percent #hash?.txt": b"odd",
     "ünïcødé/日本語/файл.txt": "текст".encode(),
     "emoji-\U0001f600.txt": b"smile",
+    "new\nline and\ttab.txt": b"control characters are legal names",
     "empty.txt": b"",
     "deep/" + "/".join(["d"] * 40) + "/leaf.bin": os.urandom(5000),
     "big.bin": os.urandom(9 * 2**20 + 3),
@@ -29,12 +30,13 @@ ODD = {
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/../../evil", "/abs/path", "a/./b", "a//b", "back\\..\\slash",
-                                  "nul\x00byte", "ctrl\x01char", "", "x" * 256])
+                                  "nul\x00byte", "", "x" * 256])
 def test_unsafe_names_are_refused(name):
     assert unsafe_name_reason(name)
 
 
-@pytest.mark.parametrize("name", ["a/b/c.txt", "..hidden", "a..b", "dot.", "space name", "日本語", "x" * 255])
+@pytest.mark.parametrize("name", ["a/b/c.txt", "..hidden", "a..b", "dot.", "space name", "日本語", "x" * 255,
+                                  "new\nline", "tab\tname", "ctrl\x01char"])
 def test_ordinary_names_are_allowed(name):
     assert unsafe_name_reason(name) is None
 
