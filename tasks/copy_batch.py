@@ -8,14 +8,13 @@ from datetime import timedelta
 
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
-from prefect.tasks import exponential_backoff
 
 from site_backup import CHECKPOINT_VERSION
 from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files
 from site_backup.destination import Destination, open_store
 from site_backup.files import FileEntry
 from site_backup.progress import progress
-from tasks.retry import BatchIncomplete, earlier_attempts, end_attempt, transient_only
+from tasks.retry import BATCH_RETRIES, BatchIncomplete, earlier_attempts, end_attempt
 
 def batch_checkpoint_key(context, parameters) -> str | None:
     """The checkpoint key: what the batch is (destination, and each file's path, size and
@@ -50,10 +49,7 @@ def with_checkpoints(refresh: bool = False, block: str | None = None, days: floa
     name="copy-batch",
     cache_key_fn=batch_checkpoint_key,
     persist_result=True,
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=transient_only,
+    **BATCH_RETRIES,
 )
 def copy_batch(root: str, batch: list[FileEntry], destination: Destination, options: CopyOptions) -> BatchResult:
     """Copy one batch; raises BatchIncomplete (with the partial result) if any file failed."""

@@ -6,18 +6,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from site_backup.destination import Destination, prepare, prepare_checkpoint_store
-from tasks.retry import transient_only
+from tasks.retry import QUICK_RETRIES
 
 
-@task(name="prepare-destination", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=transient_only)
+@task(name="prepare-destination", cache_policy=NO_CACHE, **QUICK_RETRIES)
 def prepare_destination(destination: Destination, create: bool = True) -> tuple[Destination, bool]:
     """The destination with its account URL filled in, and whether its prefix is empty."""
     return prepare(destination, create=create)
 
 
-@task(name="prepare-checkpoints", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=transient_only)
+@task(name="prepare-checkpoints", cache_policy=NO_CACHE, **QUICK_RETRIES)
 def prepare_checkpoints(block_name: str) -> str:
     """Make sure the blob container that holds the checkpoints exists."""
     return prepare_checkpoint_store(block_name)

@@ -8,7 +8,6 @@ import json
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.tasks import exponential_backoff
 
 from site_backup import CHECKPOINT_VERSION
 from site_backup.destination import Destination, open_store
@@ -21,11 +20,10 @@ from site_backup.restore import (
     prepare_target,
     restore_batch as restore_files,
 )
-from tasks.retry import BatchIncomplete, earlier_attempts, end_attempt, transient_only
+from tasks.retry import BATCH_RETRIES, QUICK_RETRIES, BatchIncomplete, earlier_attempts, end_attempt
 
 
-@task(name="list-backup", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=transient_only)
+@task(name="list-backup", cache_policy=NO_CACHE, **QUICK_RETRIES)
 def list_backup(destination: Destination, max_files: int, max_bytes: int) -> RestorePlan:
     """The blobs under the prefix as batches to restore; unsafe names refused."""
     store = open_store(destination)
@@ -60,10 +58,7 @@ def restore_checkpoint_key(context, parameters) -> str:
     name="restore-batch",
     cache_key_fn=restore_checkpoint_key,
     persist_result=True,
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=transient_only,
+    **BATCH_RETRIES,
 )
 def restore_batch(target: str, restore_id: str, batch: list[BlobEntry], destination: Destination,
                   overwrite: bool) -> RestoreBatchResult:

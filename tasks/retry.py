@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from prefect.tasks import exponential_backoff
+
 from site_backup.errors import describe, is_transient
 from site_backup.files import Problem
 
@@ -36,6 +38,13 @@ def transient_only(task, task_run, state) -> bool:
     except Exception as exc:
         return is_transient(exc)
     return False
+
+
+# Retry policies for the decorators. A batch task waits longer between attempts: by
+# then the storage SDK already retried each request six times.
+BATCH_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+                     retry_condition_fn=transient_only)
+QUICK_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
 
 
 @dataclass

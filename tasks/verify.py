@@ -9,18 +9,16 @@ from site_backup.destination import Destination, open_store
 from site_backup.files import FileEntry
 from site_backup.storage import RemoteBlob
 from site_backup.verify import VerifyResult, remote_blobs, verify_batch as verify_files
-from tasks.retry import transient_only
+from tasks.retry import QUICK_RETRIES
 
 
-@task(name="list-blobs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=transient_only)
+@task(name="list-blobs", cache_policy=NO_CACHE, **QUICK_RETRIES)
 def list_blobs(destination: Destination) -> dict[str, RemoteBlob]:
     """Every blob under the destination's prefix, with size and Content-MD5."""
     return remote_blobs(open_store(destination), destination.prefix)
 
 
-@task(name="verify-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=transient_only)
+@task(name="verify-batch", cache_policy=NO_CACHE, **QUICK_RETRIES)
 def verify_batch(root: str, batch: list[FileEntry], remote: dict[str, RemoteBlob], destination: Destination
                  ) -> VerifyResult:
     """Compare one batch of files with their blobs by size and MD5."""
