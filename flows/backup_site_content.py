@@ -24,7 +24,7 @@ from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
-from tasks.report import ProgressArtifact, publish_summary
+from tasks.report import ProgressArtifact, final_state, publish_summary
 from tasks.retry import batch_outcome
 
 MiB = 2**20
@@ -80,6 +80,8 @@ def backup_site_content(
         duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,
     )
     publish_summary(summary)
+    if summary.files_failed:
+        return final_state(summary, "Incomplete", f"{summary.files_failed} file(s) failed: run again to retry them")
     return summary
 
 

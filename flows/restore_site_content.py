@@ -20,7 +20,7 @@ from site_backup.destination import Destination, normalize_prefix, validate_cont
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
 from tasks.prepare_destination import prepare_destination
-from tasks.report import publish_restore_summary
+from tasks.report import final_state, publish_restore_summary
 from tasks.restore import finish_restore, list_backup, prepare_restore_target, restore_batch
 from tasks.retry import batch_outcome
 
@@ -54,6 +54,9 @@ def restore_site_content(
     if summary.outcome == "completed":
         finish_restore(target)
     publish_restore_summary(summary)
+    if summary.outcome != "completed":
+        return final_state(summary, "Incomplete",
+                           f"{summary.files_failed} failed, {summary.files_refused} refused: see the summary")
     return summary
 
 

@@ -15,7 +15,7 @@ from site_backup.summary import VerifySummary, summarize_verify
 from site_backup.verify import extra_blobs
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_destination
-from tasks.report import publish_verify_summary
+from tasks.report import final_state, publish_verify_summary
 from tasks.verify import list_blobs, verify_batch
 
 MiB = 2**20
@@ -48,4 +48,7 @@ def verify_backup(
         root=listing.root, destination=destination.describe(), duration_seconds=time.monotonic() - started,
     )
     publish_verify_summary(summary)
+    if summary.outcome != "verified":
+        return final_state(summary, "Differences",
+                           f"{summary.files_missing} missing, {summary.files_different} different")
     return summary

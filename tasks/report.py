@@ -12,6 +12,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from prefect.states import Completed
+
 from site_backup.summary import BackupSummary, RestoreSummary, VerifySummary
 
 PROGRESS_FORMAT = "{files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes"
@@ -41,6 +43,13 @@ class ProgressArtifact:
     def _text(self) -> str:
         return PROGRESS_FORMAT.format(files_done=self.files_done, files_total=self.files_total,
                                       bytes_done=self.bytes_done, bytes_total=self.bytes_total)
+
+
+def final_state(summary, name: str, message: str):
+    """The summary as the run's result. A run that is not clean still completes (the
+    summary is its result) but under its own state name, so the UI does not show it as
+    a plain success."""
+    return Completed(data=summary, name=name, message=message)
 
 
 def publish_summary(summary: BackupSummary) -> None:

@@ -123,6 +123,9 @@ def test_per_file_problems_are_reported_and_the_rest_is_backed_up(storage, check
     assert [p.path for p in summary.failed] == ["bad\\xfe.txt"]
     assert summary.files_total == 5 and summary.files_uploaded == 2
     assert read_container(storage, container_name) == {"ok.txt": b"fine", "real/x.txt": b"x"}
+    state = backup_site_content(str(root), container=container_name, return_state=True)
+    assert (state.type.value, state.name) == ("COMPLETED", "Incomplete") and "1 file(s) failed" in state.message
+    assert state.result().files_failed == 1
 
 
 def test_name_the_service_rejects_fails_that_file_only(storage, checkpoints, container_name, make_tree):
