@@ -157,21 +157,37 @@ def _service_client(credentials_block, env_key, settings: StorageSettings):
             f"the storage settings from {source} are not valid ({redact(str(exc))}): "
             f"check the connection string or account URL"
         ) from None
-    return client, source
+    return client, source, _signed_requests(client, settings)
+
+
+def _signed_requests(client, settings: StorageSettings):
+    """The direct Put Blob / HEAD path when the account key is at hand and no proxy is
+    configured (requests handles proxies; the direct path does not)."""
+    from .fastblob import SharedKeyBlobs
+
+    key = getattr(client.credential, "account_key", None)
+    if not key or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return None
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+    return SharedKeyBlobs(client.primary_endpoint, client.credential.account_name, key, client.api_version, settings,
+                          ca_bundle=ca_bundle)
+
+
+def _env_key() -> tuple:
+    """What the client cache depends on besides the block name: the storage settings."""
+    return os.environ.get("AZURE_STORAGE_CONNECTION_STRING"), os.environ.get("AZURE_STORAGE_ACCOUNT_URL"), AZURITE_URL
 
 
 def service_client(destination: Destination, settings: StorageSettings = StorageSettings()):
     """A BlobServiceClient for the destination's credentials (one per process, shared by threads)."""
-    env_key = (
-        os.environ.get("AZURE_STORAGE_CONNECTION_STRING"), os.environ.get("AZURE_STORAGE_ACCOUNT_URL"), AZURITE_URL
-    )
-    return _service_client(destination.credentials_block, env_key, settings)
+    client, source, _ = _service_client(destination.credentials_block, _env_key(), settings)
+    return client, source
 
 
 def open_store(destination: Destination, settings: StorageSettings = StorageSettings()) -> AzureBlobStore:
     """A BlobStore for the destination's container, with its own retry count."""
-    client, _ = service_client(destination, settings)
-    return AzureBlobStore(client.get_container_client(destination.container))
+    client, _, signed = _service_client(destination.credentials_block, _env_key(), settings)
+    return AzureBlobStore(client.get_container_client(destination.container), signed=signed)
 
 
 def prepare(destination: Destination, create: bool = True) -> tuple[Destination, bool]:

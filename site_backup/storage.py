@@ -71,10 +71,13 @@ class RetryLog:
         self.reasons: Counter[str] = Counter()
 
     def __call__(self, response=None, error=None, **_) -> None:
+        """The SDK's retry_hook."""
         if response is not None:
-            reason = f"{response.status_code} {response.headers.get('x-ms-error-code') or response.reason}"
+            self.add(f"{response.status_code} {response.headers.get('x-ms-error-code') or response.reason}")
         else:
-            reason = type(error).__name__ if error is not None else "retry"
+            self.add(type(error).__name__ if error is not None else "retry")
+
+    def add(self, reason: str) -> None:
         with self._lock:
             self.reasons[reason] += 1
 
@@ -92,13 +95,20 @@ class AzureBlobStore:
     """BlobStore over an azure-storage-blob ContainerClient (sync, thread-safe). Every
     request reports its retries to `retries`."""
 
-    def __init__(self, container_client, retries: RetryLog | None = None):
+    def __init__(self, container_client, retries: RetryLog | None = None, signed=None):
         self.container = container_client
         self.retries = retries if retries is not None else RetryLog()
+        self.signed = signed  # fastblob.SharedKeyBlobs for small puts and lookups, when available
 
     def get(self, name: str) -> RemoteBlob | None:
         from azure.core.exceptions import ResourceNotFoundError
 
+        if self.signed is not None:
+            found = self.signed.head(self.container.container_name, name, self.retries)
+            if found is None:
+                return None
+            size, md5, metadata = found
+            return RemoteBlob(size, md5, parse_mtime(metadata.get(MTIME_KEY)))
         try:
             props = self.container.get_blob_client(name).get_blob_properties(retry_hook=self.retries)
         except ResourceNotFoundError as exc:
@@ -117,6 +127,9 @@ class AzureBlobStore:
         return self.container.download_blob(name, max_concurrency=4, retry_hook=self.retries).chunks()
 
     def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        if self.signed is not None:
+            self.signed.put(self.container.container_name, name, data, md5, content_type, metadata, self.retries)
+            return
         # validate_content sends a transactional Content-MD5 the service checks on receipt;
         # content_md5 is the property stored with the blob.
         self.container.get_blob_client(name).upload_blob(

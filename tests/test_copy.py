@@ -236,3 +236,30 @@ def test_losing_the_commit_race_to_another_run_is_not_a_failure(make_tree):
     store = LosingCommitStore()
     [outcome] = run(root, store, block_size=16)
     assert outcome.status == "unchanged" and store.blobs["pre/big.bin"].data == (root / "big.bin").read_bytes()
+
+
+def test_direct_signed_path_is_used_with_an_account_key_and_not_behind_a_proxy(monkeypatch):
+    from site_backup import destination
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", destination.azurite_connection_string())
+    for name in destination._PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    destination._service_client.cache_clear()
+    assert destination.open_store(destination.Destination("c")).signed is not None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    destination._service_client.cache_clear()
+    assert destination.open_store(destination.Destination("c")).signed is None
+    destination._service_client.cache_clear()
+
+
+def test_signed_request_errors_are_the_sdk_kinds():
+    from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
+
+    from site_backup.errors import describe, is_transient
+    from site_backup.fastblob import _error
+
+    busy = _error(503, "ServerBusy", b"")
+    assert is_transient(busy) and describe(busy) == "storage answered 503 ServerBusy"
+    denied = _error(403, "AuthenticationFailed", b"")
+    assert isinstance(denied, ClientAuthenticationError) and not is_transient(denied)
+    assert isinstance(_error(404, "ContainerNotFound", b""), ResourceNotFoundError)
