@@ -58,7 +58,8 @@ test: setup
 AZCOPY := .bench-tools/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64
 bench-setup: setup
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
-	@test -x $(AZCOPY) || npm install --prefix .bench-tools --no-save --no-package-lock --no-audit --no-fund --loglevel=error @azure-tools/azcopy-linux@10.32.2
+	@test -e $(AZCOPY) || npm install --prefix .bench-tools --no-save --no-package-lock --no-audit --no-fund --loglevel=error @azure-tools/azcopy-linux@10.32.2
+	@chmod +x $(AZCOPY)  # the npm package ships it without the execute bit
 	@ldconfig -p | grep -q libsecret-1 || { apt-get update && apt-get install -y libsecret-1-0; }
 
 BENCH_ARGS ?=
