@@ -12,7 +12,7 @@ import pytest
 from flows.backup_site_content import backup_site_content
 from site_backup.errors import ConfigurationError
 from site_backup.storage import parse_mtime
-from tests.conftest import read_container, read_tree
+from tests.conftest import read_container
 
 SITE = {
     "index.html": b"<html><body>home</body></html>",
