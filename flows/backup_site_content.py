@@ -18,7 +18,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.copy import BatchResult, CopyOptions
-from site_backup.destination import Destination, normalize_prefix, validate_container_name
+from site_backup.destination import Destination
 from site_backup.progress import progress
 from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
@@ -52,7 +52,7 @@ def backup_site_content(
     """List every file under `root_directory`, copy them to `container` in parallel
     batches, and return the summary (its `bytes_uploaded` is the sample's output)."""
     started = time.monotonic()
-    destination = Destination(validate_container_name(container), normalize_prefix(prefix), credentials_block)
+    destination = Destination.checked(container, prefix, credentials_block)
     listing = list_files(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )

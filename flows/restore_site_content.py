@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from site_backup.destination import Destination, normalize_prefix, validate_container_name
+from site_backup.destination import Destination
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
 from tasks.prepare_destination import prepare_destination
@@ -40,7 +40,7 @@ def restore_site_content(
 ) -> RestoreSummary:
     """Restore every blob under `prefix` in `container` into `target_directory`."""
     started = time.monotonic()
-    destination = Destination(validate_container_name(container), normalize_prefix(prefix), credentials_block)
+    destination = Destination.checked(container, prefix, credentials_block)
     destination, _ = prepare_destination(destination, create=False)
     target, restore_id = prepare_restore_target(target_directory)
     plan = list_backup(destination, files_per_batch, mib_per_batch * MiB)

@@ -10,7 +10,7 @@ import time
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from site_backup.destination import Destination, normalize_prefix, validate_container_name
+from site_backup.destination import Destination
 from site_backup.summary import VerifySummary, summarize_verify
 from site_backup.verify import extra_blobs
 from tasks.list_files import list_files
@@ -36,7 +36,7 @@ def verify_backup(
     """Compare the tree with the container without uploading: missing, different and
     extra blobs."""
     started = time.monotonic()
-    destination = Destination(validate_container_name(container), normalize_prefix(prefix), credentials_block)
+    destination = Destination.checked(container, prefix, credentials_block)
     listing = list_files(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )

@@ -8,7 +8,7 @@ import sys
 import threading
 import urllib.request
 
-from .destination import Destination, normalize_prefix, prepare, validate_container_name
+from .destination import Destination, prepare
 from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE
@@ -76,8 +76,6 @@ def _positive(text: str) -> int:
 
 def flow_parameters(args: argparse.Namespace) -> dict:
     """Check the arguments (ConfigurationError names the fix) and return the flow's parameters."""
-    validate_container_name(args.container)
-    normalize_prefix(args.prefix)
     compile_patterns(args.include)
     compile_patterns(args.exclude)
     if args.verify:
@@ -169,18 +167,14 @@ def main(flow, argv: list[str] | None = None) -> int:
     returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
+        destination = Destination.checked(args.container, args.prefix, args.credentials_block)
         parameters = flow_parameters(args)
-    except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.verify:
-        from flows.verify_backup import verify_backup as flow
-    try:
+        if args.verify:
+            from flows.verify_backup import verify_backup as flow
         flow = flow.with_options(task_runner=task_runner(args))
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    destination = Destination(args.container, normalize_prefix(args.prefix), args.credentials_block)
     show_progress = not args.no_progress and not args.verify and args.task_runner == "threads" and sys.stderr.isatty()
     return run_flow(flow, parameters, destination, create=not args.verify, as_json=args.json,
                     show_progress=show_progress)
@@ -224,8 +218,7 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
     """Run the restore flow from the command line; returns the exit code."""
     args = build_restore_parser().parse_args(argv)
     try:
-        validate_container_name(args.container)
-        prefix = normalize_prefix(args.prefix)
+        destination = Destination.checked(args.container, args.prefix, args.credentials_block)
         if os.path.exists(args.target) and not os.path.isdir(args.target):
             raise ConfigurationError(f"target {args.target!r} is not a folder: give a folder to restore into")
     except ConfigurationError as exc:
@@ -234,7 +227,6 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
     parameters = dict(container=args.container, target_directory=os.path.abspath(args.target), prefix=args.prefix,
                       credentials_block=args.credentials_block, overwrite=args.overwrite, refresh=args.refresh,
                       files_per_batch=args.files_per_batch)
-    destination = Destination(args.container, prefix, args.credentials_block)
     return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
 
 

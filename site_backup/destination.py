@@ -38,6 +38,11 @@ class Destination:
     account_url: str = ""
     credentials_source: str = ""
 
+    @classmethod
+    def checked(cls, container: str, prefix: str = "", credentials_block: str | None = None) -> "Destination":
+        """A destination from user input: the container name and prefix validated."""
+        return cls(validate_container_name(container), normalize_prefix(prefix), credentials_block)
+
     def describe(self) -> str:
         where = f"{self.account_url or '?'}/{self.container}"
         return f"{where}/{self.prefix}/" if self.prefix else f"{where}/"
@@ -127,15 +132,16 @@ _PROXY_VARIABLES = [v for name in ("http_proxy", "https_proxy", "all_proxy") for
 def _service_client(credentials_block, env_key, settings: StorageSettings):
     import requests
     from azure.core.pipeline.transport import RequestsTransport
-    from azure.storage.blob import BlobServiceClient
 
     conn_str, account_url, credential, source = _credentials(credentials_block)
+    proxied = any(os.environ.get(v) for v in _PROXY_VARIABLES)
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
     session = requests.Session()
-    if not any(os.environ.get(v) for v in _PROXY_VARIABLES):
+    if not proxied:
         # requests reads every environment variable on every request to look for proxies:
         # about 0.5 ms of CPU per blob here. Without proxy settings, read them once instead.
         session.trust_env = False
-        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        session.verify = ca_bundle or True
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -148,27 +154,32 @@ def _service_client(credentials_block, env_key, settings: StorageSettings):
         read_timeout=settings.read_timeout,
     )
     try:
-        if conn_str:
-            client = BlobServiceClient.from_connection_string(conn_str, **options)
-        else:
-            client = BlobServiceClient(account_url, credential=credential, **options)
+        client = _blob_service(conn_str, account_url, credential, **options)
     except ValueError as exc:
         raise ConfigurationError(
             f"the storage settings from {source} are not valid ({redact(str(exc))}): "
             f"check the connection string or account URL"
         ) from None
-    return client, source, _signed_requests(client, settings)
+    # The direct Put Blob / HEAD path needs the account key, and no proxy (requests
+    # handles proxies; the direct path does not).
+    signed = None if proxied else _signed_requests(client, settings, ca_bundle)
+    return client, source, signed
 
 
-def _signed_requests(client, settings: StorageSettings):
-    """The direct Put Blob / HEAD path when the account key is at hand and no proxy is
-    configured (requests handles proxies; the direct path does not)."""
+def _blob_service(conn_str, account_url, credential, **options):
+    from azure.storage.blob import BlobServiceClient
+
+    if conn_str:
+        return BlobServiceClient.from_connection_string(conn_str, **options)
+    return BlobServiceClient(account_url, credential=credential, **options)
+
+
+def _signed_requests(client, settings: StorageSettings, ca_bundle: str | None):
     from .fastblob import SharedKeyBlobs
 
     key = getattr(client.credential, "account_key", None)
-    if not key or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+    if not key:
         return None
-    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
     return SharedKeyBlobs(client.primary_endpoint, client.credential.account_name, key, client.api_version, settings,
                           ca_bundle=ca_bundle)
 
@@ -248,7 +259,6 @@ def prepare_checkpoint_store(block_name: str) -> str:
     """Create the container of a saved AzureBlobStorageContainer block (where checkpoints
     go) when it is missing; returns where the checkpoints are, for messages."""
     from azure.core.exceptions import AzureError, ResourceExistsError
-    from azure.storage.blob import BlobServiceClient
     from prefect_azure.blob_storage import AzureBlobStorageContainer
 
     try:
@@ -259,10 +269,7 @@ def prepare_checkpoint_store(block_name: str) -> str:
             f"with the container and folder for checkpoints, or leave out --checkpoint-block"
         ) from None
     conn_str, account_url, credential, source = _from_credentials(block.credentials, f"checkpoint block {block_name!r}")
-    if conn_str:
-        client = BlobServiceClient.from_connection_string(conn_str, retry_total=1)
-    else:
-        client = BlobServiceClient(account_url, credential=credential, retry_total=1)
+    client = _blob_service(conn_str, account_url, credential, retry_total=1)
     try:
         client.get_container_client(block.container_name).create_container()
     except ResourceExistsError:
