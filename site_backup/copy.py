@@ -34,6 +34,11 @@ class CopyOptions:
     block_size: int = 8 * MiB  # files up to this size go up in one request
     blocks_in_flight: int = 4  # per large file
 
+    @property
+    def listing_suffices(self) -> bool:
+        """A dry run against an empty destination: nothing to compare, nothing to read."""
+        return self.dry_run and not self.check_remote
+
 
 class FileOutcome(NamedTuple):
     path: str
@@ -138,7 +143,7 @@ def copy_batch(
             on_file(outcome)
         return outcome
 
-    if options.dry_run and not options.check_remote:
+    if options.listing_suffices:
         return list(map(one, batch))  # no I/O at all: threads would only add overhead
     return list(file_pool(options.files_in_flight).map(one, batch))
 
@@ -149,8 +154,7 @@ def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, option
     refused = blob_name_problem(blob_name(prefix, path))
     if refused:
         return FileOutcome(path, "failed", size=entry.size, reason=refused)
-    if options.dry_run and not options.check_remote:
-        # Nothing to compare with (the destination is empty): the listing says it all.
+    if options.listing_suffices:
         return FileOutcome(path, "uploaded", bytes_uploaded=entry.size, size=entry.size)
     for attempt in (0, 1):
         try:
