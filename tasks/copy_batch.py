@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import timedelta
 
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
-from site_backup import CHECKPOINT_VERSION
 from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files
 from site_backup.destination import Destination, open_store
 from site_backup.files import FileEntry
 from site_backup.progress import progress
-from tasks.retry import BATCH_RETRIES, BatchIncomplete, earlier_attempts, end_attempt
+from tasks.retry import BATCH_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt
 
 def batch_checkpoint_key(context, parameters) -> str | None:
     """The checkpoint key: what the batch is (destination, and each file's path, size and
@@ -22,13 +19,9 @@ def batch_checkpoint_key(context, parameters) -> str | None:
     options: CopyOptions = parameters["options"]
     if options.dry_run:
         return None
-    destination: Destination = parameters["destination"]
-    h = hashlib.sha256(
-        json.dumps([CHECKPOINT_VERSION, destination.account_url, destination.container, destination.prefix]).encode()
-    )
-    for f in parameters["batch"]:
-        h.update(f"\0{f.path}\0{f.size}\0{f.mtime_ns}".encode("utf-8", "surrogateescape"))
-    return f"site-backup-batch-{h.hexdigest()}"
+    d: Destination = parameters["destination"]
+    return checkpoint_key("batch", [d.account_url, d.container, d.prefix],
+                          (f"{f.path}\0{f.size}\0{f.mtime_ns}" for f in parameters["batch"]))
 
 
 def with_checkpoints(refresh: bool = False, block: str | None = None, days: float | None = None):

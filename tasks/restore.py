@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from site_backup import CHECKPOINT_VERSION
 from site_backup.destination import Destination, open_store
 from site_backup.restore import (
     BlobEntry,
@@ -20,7 +16,7 @@ from site_backup.restore import (
     prepare_target,
     restore_batch as restore_files,
 )
-from tasks.retry import BATCH_RETRIES, QUICK_RETRIES, BatchIncomplete, earlier_attempts, end_attempt
+from tasks.retry import BATCH_RETRIES, QUICK_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt
 
 
 @task(name="list-backup", cache_policy=NO_CACHE, **QUICK_RETRIES)
@@ -46,12 +42,11 @@ def finish_restore(target: str) -> None:
 def restore_checkpoint_key(context, parameters) -> str:
     """What the batch is (source, target, this restore's id, each blob's name, size and
     MD5), so only a resumed restore reuses it."""
-    destination: Destination = parameters["destination"]
-    h = hashlib.sha256(json.dumps([CHECKPOINT_VERSION, "restore", destination.account_url, destination.container,
-                                   destination.prefix, parameters["target"], parameters["restore_id"]]).encode())
-    for e in parameters["batch"]:
-        h.update(f"\0{e.name}\0{e.size}\0{(e.content_md5 or b'').hex()}\0{e.mtime_ns}".encode("utf-8", "surrogatepass"))
-    return f"site-backup-restore-{h.hexdigest()}"
+    d: Destination = parameters["destination"]
+    return checkpoint_key(
+        "restore", ["restore", d.account_url, d.container, d.prefix, parameters["target"], parameters["restore_id"]],
+        (f"{e.name}\0{e.size}\0{(e.content_md5 or b'').hex()}\0{e.mtime_ns}" for e in parameters["batch"]),
+    )
 
 
 @task(

@@ -1,13 +1,16 @@
-"""What the batch tasks share: which failures are worth a retry, what earlier attempts of
-a task run finished, and how a finished batch future becomes a result."""
+"""What the batch tasks share: checkpoint keys, which failures are worth a retry, what
+earlier attempts of a task run finished, and how a finished batch future becomes a result."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from prefect.tasks import exponential_backoff
 
+from site_backup import CHECKPOINT_VERSION
 from site_backup.errors import describe, is_transient
 from site_backup.files import Problem
 
@@ -68,6 +71,15 @@ def end_attempt(context, failed: bool) -> None:
     """Forget the record once the task run succeeded or has no retry left."""
     if not failed or context.task_run.run_count > context.task.retries:
         _attempts.pop(str(context.task_run.id), None)
+
+
+def checkpoint_key(kind: str, identity: list, items: Iterable[str]) -> str:
+    """A checkpoint key: a hash of what the work is (its identity, then one line per
+    file or blob), never of which run or which code did it."""
+    h = hashlib.sha256(json.dumps([CHECKPOINT_VERSION, *identity]).encode())
+    for item in items:
+        h.update(f"\0{item}".encode("utf-8", "surrogatepass"))
+    return f"site-backup-{kind}-{h.hexdigest()}"
 
 
 def batch_outcome(future, batch: list, failed_result: Callable[[list[Problem]], Any]) -> tuple[Any, bool]:
