@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import threading
@@ -117,17 +118,31 @@ def prefect_settings_for_this_run() -> tuple[dict, str]:
     )
 
     settings = get_current_settings()
+    quick = _quick_exit_settings()
     if settings.api.url:
-        return {}, ""
+        return quick, ""
     if _answers(LOCAL_PREFECT_API + "/health"):
-        return {PREFECT_API_URL: LOCAL_PREFECT_API}, ""
+        return {**quick, PREFECT_API_URL: LOCAL_PREFECT_API}, ""
     notice = (
         "No Prefect server configured or running at 127.0.0.1:4200: starting a temporary one for this run "
         "(10-40 s). `make server` starts one that lets runs start in about 2 s."
     )
     timeout = max(settings.server.ephemeral.startup_timeout_seconds, 180)
     # Analytics off: offline, the temporary server would log a telemetry error every run.
-    return {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout, PREFECT_SERVER_ANALYTICS_ENABLED: False}, notice
+    return {**quick, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout,
+            PREFECT_SERVER_ANALYTICS_ENABLED: False}, notice
+
+
+def _quick_exit_settings() -> dict:
+    """No flow-run heartbeats for a run started here, unless the environment asks for them.
+    Prefect's heartbeat thread sleeps in 1 s steps and the run waits for it to notice the
+    end, which added 0-1 s (0.8 s measured) to every run; a run from a terminal has a person
+    watching it, and deployments (run by a worker, not by this function) keep heartbeats."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    if {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"} & set(os.environ):
+        return {}
+    return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
 
 
 def _answers(url: str) -> bool:
@@ -235,6 +250,10 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
     """Pick the Prefect server, check the storage, run the flow, print its summary."""
     from prefect.settings import temporary_settings
 
+    # Everything imported so far (Prefect, pydantic, the SDK) lives until exit: keep it out of
+    # the collector's full passes during the run, and out of the final ones at exit
+    # (0.25 s of a 1.1 s start-to-exit without a flow, measured).
+    gc.freeze()
     try:
         updates, notice = prefect_settings_for_this_run()
         with temporary_settings(updates=updates):
@@ -254,5 +273,7 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
     except Exception as exc:
         print(f"error: the run failed: {redact(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
+    finally:
+        gc.freeze()  # what the run made is not collected again at exit either
     print(summary.model_dump_json(indent=2) if as_json else summary.to_text())
     return summary.exit_code
