@@ -145,7 +145,10 @@ def copy_batch(
 
     if options.listing_suffices:
         return list(map(one, batch))  # no I/O at all: threads would only add overhead
-    return list(file_pool(options.files_in_flight).map(one, batch))
+    # Largest files first, so a long upload does not start last and run alone.
+    order = sorted(range(len(batch)), key=lambda i: batch[i].size, reverse=True)
+    outcomes = dict(zip(order, file_pool(options.files_in_flight).map(one, (batch[i] for i in order))))
+    return [outcomes[i] for i in range(len(batch))]
 
 
 def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, options: CopyOptions) -> FileOutcome:

@@ -263,3 +263,94 @@ def test_signed_request_errors_are_the_sdk_kinds():
     denied = _error(403, "AuthenticationFailed", b"")
     assert isinstance(denied, ClientAuthenticationError) and not is_transient(denied)
     assert isinstance(_error(404, "ContainerNotFound", b""), ResourceNotFoundError)
+
+
+def _blob_like_server(ssl_context=None):
+    """A local HTTP/1.1 server answering PUT with 201; counts accepted connections."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            server.accepted += 1
+            super().setup()
+
+        def do_PUT(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            # Like a keep-alive timeout: close without saying so in the response.
+            self.close_connection = self.path.endswith("/close")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.accepted = 0
+    if ssl_context:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_signed_requests_reuse_connections_and_replace_ones_the_server_closed():
+    import time
+
+    from site_backup.destination import StorageSettings
+    from site_backup.fastblob import Connections
+
+    server = _blob_like_server()
+    try:
+        connections = Connections("http", "127.0.0.1", server.server_address[1], StorageSettings())
+        assert [connections.request("PUT", f"/c/{i}", b"x", {"Content-Length": "1"}).status for i in range(3)] == [201] * 3
+        assert server.accepted == 1
+        connections.request("PUT", "/c/close", b"x", {"Content-Length": "1"})
+        time.sleep(0.2)  # the server closes the connection after answering
+        assert connections.request("PUT", "/c/after", b"x", {"Content-Length": "1"}).status == 201
+        assert server.accepted == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_signed_requests_over_https_trust_the_given_ca_bundle_only(tmp_path):
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from site_backup.destination import StorageSettings
+    from site_backup.fastblob import Connections, _NotConnected
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = _blob_like_server(context)
+    try:
+        port = server.server_address[1]
+        trusted = Connections("https", "127.0.0.1", port, StorageSettings(), ca_bundle=str(tmp_path / "cert.pem"))
+        assert trusted.request("PUT", "/c/a", b"x", {"Content-Length": "1"}).status == 201
+        untrusted = Connections("https", "127.0.0.1", port, StorageSettings())
+        with pytest.raises(_NotConnected, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.request("PUT", "/c/a", b"x", {"Content-Length": "1"})
+    finally:
+        server.shutdown()
+        server.server_close()
