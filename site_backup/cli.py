@@ -254,6 +254,7 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
     # the collector's full passes during the run, and out of the final ones at exit
     # (0.25 s of a 1.1 s start-to-exit without a flow, measured).
     gc.freeze()
+    gc.enable()  # the command-line entry points turn it off while importing
     try:
         updates, notice = prefect_settings_for_this_run()
         with temporary_settings(updates=updates):
