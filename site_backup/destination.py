@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import re
+import threading
 from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 from .errors import ConfigurationError, describe, redact
-from .storage import AzureBlobStore
+from .storage import AzureBlobStore, RetryLog
 
 # Azurite's well-known development account: public, documented, and only valid on an emulator.
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -128,42 +131,98 @@ def _from_credentials(block, source: str):
 _PROXY_VARIABLES = [v for name in ("http_proxy", "https_proxy", "all_proxy") for v in (name, name.upper())]
 
 
-@functools.lru_cache(maxsize=8)
-def _service_client(credentials_block, env_key, settings: StorageSettings):
-    import requests
-    from azure.core.pipeline.transport import RequestsTransport
+# The Blob service version the direct signed requests ask for: one Azure and Azurite 3.35+
+# both accept (the SDK asks for its newest, which Azurite accepts only with --skipApiVersionCheck).
+SIGNED_API_VERSION = "2025-11-05"
 
+
+class StorageAccount:
+    """A storage account as configured: its blob endpoint, where the settings came from, the
+    direct signed requests when an account key is known, and the SDK client, built on first
+    use (importing the SDK takes 0.17 s, and a backup with an account key never needs it)."""
+
+    def __init__(self, url: str, source: str, signed, build: Callable[[], Any]):
+        self.url, self.source, self.signed = url, source, signed
+        self._build, self._client, self._lock = build, None, threading.Lock()
+
+    @property
+    def client(self):
+        """The SDK's BlobServiceClient."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+
+@functools.lru_cache(maxsize=8)
+def _account(credentials_block, env_key, settings: StorageSettings) -> StorageAccount:
     conn_str, account_url, credential, source = _credentials(credentials_block)
     proxied = any(os.environ.get(v) for v in _PROXY_VARIABLES)
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
-    session = requests.Session()
-    if not proxied:
-        # requests reads every environment variable on every request to look for proxies:
-        # about 0.5 ms of CPU per blob here. Without proxy settings, read them once instead.
-        session.trust_env = False
-        session.verify = ca_bundle or True
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    options = dict(
-        transport=RequestsTransport(session=session, session_owner=False),
-        retry_total=settings.retry_total,
-        initial_backoff=settings.initial_backoff,
-        increment_base=settings.increment_base,
-        connection_timeout=settings.connection_timeout,
-        read_timeout=settings.read_timeout,
-    )
+
+    def build():
+        import requests
+        from azure.core.pipeline.transport import RequestsTransport
+
+        session = requests.Session()
+        if not proxied:
+            # requests reads every environment variable on every request to look for proxies:
+            # about 0.5 ms of CPU per blob here. Without proxy settings, read them once instead.
+            session.trust_env = False
+            session.verify = ca_bundle or True
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        try:
+            return _blob_service(
+                conn_str, account_url, credential,
+                transport=RequestsTransport(session=session, session_owner=False),
+                retry_total=settings.retry_total,
+                initial_backoff=settings.initial_backoff,
+                increment_base=settings.increment_base,
+                connection_timeout=settings.connection_timeout,
+                read_timeout=settings.read_timeout,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"the storage settings from {source} are not valid ({redact(str(exc))}): "
+                f"check the connection string or account URL"
+            ) from None
+
+    # The direct requests need the account key, and no proxy (the SDK handles proxies).
+    keyed = None if proxied else shared_key_account(conn_str)
+    if keyed is None:
+        client = build()
+        return StorageAccount(client.primary_endpoint.split("?")[0].rstrip("/"), source, None, lambda: client)
+    from .fastblob import SharedKeyBlobs
+
+    url, name, key = keyed
+    signed = SharedKeyBlobs(url, name, key, SIGNED_API_VERSION, settings, ca_bundle=ca_bundle)
+    return StorageAccount(url, source, signed, build)
+
+
+def shared_key_account(conn_str: str | None) -> tuple[str, str, str] | None:
+    """(blob endpoint, account name, account key) from a connection string that has an
+    account key (and no SAS token), else None. The endpoint is the one the SDK would use."""
+    if not conn_str:
+        return None
+    fields = {}
+    for part in conn_str.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            fields[name.strip().lower()] = value.strip()
+    account, key = fields.get("accountname"), fields.get("accountkey")
+    if not account or not key or "sharedaccesssignature" in fields or "usedevelopmentstorage" in fields:
+        return None
     try:
-        client = _blob_service(conn_str, account_url, credential, **options)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"the storage settings from {source} are not valid ({redact(str(exc))}): "
-            f"check the connection string or account URL"
-        ) from None
-    # The direct Put Blob / HEAD path needs the account key, and no proxy (requests
-    # handles proxies; the direct path does not).
-    signed = None if proxied else _signed_requests(client, settings, ca_bundle)
-    return client, source, signed
+        base64.b64decode(key, validate=True)
+    except ValueError:
+        return None  # the SDK explains what is wrong with it
+    url = fields.get("blobendpoint") or (
+        f"{fields.get('defaultendpointsprotocol', 'https')}://{account}.blob."
+        f"{fields.get('endpointsuffix', 'core.windows.net')}"
+    )
+    return url.rstrip("/"), account, key
 
 
 def _blob_service(conn_str, account_url, credential, **options):
@@ -174,31 +233,21 @@ def _blob_service(conn_str, account_url, credential, **options):
     return BlobServiceClient(account_url, credential=credential, **options)
 
 
-def _signed_requests(client, settings: StorageSettings, ca_bundle: str | None):
-    from .fastblob import SharedKeyBlobs
-
-    key = getattr(client.credential, "account_key", None)
-    if not key:
-        return None
-    return SharedKeyBlobs(client.primary_endpoint, client.credential.account_name, key, client.api_version, settings,
-                          ca_bundle=ca_bundle)
-
-
 def _env_key() -> tuple:
     """What the client cache depends on besides the block name: the storage settings."""
     return os.environ.get("AZURE_STORAGE_CONNECTION_STRING"), os.environ.get("AZURE_STORAGE_ACCOUNT_URL"), AZURITE_URL
 
 
-def service_client(destination: Destination, settings: StorageSettings = StorageSettings()):
-    """A BlobServiceClient for the destination's credentials (one per process, shared by threads)."""
-    client, source, _ = _service_client(destination.credentials_block, _env_key(), settings)
-    return client, source
+def storage_account(destination: Destination, settings: StorageSettings = StorageSettings()) -> StorageAccount:
+    """The destination's storage account (one per process and settings, shared by threads)."""
+    return _account(destination.credentials_block, _env_key(), settings)
 
 
 def open_store(destination: Destination, settings: StorageSettings = StorageSettings()) -> AzureBlobStore:
     """A BlobStore for the destination's container, with its own retry count."""
-    client, _, signed = _service_client(destination.credentials_block, _env_key(), settings)
-    return AzureBlobStore(client.get_container_client(destination.container), signed=signed)
+    account = storage_account(destination, settings)
+    return AzureBlobStore(destination.container, lambda: account.client.get_container_client(destination.container),
+                          signed=account.signed)
 
 
 def prepare(destination: Destination, create: bool = True) -> tuple[Destination, bool]:
@@ -216,18 +265,23 @@ def prepare(destination: Destination, create: bool = True) -> tuple[Destination,
 
     # Fail in seconds, not minutes, when nothing listens or the credentials are wrong.
     quick = StorageSettings(retry_total=1, initial_backoff=0.2, connection_timeout=5, read_timeout=30)
-    client, source = service_client(destination, quick)
-    url = client.primary_endpoint.split("?")[0].rstrip("/")
+    account = storage_account(destination, quick)
+    url, source = account.url, account.source
     destination = replace(destination, account_url=url, credentials_source=source)
-    container = client.get_container_client(destination.container)
+    prefix = destination.prefix + "/" if destination.prefix else None
     try:
-        if create:
-            try:
-                container.create_container()
-            except ResourceExistsError:
-                pass
-        prefix = destination.prefix + "/" if destination.prefix else None
-        first = next(iter(container.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
+        if account.signed is not None:
+            if create:
+                account.signed.create_container(destination.container, RetryLog())
+            first = account.signed.first_blob(destination.container, prefix, RetryLog())
+        else:
+            container = account.client.get_container_client(destination.container)
+            if create:
+                try:
+                    container.create_container()
+                except ResourceExistsError:
+                    pass
+            first = next(iter(container.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
     except ResourceNotFoundError:
         raise ConfigurationError(
             f"container {destination.container!r} does not exist at {url}: check --container (and the account)"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from .errors import error_code
 
@@ -92,19 +93,27 @@ class RetryLog:
 
 
 class AzureBlobStore:
-    """BlobStore over an azure-storage-blob ContainerClient (sync, thread-safe). Every
-    request reports its retries to `retries`."""
+    """BlobStore over one container (sync, thread-safe): the direct signed requests where an
+    account key allows them, the azure-storage-blob ContainerClient for the rest, built on
+    first use. Every request reports its retries to `retries`."""
 
-    def __init__(self, container_client, retries: RetryLog | None = None, signed=None):
-        self.container = container_client
+    def __init__(self, container_name: str, container_client: Callable[[], Any], retries: RetryLog | None = None,
+                 signed=None):
+        self.container_name = container_name
+        self._container_client = container_client
         self.retries = retries if retries is not None else RetryLog()
-        self.signed = signed  # fastblob.SharedKeyBlobs for small puts and lookups, when available
+        self.signed = signed  # fastblob.SharedKeyBlobs, when available
+
+    @functools.cached_property
+    def container(self):
+        """The SDK's ContainerClient (importing the SDK takes 0.17 s: only when needed)."""
+        return self._container_client()
 
     def get(self, name: str) -> RemoteBlob | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         if self.signed is not None:
-            found = self.signed.head(self.container.container_name, name, self.retries)
+            found = self.signed.head(self.container_name, name, self.retries)
             if found is None:
                 return None
             size, md5, metadata = found
@@ -128,7 +137,7 @@ class AzureBlobStore:
 
     def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
         if self.signed is not None:
-            self.signed.put(self.container.container_name, name, data, md5, content_type, metadata, self.retries)
+            self.signed.put(self.container_name, name, data, md5, content_type, metadata, self.retries)
             return
         # validate_content sends a transactional Content-MD5 the service checks on receipt;
         # content_md5 is the property stored with the blob.
@@ -142,6 +151,9 @@ class AzureBlobStore:
         )
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None:
+        if self.signed is not None:
+            self.signed.stage_block(self.container_name, name, block_id, data, self.retries)
+            return
         self.container.get_blob_client(name).stage_block(
             block_id, data, validate_content=True, retry_hook=self.retries
         )
@@ -149,6 +161,9 @@ class AzureBlobStore:
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
     ) -> None:
+        if self.signed is not None:
+            self.signed.commit_blocks(self.container_name, name, block_ids, md5, content_type, metadata, self.retries)
+            return
         from azure.storage.blob import BlobBlock
 
         self.container.get_blob_client(name).commit_block_list(

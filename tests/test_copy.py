@@ -244,12 +244,12 @@ def test_direct_signed_path_is_used_with_an_account_key_and_not_behind_a_proxy(m
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", destination.azurite_connection_string())
     for name in destination._PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    destination._service_client.cache_clear()
+    destination._account.cache_clear()
     assert destination.open_store(destination.Destination("c")).signed is not None
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    destination._service_client.cache_clear()
+    destination._account.cache_clear()
     assert destination.open_store(destination.Destination("c")).signed is None
-    destination._service_client.cache_clear()
+    destination._account.cache_clear()
 
 
 def test_signed_request_errors_are_the_sdk_kinds():
