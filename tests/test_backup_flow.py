@@ -111,6 +111,31 @@ def test_file_over_64_mib_goes_up_in_blocks_with_content_md5(storage, checkpoint
     assert len(blob.get_block_list()[0]) == 9  # 8 MiB blocks
 
 
+def test_sas_connection_string_goes_through_the_sdk(azurite, monkeypatch, checkpoints, container_name, make_tree):
+    # Without an account key there are no direct signed requests: container, Put Blob,
+    # Put Block and Put Block List all go through azure-storage-blob.
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from site_backup.destination import AZURITE_ACCOUNT, AZURITE_KEY, _account
+
+    sas = generate_account_sas(AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(service=True, container=True, object=True),
+                               AccountSasPermissions(read=True, write=True, list=True, create=True, add=True),
+                               expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"BlobEndpoint={azurite.blob_url};SharedAccessSignature={sas}")
+    _account.cache_clear()
+    files = {"small.txt": b"small", "large.bin": os.urandom(3 * 2**20 + 5)}
+    root = make_tree(files)
+    summary = backup_site_content(str(root), container=container_name, block_size_mib=1)
+    _account.cache_clear()
+    assert summary.files_uploaded == 2 and summary.files_failed == 0, summary.failed
+    assert read_container(azurite, container_name) == files
+    large = azurite.container(container_name).get_blob_client("large.bin")
+    assert bytes(large.get_blob_properties().content_settings.content_md5) == hashlib.md5(files["large.bin"]).digest()
+    assert len(large.get_block_list()[0]) == 4
+
+
 def test_per_file_problems_are_reported_and_the_rest_is_backed_up(storage, checkpoints, container_name, make_tree):
     root = make_tree({"ok.txt": b"fine", "real/x.txt": b"x"})
     os.symlink("ok.txt", root / "link.txt")
