@@ -49,6 +49,7 @@ def backup_site_content(
     files_per_batch: int = 1000,
     mib_per_batch: int = 256,
     files_in_flight: int = 16,
+    single_put_mib: int = 64,
     block_size_mib: int = 8,
     blocks_in_flight: int = 4,
 ) -> BackupSummary:
@@ -64,7 +65,8 @@ def backup_site_content(
         prepare_checkpoints(checkpoint_block)
     options = CopyOptions(
         dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
-        files_in_flight=files_in_flight, block_size=block_size_mib * MiB, blocks_in_flight=blocks_in_flight,
+        files_in_flight=files_in_flight, single_put_size=single_put_mib * MiB, block_size=block_size_mib * MiB,
+        blocks_in_flight=blocks_in_flight,
     )
     files_total, bytes_total = listing.files, listing.bytes  # each is a pass over the listing
     progress.reset(files_total, bytes_total)

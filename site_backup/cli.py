@@ -59,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--dask-address", metavar="tcp://HOST:8786", help="the Dask scheduler for --task-runner dask")
     tuning.add_argument("--files-in-flight", type=_positive, default=16,
                         help="files copied at once, across all copy tasks (default 16)")
+    tuning.add_argument("--single-put-mib", type=_positive, default=64,
+                        help="files up to this size go up in one request (default 64)")
     tuning.add_argument("--block-size-mib", type=_positive, default=8,
-                        help="block size for large files; smaller files go in one request (default 8)")
+                        help="larger files go up in blocks of this size (default 8)")
     tuning.add_argument("--blocks-in-flight", type=_positive, default=4, help="blocks at once per large file (default 4)")
     return p
 
@@ -101,6 +103,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         files_per_batch=args.files_per_batch,
         mib_per_batch=args.mib_per_batch,
         files_in_flight=args.files_in_flight,
+        single_put_mib=args.single_put_mib,
         block_size_mib=args.block_size_mib,
         blocks_in_flight=args.blocks_in_flight,
     )

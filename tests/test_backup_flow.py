@@ -127,7 +127,7 @@ def test_sas_connection_string_goes_through_the_sdk(azurite, monkeypatch, checkp
     _account.cache_clear()
     files = {"small.txt": b"small", "large.bin": os.urandom(3 * 2**20 + 5)}
     root = make_tree(files)
-    summary = backup_site_content(str(root), container=container_name, block_size_mib=1)
+    summary = backup_site_content(str(root), container=container_name, single_put_mib=1, block_size_mib=1)
     _account.cache_clear()
     assert summary.files_uploaded == 2 and summary.files_failed == 0, summary.failed
     assert read_container(azurite, container_name) == files

@@ -45,11 +45,20 @@ def test_large_file_goes_up_in_blocks_with_the_whole_file_md5(make_tree):
     data = os.urandom(5 * 2**20 + 123)
     root = make_tree({"big.bin": data})
     store = MemoryBlobStore()
-    [outcome] = run(root, store, block_size=2**20, blocks_in_flight=3)
+    [outcome] = run(root, store, single_put_size=2**20, block_size=2**20, blocks_in_flight=3)
     assert outcome.status == "uploaded" and outcome.bytes_uploaded == len(data)
     assert store.blobs["pre/big.bin"].data == data
     assert store.blobs["pre/big.bin"].content_md5 == hashlib.md5(data).digest()
     assert sum(1 for op, _ in store.requests if op == "stage") == 6 and not store.staged
+
+
+def test_file_within_the_single_put_size_goes_up_in_one_request(make_tree):
+    data = os.urandom(3 * 2**20)
+    root = make_tree({"mid.bin": data})
+    store = MemoryBlobStore()
+    [outcome] = run(root, store, single_put_size=4 * 2**20, block_size=2**20)
+    assert outcome.status == "uploaded" and [op for op, _ in store.requests if op != "get"] == ["put"]
+    assert store.blobs["pre/mid.bin"].content_md5 == hashlib.md5(data).digest()
 
 
 def test_second_run_uploads_nothing(make_tree):
@@ -105,7 +114,7 @@ class ChangingStore(MemoryBlobStore):
 def test_file_changing_once_is_read_again(make_tree, block_size):
     root = make_tree({"log.txt": b"line\n" * 100})
     store = ChangingStore(root / "log.txt", times=1)
-    [outcome] = run(root, store, block_size=block_size)
+    [outcome] = run(root, store, single_put_size=block_size, block_size=block_size)
     assert outcome.status == "uploaded" and outcome.changed_retries == 1
     assert store.blobs["pre/log.txt"].data == (root / "log.txt").read_bytes()
 
@@ -114,7 +123,7 @@ def test_file_changing_once_is_read_again(make_tree, block_size):
 def test_file_that_keeps_changing_fails_and_is_never_recorded(make_tree, block_size):
     root = make_tree({"log.txt": b"line\n" * 100})
     store = ChangingStore(root / "log.txt", times=5)
-    [outcome] = run(root, store, block_size=block_size)
+    [outcome] = run(root, store, single_put_size=block_size, block_size=block_size)
     assert outcome.status == "failed" and "changed while being read" in outcome.reason
     assert "pre/log.txt" not in store.blobs
 
@@ -234,7 +243,7 @@ class LosingCommitStore(MemoryBlobStore):
 def test_losing_the_commit_race_to_another_run_is_not_a_failure(make_tree):
     root = make_tree({"big.bin": os.urandom(100)})
     store = LosingCommitStore()
-    [outcome] = run(root, store, block_size=16)
+    [outcome] = run(root, store, single_put_size=16, block_size=16)
     assert outcome.status == "unchanged" and store.blobs["pre/big.bin"].data == (root / "big.bin").read_bytes()
 
 
