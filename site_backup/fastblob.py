@@ -30,7 +30,7 @@ _SIGNED = ("content-encoding", "content-language", "content-length", "content-md
 
 
 class SharedKeyBlobs:
-    """Signed Put Blob / HEAD requests on one storage account."""
+    """The signed requests of a backup, on one storage account."""
 
     def __init__(self, endpoint: str, account_name: str, account_key: str, api_version: str, settings,
                  ca_bundle: str | None = None):
