@@ -207,10 +207,10 @@ def shared_key_account(conn_str: str | None) -> tuple[str, str, str] | None:
     if not conn_str:
         return None
     fields = {}
-    for part in conn_str.split(";"):
+    for part in conn_str.split(";"):  # as the SDK reads it: names in any case, nothing trimmed
         name, sep, value = part.partition("=")
         if sep:
-            fields[name.strip().lower()] = value.strip()
+            fields[name.lower()] = value
     account, key = fields.get("accountname"), fields.get("accountkey")
     if not account or not key or "sharedaccesssignature" in fields or "usedevelopmentstorage" in fields:
         return None

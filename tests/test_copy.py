@@ -261,6 +261,36 @@ def test_direct_signed_path_is_used_with_an_account_key_and_not_behind_a_proxy(m
     destination._account.cache_clear()
 
 
+@pytest.mark.parametrize("conn_str", [
+    "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net",
+    "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5",
+    "accountkey=a2V5;ACCOUNTNAME=acct;DefaultEndpointsProtocol=http;EndpointSuffix=core.chinacloudapi.cn",
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1/;",
+])
+def test_direct_requests_go_where_the_sdk_would(conn_str):
+    from azure.storage.blob import BlobServiceClient
+
+    from site_backup.destination import shared_key_account
+
+    url, account, key = shared_key_account(conn_str)
+    sdk = BlobServiceClient.from_connection_string(conn_str)
+    assert (url, account, key) == (sdk.primary_endpoint.rstrip("/"), sdk.account_name, sdk.credential.account_key)
+
+
+@pytest.mark.parametrize("conn_str", [
+    "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2025&sig=x",
+    "UseDevelopmentStorage=true",
+    "AccountName=acct;AccountKey=not base64!",
+    "AccountKey=a2V5; AccountName=acct",  # the SDK does not read " AccountName" either
+    None,
+])
+def test_without_an_account_key_every_request_goes_through_the_sdk(conn_str):
+    from site_backup.destination import shared_key_account
+
+    assert shared_key_account(conn_str) is None
+
+
 def test_signed_request_errors_are_the_sdk_kinds():
     from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
 
