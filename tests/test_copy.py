@@ -393,3 +393,13 @@ def test_signed_requests_over_https_trust_the_given_ca_bundle_only(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_outcomes_follow_the_batch_order_though_large_files_start_first(make_tree):
+    files = {"a.txt": b"a", "b.bin": os.urandom(50_000), "c.txt": b"cc", "d.bin": os.urandom(70_000)}
+    root = make_tree(files)
+    store = MemoryBlobStore()
+    batch = entries(root)
+    outcomes = copy_batch(str(root), batch, store, "pre", CopyOptions(check_remote=False, files_in_flight=1))
+    assert [o.path for o in outcomes] == [f.path for f in batch]
+    assert [name for op, name in store.requests] == ["pre/d.bin", "pre/b.bin", "pre/c.txt", "pre/a.txt"]

@@ -166,3 +166,13 @@ def test_check_root_explains_bad_roots(tmp_path):
     with pytest.raises(ConfigurationError, match="no root directory"):
         check_root("")
     assert check_root(str(tmp_path)) == str(tmp_path)
+
+
+def test_batches_come_heaviest_first(make_tree):
+    files = {f"small/{i:03d}.txt": b"x" for i in range(30)}
+    files.update({"big/a.bin": b"y" * 3_000_000, "big/b.bin": b"z" * 3_000_000})
+    listing = list_batches(str(make_tree(files)), max_files=10, max_bytes=2_000_000)
+    weights = [sum(f.size + 256 * 1024 for f in b) for b in listing.batches]
+    assert weights == sorted(weights, reverse=True)
+    assert {f.path for f in listing.batches[0]} <= {"big/a.bin", "big/b.bin"}
+    assert sorted(f.path for b in listing.batches for f in b) == sorted(files)
