@@ -77,7 +77,8 @@ class SharedKeyBlobs:
         """Put Block List: the blob appears with these blocks, and `md5` as its stored MD5."""
         body = ('<?xml version="1.0" encoding="utf-8"?><BlockList>'
                 + "".join(f"<Latest>{b}</Latest>" for b in block_ids) + "</BlockList>").encode()
-        headers = {"x-ms-blob-content-md5": base64.b64encode(md5).decode(), "x-ms-blob-content-type": content_type}
+        headers = {"Content-Type": "application/xml; charset=utf-8",
+                   "x-ms-blob-content-md5": base64.b64encode(md5).decode(), "x-ms-blob-content-type": content_type}
         headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
         self._send("PUT", container, name, headers, body, on_retry, query={"comp": "blocklist"})
 
