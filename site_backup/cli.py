@@ -128,7 +128,7 @@ def prefect_settings_for_this_run() -> tuple[dict, str]:
         return {**quick, PREFECT_API_URL: LOCAL_PREFECT_API}, ""
     notice = (
         "No Prefect server configured or running at 127.0.0.1:4200: starting a temporary one for this run "
-        "(10-40 s). `make server` starts one that lets runs start in about 2 s."
+        "(10-40 s). `make server` starts one that lets a run start uploading in about 1 s."
     )
     timeout = max(settings.server.ephemeral.startup_timeout_seconds, 180)
     # Analytics off: offline, the temporary server would log a telemetry error every run.
