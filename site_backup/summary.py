@@ -104,8 +104,8 @@ def summarize(
     s = BackupSummary(root=root, destination=destination, dry_run=dry_run, duration_seconds=round(duration_seconds, 3),
                       copy_seconds=round(copy_seconds, 3))
     s.files_excluded = listing.excluded
-    skipped = [FileProblem(path=p.path, reason=p.reason) for p in listing.skipped]
-    failed = [FileProblem(path=p.path, reason=p.reason) for p in listing.failed]
+    skipped = _problems(listing.skipped)
+    failed = _problems(listing.failed)
     for result, from_checkpoint in results:
         if from_checkpoint:
             result = result.as_cached()
@@ -116,8 +116,8 @@ def summarize(
         s.bytes_total += result.bytes_total
         s.bytes_uploaded += result.bytes_uploaded
         s.retries += result.retries
-        skipped += [FileProblem(path=p.path, reason=p.reason) for p in result.skipped]
-        failed += [FileProblem(path=p.path, reason=p.reason) for p in result.failed]
+        skipped += _problems(result.skipped)
+        failed += _problems(result.failed)
     s.skipped, s.failed = sorted(skipped, key=_path), sorted(failed, key=_path)
     s.files_skipped, s.files_failed = len(skipped), len(failed)
     s.files_total = s.files_uploaded + s.files_unchanged + s.files_skipped + s.files_failed
@@ -127,6 +127,11 @@ def summarize(
 
 def _path(p: FileProblem) -> str:
     return p.path
+
+
+def _problems(problems) -> list[FileProblem]:
+    """The summary's form of (path, reason) pairs from a listing or a batch result."""
+    return [FileProblem(path=p.path, reason=p.reason) for p in problems]
 
 
 class VerifySummary(BaseModel):
@@ -188,13 +193,13 @@ def summarize_verify(listing: FileListing, results, extra: list[str], *, root: s
                      duration_seconds: float) -> VerifySummary:
     """Reduce the verify results of every batch into one summary."""
     s = VerifySummary(root=root, destination=destination, duration_seconds=round(duration_seconds, 3), extra=extra)
-    unreadable = [FileProblem(path=p.path, reason=p.reason) for p in listing.failed]
+    unreadable = _problems(listing.failed)
     for r in results:
         s.files_matching += r.matching
         s.bytes_checked += r.bytes_checked
-        s.missing += [FileProblem(path=p.path, reason=p.reason) for p in r.missing]
-        s.different += [FileProblem(path=p.path, reason=p.reason) for p in r.different]
-        unreadable += [FileProblem(path=p.path, reason=p.reason) for p in r.unreadable]
+        s.missing += _problems(r.missing)
+        s.different += _problems(r.different)
+        unreadable += _problems(r.unreadable)
     s.unreadable = unreadable
     s.missing.sort(key=_path)
     s.different.sort(key=_path)
@@ -252,7 +257,7 @@ class RestoreSummary(BaseModel):
 def summarize_restore(refused, results, *, source: str, target: str, duration_seconds: float) -> RestoreSummary:
     """Reduce the refused names and each batch's (result, came from a checkpoint)."""
     s = RestoreSummary(source=source, target=target, duration_seconds=round(duration_seconds, 3))
-    s.refused = sorted((FileProblem(path=p.path, reason=p.reason) for p in refused), key=_path)
+    s.refused = sorted(_problems(refused), key=_path)
     for result, from_checkpoint in results:
         if from_checkpoint:
             result = result.as_cached()
@@ -263,7 +268,7 @@ def summarize_restore(refused, results, *, source: str, target: str, duration_se
         s.bytes_total += result.bytes_total
         s.bytes_restored += result.bytes_restored
         s.unverified += result.unverified
-        s.failed += [FileProblem(path=p.path, reason=p.reason) for p in result.failed]
+        s.failed += _problems(result.failed)
     s.failed.sort(key=_path)
     s.files_refused, s.files_failed = len(s.refused), len(s.failed)
     s.files_total = s.files_restored + s.files_unchanged + s.files_refused + s.files_failed
