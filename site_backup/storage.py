@@ -110,14 +110,14 @@ class AzureBlobStore:
         return self._container_client()
 
     def get(self, name: str) -> RemoteBlob | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
         if self.signed is not None:
             found = self.signed.head(self.container_name, name, self.retries)
             if found is None:
                 return None
             size, md5, metadata = found
             return RemoteBlob(size, md5, parse_mtime(metadata.get(MTIME_KEY)))
+        from azure.core.exceptions import ResourceNotFoundError
+
         try:
             props = self.container.get_blob_client(name).get_blob_properties(retry_hook=self.retries)
         except ResourceNotFoundError as exc:
