@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import itertools
 import mimetypes
 import os
+import queue
 import stat
 import threading
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -113,17 +115,46 @@ class _NotRegular(Exception):
     pass
 
 
+class FilePool:
+    """Threads that copy files, largest file first across every batch that uses them.
+    Batches copying at the same time share one pool, so one batch alone can use all of it
+    and many cannot exceed it; with a plain FIFO queue a batch's 64 MiB files waited behind
+    another batch's 930 small ones and went up alone at the end (mixed tree: 1.2 s later)."""
+
+    def __init__(self, workers: int):
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()  # ties keep submission order; never compares callables
+        for i in range(max(1, workers)):
+            # Daemon: idle workers must not keep a finished process alive; every submitter
+            # waits for its own futures, so no work is cut short.
+            threading.Thread(target=self._work, name=f"copy_{i}", daemon=True).start()
+
+    def submit(self, size: int, fn: Callable, *args) -> Future:
+        """Queue `fn(*args)` for a file of `size` bytes; larger files start first."""
+        future: Future = Future()
+        self._queue.put((-size, next(self._order), future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            _, _, future, fn, args = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the submitter, as an executor does
+                future.set_exception(exc)
+
+
 _pools_lock = threading.Lock()
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[int, FilePool] = {}
 
 
-def file_pool(limit: int) -> ThreadPoolExecutor:
-    """The process-wide pool that copies files: batches copying at the same time share it,
-    so one batch alone can use all of it, many batches cannot exceed it, and the process
-    keeps `limit` threads instead of a pool per batch."""
+def file_pool(limit: int) -> FilePool:
+    """The process-wide pool of `limit` file-copying threads."""
     with _pools_lock:
         if limit not in _pools:
-            _pools[limit] = ThreadPoolExecutor(max_workers=max(1, limit), thread_name_prefix="copy")
+            _pools[limit] = FilePool(limit)
         return _pools[limit]
 
 
@@ -150,10 +181,13 @@ def copy_batch(
 
     if options.listing_suffices:
         return list(map(one, batch))  # no I/O at all: threads would only add overhead
-    # Largest files first, so a long upload does not start last and run alone.
-    order = sorted(range(len(batch)), key=lambda i: batch[i].size, reverse=True)
-    outcomes = dict(zip(order, file_pool(options.files_in_flight).map(one, (batch[i] for i in order))))
-    return [outcomes[i] for i in range(len(batch))]
+    pool = file_pool(options.files_in_flight)
+    futures = [pool.submit(entry.size, one, entry) for entry in batch]
+    try:
+        return [future.result() for future in futures]
+    finally:  # after an unexpected error, files not yet started stay unstarted
+        for future in futures:
+            future.cancel()
 
 
 def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, options: CopyOptions) -> FileOutcome:

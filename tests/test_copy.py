@@ -403,3 +403,28 @@ def test_outcomes_follow_the_batch_order_though_large_files_start_first(make_tre
     outcomes = copy_batch(str(root), batch, store, "pre", CopyOptions(check_remote=False, files_in_flight=1))
     assert [o.path for o in outcomes] == [f.path for f in batch]
     assert [name for op, name in store.requests] == ["pre/d.bin", "pre/b.bin", "pre/c.txt", "pre/a.txt"]
+
+
+def test_the_file_pool_starts_the_largest_waiting_file_first_whichever_batch_queued_it():
+    import threading
+
+    from site_backup.copy import FilePool
+
+    pool, started, gate = FilePool(1), [], threading.Event()
+    blocker = pool.submit(0, gate.wait)  # holds the only thread while both batches queue
+    small_batch = [pool.submit(size, started.append, f"a{size}") for size in (1, 5, 3)]
+    large_batch = [pool.submit(size, started.append, f"b{size}") for size in (64, 2)]
+    gate.set()
+    for future in [blocker, *small_batch, *large_batch]:
+        future.result(timeout=10)
+    assert started == ["b64", "a5", "a3", "b2", "a1"]
+
+
+def test_the_file_pool_hands_errors_to_the_submitter_and_keeps_working():
+    from site_backup.copy import FilePool
+
+    pool = FilePool(1)
+    failing = pool.submit(1, int, "not a number")
+    with pytest.raises(ValueError):
+        failing.result(timeout=10)
+    assert pool.submit(1, len, "abc").result(timeout=10) == 3
