@@ -254,15 +254,6 @@ def prepare(destination: Destination, create: bool = True) -> tuple[Destination,
     """Check that storage answers and accepts the credentials, create the container when
     missing (or, with create=False, insist that it exists), and tell whether the prefix
     holds no blob yet. Raises ConfigurationError with the fix when it cannot."""
-    from azure.core.exceptions import (
-        ClientAuthenticationError,
-        HttpResponseError,
-        ResourceExistsError,
-        ResourceNotFoundError,
-        ServiceRequestError,
-        ServiceResponseError,
-    )
-
     # Fail in seconds, not minutes, when nothing listens or the credentials are wrong.
     quick = StorageSettings(retry_total=1, initial_backoff=0.2, connection_timeout=5, read_timeout=30)
     account = storage_account(destination, quick)
@@ -275,6 +266,8 @@ def prepare(destination: Destination, create: bool = True) -> tuple[Destination,
                 account.signed.create_container(destination.container, RetryLog())
             first = account.signed.first_blob(destination.container, prefix, RetryLog())
         else:
+            from azure.core.exceptions import ResourceExistsError
+
             container = account.client.get_container_client(destination.container)
             if create:
                 try:
@@ -282,31 +275,48 @@ def prepare(destination: Destination, create: bool = True) -> tuple[Destination,
                 except ResourceExistsError:
                     pass
             first = next(iter(container.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
-    except ResourceNotFoundError:
-        raise ConfigurationError(
+    except Exception as exc:
+        problem = _storage_problem(exc, destination, url, source)
+        if problem is None:
+            raise
+        raise problem from None
+    return destination, first is None
+
+
+def _storage_problem(exc: Exception, destination: Destination, url: str, source: str) -> ConfigurationError | None:
+    """What a failed first request means and how to fix it; None when it is not a
+    configuration problem. (azure.core is imported here, on failure only: 20 ms.)"""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    if isinstance(exc, ResourceNotFoundError):
+        return ConfigurationError(
             f"container {destination.container!r} does not exist at {url}: check --container (and the account)"
-        ) from None
-    except (ServiceRequestError, ServiceResponseError) as exc:
+        )
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         fix = (
             "start the local emulator with `make azurite` (or `make run`), or set "
             "AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_ACCOUNT_URL for real Azure"
             if source == "the local Azurite default"
             else f"check the endpoint in {source} and that the storage account is reachable"
         )
-        raise ConfigurationError(f"cannot reach blob storage at {url} ({describe(exc)}): {fix}") from None
-    except ClientAuthenticationError as exc:
-        raise ConfigurationError(
+        return ConfigurationError(f"cannot reach blob storage at {url} ({describe(exc)}): {fix}")
+    if isinstance(exc, ClientAuthenticationError):
+        return ConfigurationError(
             f"blob storage at {url} rejected the credentials from {source} ({describe(exc)}): "
             f"check the account key, SAS token or identity"
-        ) from None
-    except HttpResponseError as exc:
-        if exc.status_code in (401, 403):
-            raise ConfigurationError(
-                f"blob storage at {url} refused access with the credentials from {source} "
-                f"({describe(exc)}): check the key, SAS permissions (read, write, list, create) or role"
-            ) from None
-        raise
-    return destination, first is None
+        )
+    if isinstance(exc, HttpResponseError) and exc.status_code in (401, 403):
+        return ConfigurationError(
+            f"blob storage at {url} refused access with the credentials from {source} "
+            f"({describe(exc)}): check the key, SAS permissions (read, write, list, create) or role"
+        )
+    return None
 
 
 def prepare_checkpoint_store(block_name: str) -> str:

@@ -44,13 +44,8 @@ class SharedKeyBlobs:
 
     def create_container(self, container: str, on_retry) -> bool:
         """Create Container; False when it already exists."""
-        try:
-            self._send("PUT", container, "", {}, b"", on_retry, query={"restype": "container"})
-        except Exception as exc:
-            if getattr(exc, "status_code", None) == 409 and getattr(exc, "error_code", None) == "ContainerAlreadyExists":
-                return False
-            raise
-        return True
+        query = {"restype": "container"}
+        return self._send("PUT", container, "", {}, b"", on_retry, query=query, exists_ok=True) is not None
 
     def first_blob(self, container: str, prefix: str | None, on_retry) -> str | None:
         """The name of one blob whose name starts with `prefix`, or None when there is none."""
@@ -92,9 +87,10 @@ class SharedKeyBlobs:
                     if k.lower().startswith("x-ms-meta-")}
         return int(response.headers["Content-Length"]), base64.b64decode(md5) if md5 else None, metadata
 
-    def _send(self, method, container, name, headers, body, on_retry, missing_ok=False, query=None):
-        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
-
+    def _send(self, method, container, name, headers, body, on_retry, missing_ok=False, query=None,
+              exists_ok=False):
+        """The response to a signed request, retried on transient errors; None for a missing
+        blob when `missing_ok`, and for an existing container when `exists_ok`."""
         path = f"{self.base_path}/{container}" + (f"/{quote(name, safe='~/')}" if name else "")
         query = query or {}
         target = path + ("?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items()) if query else "")
@@ -103,6 +99,9 @@ class SharedKeyBlobs:
             try:
                 response = self.connections.request(method, target, body, signed)
             except (OSError, http.client.HTTPException) as exc:
+                # Imported on failure only: azure.core costs 20 ms, before the first upload.
+                from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
                 kind = ServiceRequestError if isinstance(exc, _NotConnected) else ServiceResponseError
                 if attempt == self.settings.retry_total:
                     raise kind(describe_socket_error(exc)) from None
@@ -112,6 +111,8 @@ class SharedKeyBlobs:
                     return response
                 code = response.headers.get("x-ms-error-code") or response.reason or ""
                 if response.status == 404 and missing_ok and code != "ContainerNotFound":
+                    return None
+                if response.status == 409 and exists_ok and code == "ContainerAlreadyExists":
                     return None
                 if response.status not in TRANSIENT_STATUSES or attempt == self.settings.retry_total:
                     raise _error(response.status, code, response.data)
