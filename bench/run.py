@@ -115,6 +115,26 @@ class Service:
                 self.proc.wait()
 
 
+def _busy_jiffies() -> int:
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def wait_quiet(busy_cores: float = 0.15, timeout: float = 60) -> float:
+    """Wait until the machine is nearly idle; return the seconds waited. The Prefect server
+    digests a run's events after the run ends (after the 318 task runs of the *many* dry
+    run: 6 s at one full core), and a run measured meanwhile shares the 2 cores with it."""
+    started = time.monotonic()
+    hz = os.sysconf("SC_CLK_TCK")
+    while time.monotonic() - started < timeout:
+        before = _busy_jiffies()
+        time.sleep(0.5)
+        if (_busy_jiffies() - before) / hz / 0.5 < busy_cores:
+            break
+    return time.monotonic() - started
+
+
 def start_azurite() -> Service:
     port = free_port()
     svc = Service([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
@@ -236,6 +256,8 @@ def one(tool, tree, root, rnd, modes, ctx) -> list[Run]:
                 continue  # the floor has no incremental mode
             args, env = tool_command(tool, root, container, azurite.port, mode, ctx)
             log = ctx["tmp"] / f"{tool}-{tree}-{mode}-{rnd}.log"
+            if ctx["settle"] and (waited := wait_quiet()) > 2:
+                print(f"  (waited {waited:.0f} s for the machine to go quiet)", flush=True)
             wall, rss, code, out = measure(args, env, log)
             run = Run(tree, mode, tool, rnd, round(wall, 2), round(rss, 1), code == 0)
             if tool.startswith("flow") and code == 0:
@@ -377,7 +399,7 @@ def main(argv=None) -> int:
         trees[name] = make_tree(name)
     tmp = Path(tempfile.mkdtemp(prefix="site-backup-bench-"))
     server, api_url = start_prefect_server(tmp / "server-home")
-    ctx = {"tmp": tmp, "api_url": api_url, "ephemeral_home": tmp / "ephemeral-home"}
+    ctx = {"tmp": tmp, "api_url": api_url, "ephemeral_home": tmp / "ephemeral-home", "settle": not args.smoke}
     runs: list[Run] = []
     try:
         if "flow-ephemeral" in tools:  # its first start creates the database: not what is measured
