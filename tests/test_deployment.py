@@ -1,12 +1,15 @@
 """Deployments for real: a Prefect server on a free port, `scripts/deploy` (prefect deploy
-from prefect.yaml), a process worker, `prefect deployment run --watch`, a schedule made
-through the API that survives a redeploy, and the sample's HTTP start/status API."""
+from prefect.yaml), a process worker, `prefect deployment run --watch`, a crashed run resumed with
+`prefect flow-run retry`, a schedule made through the API that survives a redeploy, and the
+sample's HTTP start/status API."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -157,6 +160,93 @@ def test_schedule_made_in_the_api_survives_redeploy_and_runs(stack):
         assert time.monotonic() < deadline, [r.state for r in runs]
         time.sleep(1)
     assert "index.html" in read_container(stack["azurite"], "backups")  # the deployment's default: sample-site
+
+
+def wait_for_state(stack, flow_run_id: str, types: set[str], timeout: float):
+    """The flow run's state once its type is one of `types`."""
+    async def read(client):
+        return (await client.read_flow_run(flow_run_id)).state
+
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client_call(stack, read)
+        if state is not None and state.type.value in types:
+            return state
+        assert time.monotonic() < deadline, f"still {state} after {timeout} s"
+        time.sleep(0.5)
+
+
+def flow_run_output(stack, flow_run_id: str):
+    """The flow run's persisted result (the summary), read from the worker's result storage."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    async def read(client):
+        state = (await client.read_flow_run(flow_run_id)).state
+        return await state.aresult()
+
+    with temporary_settings(updates={PREFECT_RESULTS_LOCAL_STORAGE_PATH: stack["env"]["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]}):
+        result = client_call(stack, read)
+    return result.model_dump() if hasattr(result, "model_dump") else result
+
+
+def flow_run_processes(flow_run_id: str) -> list[int]:
+    """The processes a worker started for one flow run (they carry its id in their environment)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_crashed_deployment_run_resumes_with_flow_run_retry(stack, make_tree, tmp_path, container_name):
+    from site_backup.destination import azurite_connection_string
+    from tests.faultproxy import FaultProxy
+
+    files = {f"d{i % 7}/f{i:03d}.txt": f"file {i} ".encode() * (10 + i) for i in range(300)}
+    root = make_tree(files)
+    with FaultProxy(stack["azurite"].port) as proxy:
+        proxy.latency = 0.04  # slow enough to kill the run part-way
+        via_proxy = azurite_connection_string(f"http://127.0.0.1:{proxy.port}/devstoreaccount1")
+        started = subprocess.run(
+            [PREFECT, "deployment", "run", "backup-site-content/local", "--param", f"root_directory={root}",
+             "--param", f"container={container_name}", "--param", "files_per_batch=25",
+             "--param", "files_in_flight=2",
+             "--job-variable", "env=" + json.dumps({"AZURE_STORAGE_CONNECTION_STRING": via_proxy})],
+            env=stack["env"], capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+
+        deadline = time.monotonic() + 180
+        while proxy.landed() < 120:
+            assert time.monotonic() < deadline, (stack["logs"] / "worker.log").read_text()[-3000:]
+            time.sleep(0.05)
+        for pid in flow_run_processes(flow_run_id):
+            os.kill(pid, signal.SIGKILL)  # the process dies as in a crash or a recycled machine
+        assert wait_for_state(stack, flow_run_id, {"CRASHED"}, 120).name == "Crashed"
+        time.sleep(0.5)  # requests the proxy was forwarding at the kill may still land
+        landed_first = dict(proxy.writes)
+        assert 120 <= len(landed_first) < 300
+
+        retried = subprocess.run([PREFECT, "flow-run", "retry", flow_run_id], env=stack["env"],
+                                 capture_output=True, text=True, timeout=120)
+        assert retried.returncode == 0, retried.stdout[-2000:] + retried.stderr[-2000:]
+        final = wait_for_state(stack, flow_run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
+        assert final.is_completed(), (final, (stack["logs"] / "worker.log").read_text()[-3000:])
+        summary = flow_run_output(stack, flow_run_id)
+        resent = sorted(name for name, n in proxy.writes.items() if n > 1)
+
+    assert len(resent) <= 4, resent  # at most the files in flight at the kill
+    assert summary["files_uploaded"] + summary["files_unchanged"] == 300 and summary["files_failed"] == 0
+    assert summary["batches_from_checkpoint"] >= 1
+    assert read_container(stack["azurite"], container_name) == files
+    print(f"\nretry test: {len(landed_first)} blobs before the kill; the retried run uploaded "
+          f"{summary['files_uploaded']}, re-sent {len(resent)}, {summary['batches_from_checkpoint']} of "
+          f"{summary['batches']} batches from checkpoints")
 
 
 @pytest.fixture(scope="module")
