@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
-from site_backup.copy import BatchResult, CopyOptions, blob_name, copy_batch, copy_file
+from site_backup.copy import BatchResult, CopyOptions, FilePool, blob_name, copy_batch, copy_file, file_pool
 from site_backup.errors import FileChangedError, is_transient
 from site_backup.files import FileEntry, list_batches
 from site_backup.storage import MemoryBlobStore, format_mtime, parse_mtime
@@ -405,24 +407,34 @@ def test_outcomes_follow_the_batch_order_though_large_files_start_first(make_tre
     assert [name for op, name in store.requests] == ["pre/d.bin", "pre/b.bin", "pre/c.txt", "pre/a.txt"]
 
 
-def test_the_file_pool_starts_the_largest_waiting_file_first_whichever_batch_queued_it():
-    import threading
+def test_large_files_start_first_whichever_batch_queued_them_small_ones_keep_batch_order(make_tree):
+    store, gate = MemoryBlobStore(), threading.Event()
+    options = CopyOptions(check_remote=False, files_in_flight=1, block_size=1000)
+    first = make_tree({"a1.txt": b"1", "a3.txt": b"333", "a2.txt": b"22"}, "first")
+    second = make_tree({"b-big.bin": b"x" * 5000, "b1.txt": b"1", "b-bigger.bin": b"y" * 9000}, "second")
+    blocker = file_pool(1).submit(0, gate.wait)  # holds the only thread while both batches queue
+    threads = [threading.Thread(target=copy_batch, args=(str(root), entries(root), store, name, options))
+               for name, root in (("first", first), ("second", second))]
 
-    from site_backup.copy import FilePool
+    def queued(n):
+        deadline = time.monotonic() + 10
+        while file_pool(1)._queue.qsize() < n:
+            assert time.monotonic() < deadline, "the batch did not queue its files"
+            time.sleep(0.001)
 
-    pool, started, gate = FilePool(1), [], threading.Event()
-    blocker = pool.submit(0, gate.wait)  # holds the only thread while both batches queue
-    small_batch = [pool.submit(size, started.append, f"a{size}") for size in (1, 5, 3)]
-    large_batch = [pool.submit(size, started.append, f"b{size}") for size in (64, 2)]
+    threads[0].start()
+    queued(3)  # the first batch queued all its files before the second starts
+    threads[1].start()
+    queued(6)
     gate.set()
-    for future in [blocker, *small_batch, *large_batch]:
-        future.result(timeout=10)
-    assert started == ["b64", "a5", "a3", "b2", "a1"]
+    for thread in threads:
+        thread.join(10)
+    blocker.result(timeout=10)
+    assert [name for op, name in store.requests] == [
+        "second/b-bigger.bin", "second/b-big.bin", "first/a3.txt", "first/a2.txt", "first/a1.txt", "second/b1.txt"]
 
 
 def test_the_file_pool_hands_errors_to_the_submitter_and_keeps_working():
-    from site_backup.copy import FilePool
-
     pool = FilePool(1)
     failing = pool.submit(1, int, "not a number")
     with pytest.raises(ValueError):
