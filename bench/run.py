@@ -402,9 +402,11 @@ def main(argv=None) -> int:
     ctx = {"tmp": tmp, "api_url": api_url, "ephemeral_home": tmp / "ephemeral-home", "settle": not args.smoke}
     runs: list[Run] = []
     try:
-        if "flow-ephemeral" in tools:  # its first start creates the database: not what is measured
-            warm = make_tree("tiny")[0] if "tiny" not in trees else trees["tiny"][0]
-            one("flow-ephemeral", "warm-up", warm, 0, ["full"], ctx)
+        warm = make_tree("tiny")[0] if "tiny" not in trees else trees["tiny"][0]
+        for tool in {"flow", "flow-ephemeral"} & set(tools):
+            # Not measured: a server's first flow and task runs are slower (its database is
+            # new, its routes cold); a deployed server has long been past them.
+            one(tool, "warm-up", warm, 0, ["full"], ctx)
         for rnd in range(1, args.rounds + 1):
             for tree, (root, _, _) in trees.items():
                 modes = ["dry-run"] if tree == "many" else ["full", "rerun"]
