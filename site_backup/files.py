@@ -314,7 +314,7 @@ def upload_weight(files: Iterable[FileEntry]) -> int:
 
 
 def heaviest_first(batches: list[Batch]) -> list[Batch]:
-    """The batches in order of upload weight, heaviest first. Started first, the long uploads
-    overlap the many short ones instead of running alone at the end (mixed tree: the
-    4 x 64 MiB batch went from third to first)."""
+    """The batches in order of upload weight, heaviest first: when there are more batches
+    than copy tasks at once, the long ones start early and overlap the many short ones
+    instead of running alone at the end."""
     return sorted(batches, key=upload_weight, reverse=True)
