@@ -308,7 +308,6 @@ def test_signed_request_errors_are_the_sdk_kinds():
 
 def _blob_like_server(ssl_context=None):
     """A local HTTP/1.1 server answering PUT with 201; counts accepted connections."""
-    import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
@@ -338,8 +337,6 @@ def _blob_like_server(ssl_context=None):
 
 
 def test_signed_requests_reuse_connections_and_replace_ones_the_server_closed():
-    import time
-
     from site_backup.destination import StorageSettings
     from site_backup.fastblob import Connections
 
