@@ -27,7 +27,7 @@ from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
-from tasks.report import ProgressArtifact, final_state, publish_summary
+from tasks.report import ProgressArtifact, failed_state, final_state, publish_summary
 from tasks.retry import batch_outcome
 
 MiB = 2**20
@@ -66,11 +66,12 @@ def backup_site_content(
     options = CopyOptions(
         dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
         files_in_flight=files_in_flight, single_put_size=single_put_mib * MiB, block_size=block_size_mib * MiB,
-        blocks_in_flight=blocks_in_flight,
+        blocks_in_flight=blocks_in_flight, root_id=listing.root_id,
     )
     files_total, bytes_total = listing.files, listing.bytes  # each is a pass over the listing
     progress.reset(files_total, bytes_total)
-    copy = with_checkpoints(refresh, checkpoint_block, checkpoint_days)
+    # An empty prefix holds none of what earlier checkpoints describe: make new ones.
+    copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days)
     copy_started = time.monotonic()
     futures = copy.map(unmapped(listing.root), listing.batches, unmapped(destination), unmapped(options))
     batch_of = {future: batch for future, batch in zip(futures, listing.batches)}
@@ -85,6 +86,8 @@ def backup_site_content(
         duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,
     )
     publish_summary(summary)
+    if summary.outcome == "failed":
+        return failed_state(summary)
     if summary.files_failed:
         return final_state(summary, "Incomplete", f"{summary.files_failed} file(s) failed: run again to retry them")
     return summary

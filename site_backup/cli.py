@@ -12,7 +12,7 @@ import urllib.request
 from .destination import Destination, prepare
 from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
-from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE
+from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
 
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # where `make server` puts it
 
@@ -267,7 +267,10 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
             if notice:
                 print(notice, file=sys.stderr)
             with _ProgressLine(show_progress):
-                summary = flow(**parameters)
+                try:
+                    summary = flow(**parameters)
+                except RunFailed as exc:  # what was done is still reported
+                    summary = exc.summary
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

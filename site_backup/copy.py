@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from .errors import FileChangedError, describe, error_code, is_transient
-from .files import FileEntry, Problem, display_path, special_file_reason
+from .files import FileEntry, Problem, display_path, root_problem, special_file_reason
 from .storage import MTIME_KEY, BlobStore, format_mtime
 
 MiB = 2**20
@@ -40,6 +40,7 @@ class CopyOptions:
     single_put_size: int = 64 * MiB  # files up to this size go up in one request (the SDK's default too)
     block_size: int = 8 * MiB  # larger files go up in blocks of this size
     blocks_in_flight: int = 4  # per large file
+    root_id: tuple[int, int] | None = None  # the root's (device, inode) when it was listed
 
     @property
     def listing_suffices(self) -> bool:
@@ -55,6 +56,7 @@ class FileOutcome(NamedTuple):
     reason: str = ""
     transient: bool = False
     changed_retries: int = 0
+    root_lost: bool = False  # failed because the root itself vanished, not the file
 
 
 @dataclass
@@ -69,6 +71,7 @@ class BatchResult:
     skipped: list[Problem] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
     transient_failures: int = 0
+    root_lost: str = ""  # why the root could no longer be read, when that happened
 
     @classmethod
     def from_outcomes(cls, outcomes: list[FileOutcome]) -> "BatchResult":
@@ -86,6 +89,8 @@ class BatchResult:
             else:
                 result.failed.append(Problem(display_path(o.path), o.reason))
                 result.transient_failures += o.transient
+                if o.root_lost:
+                    result.root_lost = o.reason
         return result
 
     def as_cached(self) -> "BatchResult":
@@ -212,8 +217,13 @@ def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, option
                     path, "failed", size=entry.size, transient=True, changed_retries=1,
                     reason="changed while being read, twice: back it up again once it stops changing",
                 )
-        except FileNotFoundError:
-            return FileOutcome(path, "skipped", reason="vanished before it could be copied")
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            lost = root_problem(root, options.root_id)
+            if lost:
+                return FileOutcome(path, "failed", size=entry.size, reason=lost, root_lost=True)
+            if isinstance(exc, FileNotFoundError):
+                return FileOutcome(path, "skipped", reason="vanished before it could be copied")
+            return FileOutcome(path, "failed", size=entry.size, reason=describe(exc))
         except _NotRegular as exc:
             return FileOutcome(path, "skipped", reason=str(exc))
         except Exception as exc:  # every other problem is this file's alone

@@ -33,13 +33,16 @@ def azurite_connection_string(blob_url: str | None = None) -> str:
 @dataclass(frozen=True)
 class Destination:
     """A container and prefix plus where to find credentials. Holds no secret, so it can
-    be a flow or task parameter; `account_url` is filled in once connected."""
+    be a flow or task parameter; `account_url` and `generation` are filled in once connected."""
 
     container: str
     prefix: str = ""
     credentials_block: str | None = None
     account_url: str = ""
     credentials_source: str = ""
+    # The container's ETag when the run started: a deleted and re-created container has a
+    # new one, so checkpoints made against the old container stop matching.
+    generation: str = ""
 
     @classmethod
     def checked(cls, container: str, prefix: str = "", credentials_block: str | None = None) -> "Destination":
@@ -252,8 +255,8 @@ def open_store(destination: Destination, settings: StorageSettings = StorageSett
 
 def prepare(destination: Destination, create: bool = True) -> tuple[Destination, bool]:
     """Check that storage answers and accepts the credentials, create the container when
-    missing (or, with create=False, insist that it exists), and tell whether the prefix
-    holds no blob yet. Raises ConfigurationError with the fix when it cannot."""
+    missing (or, with create=False, insist that it exists), note its generation, and tell
+    whether the prefix holds no blob yet. Raises ConfigurationError with the fix when it cannot."""
     # Fail in seconds, not minutes, when nothing listens or the credentials are wrong.
     quick = StorageSettings(retry_total=1, initial_backoff=0.2, connection_timeout=5, read_timeout=30)
     account = storage_account(destination, quick)
@@ -264,6 +267,7 @@ def prepare(destination: Destination, create: bool = True) -> tuple[Destination,
         if account.signed is not None:
             if create:
                 account.signed.create_container(destination.container, RetryLog())
+            generation = _generation(lambda: account.signed.container_etag(destination.container, RetryLog()))
             first = account.signed.first_blob(destination.container, prefix, RetryLog())
         else:
             from azure.core.exceptions import ResourceExistsError
@@ -274,13 +278,25 @@ def prepare(destination: Destination, create: bool = True) -> tuple[Destination,
                     container.create_container()
                 except ResourceExistsError:
                     pass
+            generation = _generation(lambda: container.get_container_properties().etag)
             first = next(iter(container.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
     except Exception as exc:
         problem = _storage_problem(exc, destination, url, source)
         if problem is None:
             raise
         raise problem from None
-    return destination, first is None
+    return replace(destination, generation=generation), first is None
+
+
+def _generation(container_etag: Callable[[], str]) -> str:
+    """The container's ETag, or "" when the credentials may not read container properties
+    (a SAS for blobs only): then only the empty-prefix rule guards the checkpoints."""
+    try:
+        return container_etag() or ""
+    except Exception as exc:
+        if getattr(exc, "status_code", None) == 403:
+            return ""
+        raise
 
 
 def _storage_problem(exc: Exception, destination: Destination, url: str, source: str) -> ConfigurationError | None:

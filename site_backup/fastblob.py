@@ -47,6 +47,11 @@ class SharedKeyBlobs:
         query = {"restype": "container"}
         return self._send("PUT", container, "", {}, b"", on_retry, query=query, exists_ok=True) is not None
 
+    def container_etag(self, container: str, on_retry) -> str:
+        """Get Container Properties: the container's ETag (a re-created container has a new one)."""
+        response = self._send("HEAD", container, "", {}, b"", on_retry, query={"restype": "container"})
+        return response.headers.get("ETag", "")
+
     def first_blob(self, container: str, prefix: str | None, on_retry) -> str | None:
         """The name of one blob whose name starts with `prefix`, or None when there is none."""
         query = {"restype": "container", "comp": "list", "maxresults": "1", **({"prefix": prefix} if prefix else {})}

@@ -54,6 +54,7 @@ class FileListing:
     """The result of walking a tree: the work, and what was left out and why."""
 
     root: str = ""
+    root_id: tuple[int, int] | None = None  # (device, inode) of the root when it was listed
     batches: list[Batch] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
@@ -286,6 +287,29 @@ def check_root(root: str) -> str:
     return path
 
 
+def root_identity(root: str) -> tuple[int, int]:
+    """(device, inode) of the root folder: another value later means it was replaced or unmounted."""
+    st = os.stat(root)
+    return st.st_dev, st.st_ino
+
+
+def root_problem(root: str, root_id: tuple[int, int] | None) -> str | None:
+    """Why the root listed at the start can no longer be read (gone, unreadable, replaced or
+    unmounted), or None when it is still there. A file vanishing is the file's business;
+    the root vanishing means the backup cannot be completed."""
+    try:
+        now = root_identity(root)
+        with os.scandir(root):
+            pass
+    except OSError as exc:
+        return f"the root directory {display_path(root)} vanished or became unreadable during the run " \
+               f"({exc.strerror or exc}): check the disk or mount, then run the backup again"
+    if root_id is not None and now != root_id:
+        return f"the root directory {display_path(root)} was replaced or unmounted during the run: " \
+               f"check the disk or mount, then run the backup again"
+    return None
+
+
 def list_batches(
     root: str,
     *,
@@ -298,6 +322,7 @@ def list_batches(
     """Walk `root` and return its files as batches, heaviest first, plus what was skipped
     or failed."""
     listing = FileListing(root=check_root(root))
+    listing.root_id = root_identity(listing.root)
     files = walk_tree(listing.root, include=include, exclude=exclude, follow_symlinks=follow_symlinks, listing=listing)
     listing.batches = heaviest_first([Batch(b) for b in make_batches(files, max_files, max_bytes)])
     return listing

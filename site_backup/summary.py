@@ -19,9 +19,11 @@ class FileProblem(BaseModel):
 
 class BackupSummary(BaseModel):
     """What a run did. `outcome` is "completed" when every file is backed up (or was
-    skipped by rule, such as a link), "incomplete" when some files failed (exit code 1)."""
+    skipped by rule, such as a link), "incomplete" when some files failed, "failed" when the
+    run could not go on (the root vanished; `error` says why); both exit with code 1."""
 
     outcome: str = "completed"
+    error: str = ""
     dry_run: bool = False
     root: str = ""
     destination: str = ""
@@ -61,6 +63,8 @@ class BackupSummary(BaseModel):
                          f"{self.bytes_uploaded / 2**20 / secs:.1f} MiB/s {verb})"),
             ("Outcome", self.outcome + (" (dry run: nothing was uploaded)" if self.dry_run else "")),
         ]
+        if self.error:
+            rows.append(("Error", self.error))
         return render(rows, (("Skipped", self.skipped), ("Failed", self.failed)))
 
     def to_markdown(self) -> str:
@@ -106,9 +110,11 @@ def summarize(
     s.files_excluded = listing.excluded
     skipped = _problems(listing.skipped)
     failed = _problems(listing.failed)
+    root_lost = ""
     for result, from_checkpoint in results:
         if from_checkpoint:
             result = result.as_cached()
+        root_lost = root_lost or result.root_lost
         s.batches += 1
         s.batches_from_checkpoint += from_checkpoint
         s.files_uploaded += result.files_uploaded
@@ -122,7 +128,20 @@ def summarize(
     s.files_skipped, s.files_failed = len(skipped), len(failed)
     s.files_total = s.files_uploaded + s.files_unchanged + s.files_skipped + s.files_failed
     s.outcome = "incomplete" if s.files_failed else "completed"
+    if root_lost:
+        s.outcome, s.error = "failed", root_lost
     return s
+
+
+class RunFailed(Exception):
+    """A run that could not go on; carries its summary, so what was done is still reported."""
+
+    def __init__(self, summary):
+        super().__init__(summary)  # the only arg, so it pickles with the run's state
+        self.summary = summary
+
+    def __str__(self) -> str:
+        return self.summary.error
 
 
 def _path(p: FileProblem) -> str:

@@ -14,13 +14,14 @@ from site_backup.progress import progress
 from tasks.retry import BATCH_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt
 
 def batch_checkpoint_key(context, parameters) -> str | None:
-    """The checkpoint key: what the batch is (destination, and each file's path, size and
-    mtime), never which run or which code made it. Dry runs leave no checkpoint."""
+    """The checkpoint key: what the batch is (destination and its generation, and each
+    file's path, size and mtime), never which run or which code made it. Dry runs leave
+    no checkpoint."""
     options: CopyOptions = parameters["options"]
     if options.dry_run:
         return None
     d: Destination = parameters["destination"]
-    return checkpoint_key("batch", [d.account_url, d.container, d.prefix],
+    return checkpoint_key("batch", [d.account_url, d.container, d.prefix, d.generation],
                           (f"{f.path}\0{f.size}\0{f.mtime_ns}" for f in parameters["batch"]))
 
 

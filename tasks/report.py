@@ -12,9 +12,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
-from site_backup.summary import BackupSummary, RestoreSummary, VerifySummary
+from site_backup.summary import BackupSummary, RestoreSummary, RunFailed, VerifySummary
 
 PROGRESS_FORMAT = "{files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes"
 
@@ -50,6 +50,11 @@ def final_state(summary, name: str, message: str):
     summary is its result) but under its own state name, so the UI does not show it as
     a plain success."""
     return Completed(data=summary, name=name, message=message)
+
+
+def failed_state(summary):
+    """A run that could not go on: Failed, with the summary inside the exception it raises."""
+    return Failed(data=RunFailed(summary), message=summary.error)
 
 
 def publish_summary(summary: BackupSummary) -> None:

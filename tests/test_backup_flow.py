@@ -278,3 +278,57 @@ def test_expired_checkpoints_are_not_used(storage, checkpoints, container_name, 
     time.sleep(0.2)
     again = backup_site_content(str(root), container=container_name, checkpoint_days=1e-9)
     assert again.batches_from_checkpoint == 0 and again.files_unchanged == len(SITE)
+
+
+def test_checkpoints_do_not_hide_a_deleted_container(storage, checkpoints, container_name, make_tree):
+    root = make_tree(SITE)
+    backup_site_content(str(root), container=container_name)
+    storage.container(container_name).delete_container()
+    again = backup_site_content(str(root), container=container_name)
+    assert (again.files_uploaded, again.batches_from_checkpoint) == (len(SITE), 0)
+    assert read_container(storage, container_name) == SITE
+
+
+def test_checkpoints_of_an_earlier_container_are_not_trusted_in_a_recreated_one(storage, checkpoints, container_name,
+                                                                                 make_tree):
+    # The container is deleted and re-created, and one file lands in it before the next run:
+    # the prefix is no longer empty, but the old checkpoints describe blobs that are gone.
+    files = {f"pages/p{i:03d}.html": f"page {i}".encode() for i in range(120)}
+    root = make_tree(files)
+    backup_site_content(str(root), container=container_name, files_per_batch=20)
+    container = storage.container(container_name)
+    container.delete_container()
+    container.create_container()
+    container.upload_blob("pages/p000.html", b"page 0")
+    again = backup_site_content(str(root), container=container_name, files_per_batch=20)
+    assert again.batches_from_checkpoint == 0
+    assert (again.files_uploaded, again.files_unchanged) == (119, 1)
+    assert read_container(storage, container_name) == files
+
+
+def test_a_root_that_vanishes_mid_run_fails_the_run_and_counts_what_was_uploaded(storage, checkpoints, container_name,
+                                                                                  make_tree, monkeypatch, capsys):
+    import json
+
+    from site_backup.cli import main
+    from site_backup.storage import AzureBlobStore
+
+    files = {f"d{i % 4}/f{i:03d}.txt": f"file {i}".encode() for i in range(200)}
+    root = make_tree(files)
+    put, puts, lock = AzureBlobStore.put, [], __import__("threading").Lock()
+
+    def put_then_remove_the_root(self, name, data, **kwargs):
+        put(self, name, data, **kwargs)
+        with lock:
+            puts.append(name)
+            if len(puts) == 20:
+                shutil.rmtree(root)
+
+    monkeypatch.setattr(AzureBlobStore, "put", put_then_remove_the_root)
+    code = main(backup_site_content, [str(root), "--container", container_name, "--json", "--no-progress",
+                                      "--files-in-flight", "2"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 1 and summary["outcome"] == "failed"
+    assert "root directory" in summary["error"] and "vanished" in summary["error"]
+    assert summary["files_uploaded"] == len(puts) >= 20 and summary["files_skipped"] == 0
+    assert summary["files_uploaded"] + summary["files_failed"] == len(files)
