@@ -7,6 +7,7 @@ import functools
 import os
 import re
 import threading
+from urllib.parse import urlsplit
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -66,12 +67,27 @@ def validate_container_name(name: str) -> str:
     return name
 
 
+# Azure's limits on a blob name: 1,024 characters, 254 path segments. A prefix must leave
+# room for at least a one-character file name.
+MAX_PREFIX_CHARS, MAX_PREFIX_SEGMENTS = 1022, 253
+
+
 def normalize_prefix(prefix: str) -> str:
     """Blob-name prefix without leading or trailing slashes ('' for none)."""
     prefix = (prefix or "").strip("/")
     if prefix and ("\\" in prefix or any(part in ("", ".", "..") for part in prefix.split("/"))):
         raise ConfigurationError(
             f"invalid prefix {prefix!r}: use folder names separated by single '/', without '.' or '..'"
+        )
+    if len(prefix) > MAX_PREFIX_CHARS:
+        raise ConfigurationError(
+            f"invalid prefix {prefix[:40]!r}...: it is {len(prefix)} characters long, and blob names may have "
+            f"1024, so the prefix may have at most {MAX_PREFIX_CHARS} characters: shorten it"
+        )
+    if prefix.count("/") + 1 > MAX_PREFIX_SEGMENTS:
+        raise ConfigurationError(
+            f"invalid prefix {prefix[:40]!r}...: it has {prefix.count('/') + 1} folders, and blob names may have "
+            f"254 segments, so the prefix may have at most {MAX_PREFIX_SEGMENTS} folders: shorten it"
         )
     return prefix
 
@@ -160,6 +176,18 @@ class StorageAccount:
 @functools.lru_cache(maxsize=8)
 def _account(credentials_block, env_key, settings: StorageSettings) -> StorageAccount:
     conn_str, account_url, credential, source = _credentials(credentials_block)
+    try:
+        return _connect(conn_str, account_url, credential, source, settings)
+    except ValueError as exc:  # the SDK's and ours: a malformed setting, never a network problem
+        raise ConfigurationError(
+            f"the storage settings from {source} are not valid ({redact(str(exc))}): "
+            f"check the connection string or account URL"
+        ) from None
+
+
+def _connect(conn_str, account_url, credential, source: str, settings: StorageSettings) -> StorageAccount:
+    if account_url:
+        check_endpoint(account_url)
     proxied = any(os.environ.get(v) for v in _PROXY_VARIABLES)
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
 
@@ -176,26 +204,26 @@ def _account(credentials_block, env_key, settings: StorageSettings) -> StorageAc
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        return _blob_service(
+            conn_str, account_url, credential,
+            transport=RequestsTransport(session=session, session_owner=False),
+            retry_total=settings.retry_total,
+            initial_backoff=settings.initial_backoff,
+            increment_base=settings.increment_base,
+            connection_timeout=settings.connection_timeout,
+            read_timeout=settings.read_timeout,
+        )
+
+    # The direct requests need the account key, and no proxy (the SDK handles proxies).
+    keyed = None if proxied else shared_key_account(conn_str)
+    if keyed is None:
         try:
-            return _blob_service(
-                conn_str, account_url, credential,
-                transport=RequestsTransport(session=session, session_owner=False),
-                retry_total=settings.retry_total,
-                initial_backoff=settings.initial_backoff,
-                increment_base=settings.increment_base,
-                connection_timeout=settings.connection_timeout,
-                read_timeout=settings.read_timeout,
-            )
+            client = build()
         except ValueError as exc:
             raise ConfigurationError(
                 f"the storage settings from {source} are not valid ({redact(str(exc))}): "
                 f"check the connection string or account URL"
             ) from None
-
-    # The direct requests need the account key, and no proxy (the SDK handles proxies).
-    keyed = None if proxied else shared_key_account(conn_str)
-    if keyed is None:
-        client = build()
         return StorageAccount(client.primary_endpoint.split("?")[0].rstrip("/"), source, None, lambda: client)
     from .fastblob import SharedKeyBlobs
 
@@ -220,12 +248,26 @@ def shared_key_account(conn_str: str | None) -> tuple[str, str, str] | None:
     try:
         base64.b64decode(key, validate=True)
     except ValueError:
-        return None  # the SDK explains what is wrong with it
+        raise ValueError("the account key is not valid base64: copy it again from the storage account's "
+                         "Access keys") from None
     url = fields.get("blobendpoint") or (
         f"{fields.get('defaultendpointsprotocol', 'https')}://{account}.blob."
         f"{fields.get('endpointsuffix', 'core.windows.net')}"
     )
-    return url.rstrip("/"), account, key
+    return check_endpoint(url.rstrip("/")), account, key
+
+
+def check_endpoint(url: str) -> str:
+    """`url` if it is a usable blob endpoint, else ValueError naming what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"blob endpoint {url!r} is not an http:// or https:// address")
+    try:
+        parts.port
+    except ValueError:
+        port = parts.netloc.rpartition(":")[2]
+        raise ValueError(f"the port {port!r} of blob endpoint {url!r} is not a number") from None
+    return url
 
 
 def _blob_service(conn_str, account_url, credential, **options):

@@ -105,3 +105,32 @@ def test_default_destination_message_names_make_azurite(prefect_server, tmp_path
     monkeypatch.setattr(destination, "AZURITE_URL", f"http://127.0.0.1:{free_port()}/devstoreaccount1")
     with pytest.raises(destination.ConfigurationError, match="make azurite"):
         destination.prepare(destination.Destination("backups"))
+
+
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.mark.parametrize(
+    "connection_string,message",
+    [
+        (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
+         "BlobEndpoint=http://127.0.0.1:notaport/x;", "port 'notaport' of blob endpoint"),
+        ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=not*base64!;"
+         "BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;", "account key is not valid base64"),
+        ("garbage", "not valid"),
+    ],
+)
+def test_bad_storage_settings_exit_2_with_the_fix(prefect_server, tmp_path, monkeypatch, capsys, connection_string,
+                                                  message):
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string)
+    assert main(never_called, [str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "AZURE_STORAGE_CONNECTION_STRING" in err
+    assert "not*base64" not in err and KEY not in err
+
+
+@pytest.mark.parametrize("prefix,message", [("p" * 1023, "1022 characters"), ("/".join("p" * 254), "253 folders")])
+def test_a_prefix_too_long_for_any_blob_name_exits_2(tmp_path, capsys, prefix, message):
+    assert main(never_called, [str(tmp_path), "--prefix", prefix]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid prefix") and message in err

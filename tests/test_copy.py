@@ -283,7 +283,6 @@ def test_direct_requests_go_where_the_sdk_would(conn_str):
 @pytest.mark.parametrize("conn_str", [
     "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2025&sig=x",
     "UseDevelopmentStorage=true",
-    "AccountName=acct;AccountKey=not base64!",
     "AccountKey=a2V5; AccountName=acct",  # the SDK does not read " AccountName" either
     None,
 ])
@@ -291,6 +290,14 @@ def test_without_an_account_key_every_request_goes_through_the_sdk(conn_str):
     from site_backup.destination import shared_key_account
 
     assert shared_key_account(conn_str) is None
+
+
+def test_an_account_key_that_is_not_base64_is_named_not_sent():
+    from site_backup.destination import shared_key_account
+
+    with pytest.raises(ValueError, match="account key is not valid base64") as info:
+        shared_key_account("AccountName=acct;AccountKey=not base64!")
+    assert "not base64!" not in str(info.value)
 
 
 def test_signed_request_errors_are_the_sdk_kinds():
