@@ -4,6 +4,8 @@ The plain, orchestrator-free logic lives here; `tasks/` wraps it in Prefect task
 `flows/` wires those together.
 """
 
+__version__ = "0.1.0"  # as in pyproject.toml; sent in the User-Agent of storage requests
+
 # Part of every checkpoint key: bump it when what a finished batch means changes
 # (blob naming, metadata, integrity rules), so old checkpoints stop matching.
 CHECKPOINT_VERSION = "1"

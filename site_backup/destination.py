@@ -150,15 +150,15 @@ def _from_credentials(block, source: str):
 _PROXY_VARIABLES = [v for name in ("http_proxy", "https_proxy", "all_proxy") for v in (name, name.upper())]
 
 
-# The Blob service version the direct signed requests ask for: one Azure and Azurite 3.35+
+# The Blob service version the direct requests ask for: one Azure and Azurite 3.35+
 # both accept (the SDK asks for its newest, which Azurite accepts only with --skipApiVersionCheck).
 SIGNED_API_VERSION = "2025-11-05"
 
 
 class StorageAccount:
     """A storage account as configured: its blob endpoint, where the settings came from, the
-    direct signed requests when an account key is known, and the SDK client, built on first
-    use (importing the SDK takes 0.17 s, and a backup with an account key never needs it)."""
+    direct requests (`signed`, any sign-in mode, None behind a proxy), and the SDK client,
+    built on first use (a backup never needs it, and importing the SDK is a fixed cost)."""
 
     def __init__(self, url: str, source: str, signed, build: Callable[[], Any]):
         self.url, self.source, self.signed = url, source, signed
@@ -214,22 +214,62 @@ def _connect(conn_str, account_url, credential, source: str, settings: StorageSe
             read_timeout=settings.read_timeout,
         )
 
-    # The direct requests need the account key, and no proxy (the SDK handles proxies).
-    keyed = None if proxied else shared_key_account(conn_str)
-    if keyed is None:
-        try:
-            client = build()
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"the storage settings from {source} are not valid ({redact(str(exc))}): "
-                f"check the connection string or account URL"
-            ) from None
+    # Behind a proxy the SDK sends everything (it reads the proxy settings).
+    direct = None if proxied else direct_access(conn_str, account_url, credential)
+    if direct is None:
+        client = build()
         return StorageAccount(client.primary_endpoint.split("?")[0].rstrip("/"), source, None, lambda: client)
-    from .fastblob import SharedKeyBlobs
+    from .fastblob import DirectBlobs
 
-    url, name, key = keyed
-    signed = SharedKeyBlobs(url, name, key, SIGNED_API_VERSION, settings, ca_bundle=ca_bundle)
-    return StorageAccount(url, source, signed, build)
+    url, auth = direct
+    return StorageAccount(url, source, DirectBlobs(url, auth, SIGNED_API_VERSION, settings, ca_bundle=ca_bundle),
+                          build)
+
+
+def direct_access(conn_str: str | None, account_url: str | None, credential):
+    """(blob endpoint, authorization) for the direct requests, from the same settings the
+    SDK is given: an account key, a SAS (in a connection string or the account URL) or a
+    token credential (Entra ID). None for settings only the SDK understands."""
+    from .fastblob import Bearer, Sas, SharedKey
+
+    if conn_str:
+        keyed = shared_key_account(conn_str)
+        if keyed:
+            url, name, key = keyed
+            return url, SharedKey(name, key)
+        sas = sas_account(conn_str)
+        return (sas[0], Sas(sas[1])) if sas else None
+    if not account_url:
+        return None
+    url, _, query = account_url.partition("?")
+    if "sig=" in query:
+        return check_endpoint(url.rstrip("/")), Sas(query)
+    if credential is not None and hasattr(credential, "get_token"):
+        if urlsplit(url).scheme != "https":
+            raise ValueError(f"account URL {url!r} is not https://, and Entra ID tokens are only sent over https")
+        return check_endpoint(url.rstrip("/")), Bearer(credential)
+    return None
+
+
+def _fields(conn_str: str) -> dict[str, str]:
+    fields = {}
+    for part in conn_str.split(";"):  # as the SDK reads it: names in any case, nothing trimmed
+        name, sep, value = part.partition("=")
+        if sep:
+            fields[name.lower()] = value
+    return fields
+
+
+def sas_account(conn_str: str) -> tuple[str, str] | None:
+    """(blob endpoint, SAS token) from a connection string with a SharedAccessSignature."""
+    fields = _fields(conn_str)
+    token = fields.get("sharedaccesssignature")
+    if not token or "usedevelopmentstorage" in fields:
+        return None
+    url = fields.get("blobendpoint") or (
+        f"{fields.get('defaultendpointsprotocol', 'https')}://{fields.get('accountname')}.blob."
+        f"{fields.get('endpointsuffix', 'core.windows.net')}" if fields.get("accountname") else None)
+    return (check_endpoint(url.rstrip("/")), token) if url else None
 
 
 def shared_key_account(conn_str: str | None) -> tuple[str, str, str] | None:
@@ -237,11 +277,7 @@ def shared_key_account(conn_str: str | None) -> tuple[str, str, str] | None:
     account key (and no SAS token), else None. The endpoint is the one the SDK would use."""
     if not conn_str:
         return None
-    fields = {}
-    for part in conn_str.split(";"):  # as the SDK reads it: names in any case, nothing trimmed
-        name, sep, value = part.partition("=")
-        if sep:
-            fields[name.lower()] = value
+    fields = _fields(conn_str)
     account, key = fields.get("accountname"), fields.get("accountkey")
     if not account or not key or "sharedaccesssignature" in fields or "usedevelopmentstorage" in fields:
         return None

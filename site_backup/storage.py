@@ -93,16 +93,16 @@ class RetryLog:
 
 
 class AzureBlobStore:
-    """BlobStore over one container (sync, thread-safe): the direct signed requests where an
-    account key allows them, the azure-storage-blob ContainerClient for the rest, built on
-    first use. Every request reports its retries to `retries`."""
+    """BlobStore over one container (sync, thread-safe): the direct requests where the
+    settings allow them (any sign-in mode, no proxy), the azure-storage-blob ContainerClient
+    for the rest, built on first use. Every request reports its retries to `retries`."""
 
     def __init__(self, container_name: str, container_client: Callable[[], Any], retries: RetryLog | None = None,
                  signed=None):
         self.container_name = container_name
         self._container_client = container_client
         self.retries = retries if retries is not None else RetryLog()
-        self.signed = signed  # fastblob.SharedKeyBlobs, when available
+        self.signed = signed  # fastblob.DirectBlobs, when available
 
     @functools.cached_property
     def container(self):

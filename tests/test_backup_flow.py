@@ -111,9 +111,10 @@ def test_file_over_64_mib_goes_up_in_blocks_with_content_md5(storage, checkpoint
     assert len(blob.get_block_list()[0]) == 9  # 8 MiB blocks
 
 
-def test_sas_connection_string_goes_through_the_sdk(azurite, monkeypatch, checkpoints, container_name, make_tree):
-    # Without an account key there are no direct signed requests: container, Put Blob,
-    # Put Block and Put Block List all go through azure-storage-blob.
+@pytest.mark.parametrize("path", ["direct", "sdk"])
+def test_sas_connection_string_backs_up(azurite, monkeypatch, checkpoints, container_name, make_tree, path):
+    # A SAS takes the direct requests like a key does; behind a proxy (here one that
+    # NO_PROXY bypasses) container, Put Blob, Put Block and Put Block List go through the SDK.
     from datetime import datetime, timedelta, timezone
 
     from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
@@ -124,10 +125,16 @@ def test_sas_connection_string_goes_through_the_sdk(azurite, monkeypatch, checkp
                                AccountSasPermissions(read=True, write=True, list=True, create=True, add=True),
                                expiry=datetime.now(timezone.utc) + timedelta(hours=1))
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"BlobEndpoint={azurite.blob_url};SharedAccessSignature={sas}")
+    if path == "sdk":
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     _account.cache_clear()
     files = {"small.txt": b"small", "large.bin": os.urandom(3 * 2**20 + 5)}
     root = make_tree(files)
     summary = backup_site_content(str(root), container=container_name, single_put_mib=1, block_size_mib=1)
+    from site_backup.destination import Destination, storage_account
+
+    assert (storage_account(Destination(container_name)).signed is not None) == (path == "direct")
     _account.cache_clear()
     assert summary.files_uploaded == 2 and summary.files_failed == 0, summary.failed
     assert read_container(azurite, container_name) == files

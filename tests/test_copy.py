@@ -282,14 +282,108 @@ def test_direct_requests_go_where_the_sdk_would(conn_str):
 
 @pytest.mark.parametrize("conn_str", [
     "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2025&sig=x",
+    "AccountName=acct;SharedAccessSignature=sv=2025&sig=x;DefaultEndpointsProtocol=https",
+])
+def test_a_sas_connection_string_takes_the_direct_path_where_the_sdk_would_go(conn_str):
+    from azure.storage.blob import BlobServiceClient
+
+    from site_backup.destination import direct_access
+    from site_backup.fastblob import Sas
+
+    url, auth = direct_access(conn_str, None, None)
+    sdk = BlobServiceClient.from_connection_string(conn_str)
+    assert isinstance(auth, Sas) and auth.query == "sv=2025&sig=x"
+    assert url == sdk.primary_endpoint.split("?")[0].rstrip("/")
+
+
+def test_account_urls_take_the_direct_path_with_a_sas_or_a_token_credential():
+    from site_backup.destination import direct_access
+    from site_backup.fastblob import Bearer, Sas
+
+    url, auth = direct_access(None, "https://acct.blob.core.windows.net/?sv=2025&sig=x", None)
+    assert (url, type(auth), auth.query) == ("https://acct.blob.core.windows.net", Sas, "sv=2025&sig=x")
+    url, auth = direct_access(None, "https://acct.blob.core.windows.net", FakeTokenCredential())
+    assert (url, type(auth)) == ("https://acct.blob.core.windows.net", Bearer)
+    with pytest.raises(ValueError, match="only sent over https"):
+        direct_access(None, "http://127.0.0.1:10000/acct", FakeTokenCredential())
+
+
+@pytest.mark.parametrize("conn_str", [
     "UseDevelopmentStorage=true",
     "AccountKey=a2V5; AccountName=acct",  # the SDK does not read " AccountName" either
     None,
 ])
-def test_without_an_account_key_every_request_goes_through_the_sdk(conn_str):
-    from site_backup.destination import shared_key_account
+def test_settings_only_the_sdk_understands_go_through_the_sdk(conn_str):
+    from site_backup.destination import direct_access
 
-    assert shared_key_account(conn_str) is None
+    assert direct_access(conn_str, None, None) is None
+
+
+class FakeTokenCredential:
+    """An azure-identity-like credential that counts the tokens it hands out."""
+
+    def __init__(self, lifetime: float = 3600):
+        self.lifetime, self.calls = lifetime, 0
+
+    def get_token(self, *scopes, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        self.calls += 1
+        return AccessToken(f"token-{self.calls}", int(time.time() + self.lifetime))
+
+
+def test_bearer_tokens_are_cached_and_fetched_again_before_they_expire():
+    from site_backup.fastblob import Bearer
+
+    lasting, short = FakeTokenCredential(3600), FakeTokenCredential(200)
+    assert [Bearer(lasting).token() for _ in range(1)] == ["token-1"]
+    bearer = Bearer(lasting)
+    assert {bearer.token() for _ in range(50)} == {"token-2"} and lasting.calls == 2
+    expiring = Bearer(short)  # expires within the five-minute margin: fetched every time
+    assert [expiring.token(), expiring.token()] == ["token-1", "token-2"]
+
+
+def _sdk_authorization(method, url, headers):
+    from azure.core.pipeline import PipelineContext, PipelineRequest
+    from azure.core.rest import HttpRequest
+    from azure.storage.blob._shared.authentication import SharedKeyCredentialPolicy
+
+    from site_backup.destination import AZURITE_ACCOUNT, AZURITE_KEY
+
+    request = PipelineRequest(HttpRequest(method, url, headers=dict(headers)), PipelineContext(None))
+    SharedKeyCredentialPolicy(AZURITE_ACCOUNT, AZURITE_KEY).on_request(request)
+    return request.http_request.headers["Authorization"]
+
+
+def test_shared_key_signatures_equal_the_sdks_on_generated_requests():
+    # The SDK is the oracle: names with unicode, spaces, %#?&+;, long names; metadata keys
+    # mixing letters, digits and '_' (the service sorts them in its own collation).
+    import random
+    from urllib.parse import quote
+
+    from site_backup.destination import AZURITE_ACCOUNT, AZURITE_KEY
+    from site_backup.fastblob import SharedKey
+
+    rnd = random.Random(7)
+    alphabet = "abcXYZ019 %#?&+;=~!'()*,-._/é日本 ☃"
+    key_alphabet = "abcdefXYZ0123456789_"
+    ours = SharedKey(AZURITE_ACCOUNT, AZURITE_KEY)
+    for _ in range(500):
+        name = "".join(rnd.choice(alphabet) for _ in range(rnd.choice([1, 5, 30, 300])))
+        path = f"/devstoreaccount1/c/{quote(name, safe='~/')}"
+        metadata = {"x-ms-meta-" + rnd.choice("abcXY_") + "".join(rnd.choice(key_alphabet) for _ in range(rnd.randint(0, 6))):
+                    "v" for _ in range(rnd.randint(0, 5))}
+        headers = {"x-ms-date": "Sat, 28 Nov 2026 21:00:00 GMT", "x-ms-version": "2025-11-05",
+                   "x-ms-client-request-id": "id", "x-ms-blob-type": "BlockBlob", "Content-Length": str(rnd.randint(0, 9)),
+                   "Content-MD5": "bWQ1", "x-ms-blob-content-type": "text/plain; charset=utf-8", **metadata}
+        query = rnd.choice([{}, {"comp": "block", "blockid": "YWJj+/=="}, {"comp": "blocklist"},
+                            {"restype": "container", "comp": "list", "prefix": name, "marker": "m+1 /"}])
+        url = "http://127.0.0.1:10000" + path + ("?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
+                                                 if query else "")
+        method = rnd.choice(["PUT", "GET", "HEAD"])
+        signed = dict(headers)
+        ours.authorize(method, path, signed, query)
+        assert signed["Authorization"] == _sdk_authorization(method, url, headers), (name, metadata, query)
 
 
 def test_an_account_key_that_is_not_base64_is_named_not_sent():
@@ -444,3 +538,79 @@ def test_the_file_pool_hands_errors_to_the_submitter_and_keeps_working():
     with pytest.raises(ValueError):
         failing.result(timeout=10)
     assert pool.submit(1, len, "abc").result(timeout=10) == 3
+
+
+def _listing_server(pages: dict[str, bytes]):
+    """A local server answering List Blobs with the page for each marker; records the requests."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            server.requests.append((self.path, dict(self.headers)))
+            body = pages[parse_qs(urlsplit(self.path).query).get("marker", [""])[0]]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.requests = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_listing_follows_next_marker_past_short_and_empty_pages():
+    from site_backup.destination import StorageSettings
+    from site_backup.fastblob import DirectBlobs, Sas
+    from site_backup.storage import RetryLog
+
+    pages = {"": b"<EnumerationResults><Blobs/><NextMarker>m 1</NextMarker></EnumerationResults>",
+             "m 1": b"<EnumerationResults><Blobs><Blob><Name Encoded=\"true\">a%01b</Name><Properties><Content-Length>3"
+             b"</Content-Length><Content-MD5>bWQ1</Content-MD5></Properties><Metadata><mtime>t</mtime></Metadata>"
+             b"</Blob></Blobs><NextMarker>m2</NextMarker></EnumerationResults>",
+             "m2": b"<EnumerationResults><Blobs><Blob><Name>c</Name><Properties><Content-Length>0</Content-Length>"
+             b"</Properties></Blob></Blobs><NextMarker/></EnumerationResults>"}
+    server = _listing_server(pages)
+    try:
+        blobs = DirectBlobs(f"http://127.0.0.1:{server.server_address[1]}/acct", Sas("?sv=1&sig=s"), "2025-11-05",
+                            StorageSettings())
+        assert blobs.first_blob("c", "p/", RetryLog()) == "a\x01b"
+        listed = list(blobs.list_blobs("c", "p/", RetryLog()))
+        assert [(b.name, b.size, b.content_md5, b.metadata) for b in listed] == [
+            ("a\x01b", 3, b"md5", {"mtime": "t"}), ("c", 0, None, {})]
+        path, headers = server.requests[-1]
+        assert "marker=m2" in path and path.endswith("&sv=1&sig=s") and "marker=m%201" in server.requests[-2][0]
+        assert headers["User-Agent"].startswith("site-backup/") and len(headers["x-ms-client-request-id"]) == 36
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_idle_connections_work_with_descriptors_above_1024():
+    import resource
+
+    from site_backup.destination import StorageSettings
+    from site_backup.fastblob import Connections
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # push new sockets above 1024
+    server = _blob_like_server()
+    try:
+        connections = Connections("http", "127.0.0.1", server.server_address[1], StorageSettings())
+        for i in range(3):
+            assert connections.request("PUT", f"/c/{i}", b"x", {"Content-Length": "1"}).status == 201
+        assert connections.idle[0].sock.fileno() >= 1024 and server.accepted == 1
+    finally:
+        for fd in held:
+            os.close(fd)
+        server.shutdown()
+        server.server_close()
