@@ -206,7 +206,8 @@ def _connect(conn_str, account_url, credential, source: str, settings: StorageSe
         session.mount("https://", adapter)
         return _blob_service(
             conn_str, account_url, credential,
-            transport=RequestsTransport(session=session, session_owner=False),
+            # The transport passes its own verify setting with every request, over the session's.
+            transport=RequestsTransport(session=session, session_owner=False, connection_verify=ca_bundle or True),
             retry_total=settings.retry_total,
             initial_backoff=settings.initial_backoff,
             increment_base=settings.increment_base,

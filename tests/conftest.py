@@ -92,6 +92,103 @@ def azurite():
         stop_process(proc)
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key: (cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=6))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def unsigned_storage_token(lifetime: int = 3600) -> tuple[str, int]:
+    """An Entra ID access token for Azure Storage as Azurite's `--oauth basic` checks it
+    (audience, issuer, not-before, expiry; never the signature), and its expiry."""
+    import base64
+    import json
+
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {"aud": "https://storage.azure.com", "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000000/",
+              "nbf": now - 60, "iat": now - 60, "exp": now + lifetime, "oid": str(uuid.uuid4())}
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.", now + lifetime
+
+
+class TestTokenCredential:
+    """A TokenCredential like azure-identity's, handing out tokens Azurite accepts."""
+
+    __test__ = False  # not a test class
+    tokens_issued = 0
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def get_token(self, *scopes, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        type(self).tokens_issued += 1
+        return AccessToken(*unsigned_storage_token())
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="session")
+def azurite_oauth(tmp_path_factory):
+    """A fresh in-memory Azurite over HTTPS that accepts Entra ID bearer tokens; yields
+    (blob URL, the CA certificate to trust)."""
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("azurite-tls"))
+    port = free_port()
+    proc = start_process(
+        [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+         "--skipApiVersionCheck", "--disableTelemetry", "--silent", "--oauth", "basic", "--cert", str(cert),
+         "--key", str(key)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"https://127.0.0.1:{port}/devstoreaccount1", cert
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def entra_storage(azurite_oauth, monkeypatch):
+    """The flows' storage settings: AZURE_STORAGE_ACCOUNT_URL with DefaultAzureCredential,
+    which hands out tokens the HTTPS Azurite accepts."""
+    import azure.identity
+
+    from site_backup.destination import _account
+
+    url, cert = azurite_oauth
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_URL", url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", TestTokenCredential)
+    _account.cache_clear()
+    yield url
+    _account.cache_clear()
+
+
 @pytest.fixture
 def storage(azurite, monkeypatch):
     """The flow's storage settings point at the test Azurite."""
