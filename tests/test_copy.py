@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
@@ -208,6 +210,57 @@ def test_blob_names_and_mtime_format():
     assert format_mtime(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
     assert parse_mtime("2023-11-14T22:13:20.1234Z") == 1_700_000_000_123_400_000
     assert parse_mtime("garbage") is None and parse_mtime(None) is None
+
+
+def _datetime_format(mtime_ns):
+    """The format as the old datetime code wrote it, for years 1-9999."""
+    seconds, nanos = divmod(mtime_ns, 10**9)
+    stamp = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f"{nanos:09d}".rstrip("0")
+    return f"{stamp[:-15].zfill(4)}{stamp[-15:]}{'.' + fraction if fraction else ''}Z"
+
+
+DATETIME_MIN_NS = int((datetime(1, 1, 1, tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc))
+                      .total_seconds()) * 10**9
+DATETIME_MAX_NS = DATETIME_MIN_NS + 315537897600 * 10**9 - 1  # 9999-12-31T23:59:59.999999999
+
+
+def test_mtime_round_trips_for_any_value_and_matches_datetime_where_it_applies():
+    rng = random.Random(11)
+    edges = [0, -1, 1, 10**9 - 1, -(10**9), DATETIME_MIN_NS, DATETIME_MIN_NS - 1, DATETIME_MAX_NS,
+             DATETIME_MAX_NS + 1, 300_000_000_000 * 10**9, -(2**63), 2**63 - 1, 2**80, -(2**80)]
+    values = edges + [rng.randrange(-(2**70), 2**70) for _ in range(20_000)]
+    values += [rng.randrange(DATETIME_MIN_NS, DATETIME_MAX_NS) for _ in range(20_000)]
+    values += [rng.randrange(-(10**18), 10**18) // 10**9 * 10**9 for _ in range(2_000)]  # whole seconds
+    for value in values:
+        text = format_mtime(value)
+        assert parse_mtime(text) == value, (value, text)
+        if DATETIME_MIN_NS <= value <= DATETIME_MAX_NS:
+            assert text == _datetime_format(value), value
+            seconds, nanos = divmod(value, 10**9)
+            as_datetime = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)
+            assert parse_mtime(as_datetime.isoformat()) == seconds * 10**9
+
+
+def test_mtime_outside_datetime_years_is_written_as_go_writes_it():
+    # Go's time.Format (rclone) writes the year with at least 4 digits and a minus sign
+    # before year 0, astronomical numbering (year 0 = 1 BC).
+    assert format_mtime(300_000_000_000 * 10**9) == "11476-08-15T05:20:00Z"
+    assert format_mtime(-62135596801 * 10**9) == "0000-12-31T23:59:59Z"
+    assert format_mtime(-70_000_000_000 * 10**9 + 5) == "-0249-10-15T19:33:20.000000005Z"
+    assert format_mtime(-1) == "1969-12-31T23:59:59.999999999Z"
+
+
+def test_mtime_parses_what_rclone_writes_and_refuses_what_is_not_a_time():
+    # rclone writes a fixed 9-digit fraction ("2006-01-02T15:04:05.000000000Z07:00").
+    assert parse_mtime("2023-11-14T22:13:20.123000000Z") == 1_700_000_000_123_000_000
+    assert parse_mtime("2023-11-14T23:13:20.5+01:00") == 1_700_000_000_500_000_000
+    assert parse_mtime("2023-11-14T17:43:20-04:30") == 1_700_000_000 * 10**9
+    assert parse_mtime("2023-11-14T22:13:20.1234567891Z") == 1_700_000_000_123_456_789
+    assert parse_mtime("2024-02-29T00:00:00Z") is not None
+    for bad in (None, "", "garbage", "2023-02-29T00:00:00Z", "2023-13-01T00:00:00Z", "2023-11-14T24:00:00Z",
+                "2023-11-14 22:13:20Z", "2023-11-14T22:13:20", "2023-11-14T22:13:20.Z", "9" * 100, "٢٠٢٣-11-14T22:13:20Z"):
+        assert parse_mtime(bad) is None, bad
 
 
 def test_copy_file_reports_unreadable_file(make_tree, monkeypatch):
