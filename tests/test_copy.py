@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import random
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
+import site_backup.copy as copy_module
 from site_backup.copy import BatchResult, CopyOptions, FilePool, blob_name, copy_batch, copy_file, file_pool
 from site_backup.errors import FileChangedError, is_transient
 from site_backup.files import FileEntry, list_batches
@@ -130,6 +133,129 @@ def test_file_that_keeps_changing_fails_and_is_never_recorded(make_tree, block_s
     [outcome] = run(root, store, single_put_size=block_size, block_size=block_size)
     assert outcome.status == "failed" and "changed while being read" in outcome.reason
     assert "pre/log.txt" not in store.blobs
+
+
+class MappedWriter:
+    """A writer holding a shared memory map of a file, as a database does: its first write
+    dirties every page (the file's times move once); later writes to the still-dirty pages
+    change the bytes without moving size, mtime or ctime."""
+
+    def __init__(self, path, size):
+        self.path = path
+        self._file = open(path, "r+b")
+        self.map = mmap.mmap(self._file.fileno(), size)
+        self.write(0)
+        self.versions = [bytes(self.map)]
+
+    def write(self, version: int) -> None:
+        self.map[:] = bytes([version]) * len(self.map)
+
+    def rewrite_unseen(self) -> None:
+        """Write the next version; check that the stat check alone cannot see it."""
+        before = os.stat(self.path)
+        self.write(len(self.versions))
+        self.versions.append(bytes(self.map))
+        after = os.stat(self.path)
+        assert (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+            before.st_size, before.st_mtime_ns, before.st_ctime_ns), "the write through the map moved the times"
+
+    def close(self) -> None:
+        self.map.close()
+        self._file.close()
+
+
+@pytest.fixture
+def mapped(make_tree):
+    writers = []
+
+    def make(size):
+        root = make_tree({"db.bin": b"\xff" * size})
+        writers.append(MappedWriter(root / "db.bin", size))
+        return root, writers[-1]
+
+    yield make
+    for writer in writers:
+        writer.close()
+
+
+@pytest.mark.parametrize("times", [1, 5])
+def test_file_rewritten_through_a_memory_map_while_read_in_one_request_is_caught(mapped, monkeypatch, times):
+    # Before: the blob held the bytes of the first read, the file others; outcome "uploaded",
+    # and the unchanged mtime made every later run call the stale blob "unchanged".
+    root, writer = mapped(2 * 2**20)
+    real_check = copy_module._check_unchanged
+    rewrites = [times]
+
+    def rewrite_then_check(f, before, bytes_read):
+        if rewrites[0]:  # the first read is done; the writer goes on through its map
+            rewrites[0] -= 1
+            writer.rewrite_unseen()
+        return real_check(f, before, bytes_read)
+
+    monkeypatch.setattr(copy_module, "_check_unchanged", rewrite_then_check)
+    store = MemoryBlobStore()
+    [outcome] = run(root, store)
+    if times == 1:
+        assert (outcome.status, outcome.changed_retries) == ("uploaded", 1)
+        assert store.blobs["pre/db.bin"].data == writer.versions[-1] == (root / "db.bin").read_bytes()
+    else:
+        assert outcome.status == "failed" and "changed while being read" in outcome.reason
+        assert "pre/db.bin" not in store.blobs
+
+
+@pytest.mark.parametrize("times", [1, 5])
+def test_file_rewritten_through_a_memory_map_while_uploaded_in_blocks_is_caught(mapped, times):
+    # Before: the first block of one version, the rest of the next: a blob matching no
+    # version of the file, committed, outcome "uploaded".
+    root, writer = mapped(3 * 2**20)
+    store = MemoryBlobStore()
+    real_stage = store.stage_block
+    rewrites = [times]
+
+    def stage_then_rewrite(name, block_id, data):
+        real_stage(name, block_id, data)
+        if rewrites[0] and data == writer.versions[-1][: len(data)]:  # once per attempt
+            rewrites[0] -= 1
+            writer.rewrite_unseen()
+
+    store.stage_block = stage_then_rewrite
+    [outcome] = run(root, store, single_put_size=2**20, block_size=2**20, blocks_in_flight=1)
+    if times == 1:
+        assert (outcome.status, outcome.changed_retries) == ("uploaded", 1)
+        assert store.blobs["pre/db.bin"].data == writer.versions[-1] == (root / "db.bin").read_bytes()
+        assert store.blobs["pre/db.bin"].content_md5 == hashlib.md5(writer.versions[-1]).digest()
+    else:
+        assert outcome.status == "failed" and "changed while being read" in outcome.reason
+        assert "pre/db.bin" not in store.blobs
+
+
+@pytest.mark.parametrize("size", [2 * 2**20, 3 * 2**20])
+def test_only_files_changed_within_the_writeback_window_are_read_twice(make_tree, monkeypatch, size):
+    root = make_tree({"a.bin": os.urandom(size)})
+    second_reads = []
+    for name in ("_check_reads_the_same", "_check_hashes_the_same"):
+        real = getattr(copy_module, name)
+        monkeypatch.setattr(copy_module, name, lambda *a, real=real: second_reads.append(1) or real(*a))
+    options = dict(single_put_size=2**20, block_size=2**20) if size > 2 * 2**20 else {}
+    run(root, MemoryBlobStore(), **options)
+    assert second_reads == [1]  # just written: read twice
+    window = copy_module.writeback_window_ns()
+    monkeypatch.setattr(copy_module.time, "time_ns", lambda: os.stat(root / "a.bin").st_ctime_ns + window + 1)
+    run(root, MemoryBlobStore(), **options)
+    assert second_reads == [1]  # older than the window: read once, as before
+
+
+def test_writeback_window_comes_from_the_kernel_settings():
+    window = copy_module.writeback_window_ns()
+    with open("/proc/sys/vm/dirty_expire_centisecs") as a, open("/proc/sys/vm/dirty_writeback_centisecs") as b:
+        assert window == (int(a.read()) + int(b.read())) * 10**7 + copy_module._WRITEBACK_MARGIN_NS
+    changed = SimpleNamespace(st_mtime_ns=10**12, st_ctime_ns=10**12)
+    assert copy_module.may_still_be_written(changed, now_ns=10**12 + window)
+    assert not copy_module.may_still_be_written(changed, now_ns=10**12 + window + 1)
+    # A far-future mtime (set with touch) does not make an old file hot; a recent ctime does.
+    far_mtime = SimpleNamespace(st_mtime_ns=300_000_000_000 * 10**9, st_ctime_ns=10**12)
+    assert not copy_module.may_still_be_written(far_mtime, now_ns=10**12 + window + 1)
+    assert copy_module.may_still_be_written(far_mtime, now_ns=10**12 + 1)
 
 
 def test_vanished_and_special_files_are_skipped(make_tree):
