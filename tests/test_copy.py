@@ -354,7 +354,8 @@ DATETIME_MAX_NS = DATETIME_MIN_NS + 315537897600 * 10**9 - 1  # 9999-12-31T23:59
 def test_mtime_round_trips_for_any_value_and_matches_datetime_where_it_applies():
     rng = random.Random(11)
     edges = [0, -1, 1, 10**9 - 1, -(10**9), DATETIME_MIN_NS, DATETIME_MIN_NS - 1, DATETIME_MAX_NS,
-             DATETIME_MAX_NS + 1, 300_000_000_000 * 10**9, -(2**63), 2**63 - 1, 2**80, -(2**80)]
+             DATETIME_MAX_NS + 1, 300_000_000_000 * 10**9, -(2**63), 2**63 - 1, 2**80, -(2**80),
+             (2**63 - 1) * 10**9 + 999_999_999, -(2**63) * 10**9]  # the kernel's 64-bit seconds
     values = edges + [rng.randrange(-(2**70), 2**70) for _ in range(20_000)]
     values += [rng.randrange(DATETIME_MIN_NS, DATETIME_MAX_NS) for _ in range(20_000)]
     values += [rng.randrange(-(10**18), 10**18) // 10**9 * 10**9 for _ in range(2_000)]  # whole seconds
