@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import random
 import threading
 import time
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
+import site_backup.copy as copy_module
 from site_backup.copy import BatchResult, CopyOptions, FilePool, blob_name, copy_batch, copy_file, file_pool
 from site_backup.errors import FileChangedError, is_transient
 from site_backup.files import FileEntry, list_batches
@@ -130,6 +135,129 @@ def test_file_that_keeps_changing_fails_and_is_never_recorded(make_tree, block_s
     assert "pre/log.txt" not in store.blobs
 
 
+class MappedWriter:
+    """A writer holding a shared memory map of a file, as a database does: its first write
+    dirties every page (the file's times move once); later writes to the still-dirty pages
+    change the bytes without moving size, mtime or ctime."""
+
+    def __init__(self, path, size):
+        self.path = path
+        self._file = open(path, "r+b")
+        self.map = mmap.mmap(self._file.fileno(), size)
+        self.write(0)
+        self.versions = [bytes(self.map)]
+
+    def write(self, version: int) -> None:
+        self.map[:] = bytes([version]) * len(self.map)
+
+    def rewrite_unseen(self) -> None:
+        """Write the next version; check that the stat check alone cannot see it."""
+        before = os.stat(self.path)
+        self.write(len(self.versions))
+        self.versions.append(bytes(self.map))
+        after = os.stat(self.path)
+        assert (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+            before.st_size, before.st_mtime_ns, before.st_ctime_ns), "the write through the map moved the times"
+
+    def close(self) -> None:
+        self.map.close()
+        self._file.close()
+
+
+@pytest.fixture
+def mapped(make_tree):
+    writers = []
+
+    def make(size):
+        root = make_tree({"db.bin": b"\xff" * size})
+        writers.append(MappedWriter(root / "db.bin", size))
+        return root, writers[-1]
+
+    yield make
+    for writer in writers:
+        writer.close()
+
+
+@pytest.mark.parametrize("times", [1, 5])
+def test_file_rewritten_through_a_memory_map_while_read_in_one_request_is_caught(mapped, monkeypatch, times):
+    # Before: the blob held the bytes of the first read, the file others; outcome "uploaded",
+    # and the unchanged mtime made every later run call the stale blob "unchanged".
+    root, writer = mapped(2 * 2**20)
+    real_check = copy_module._check_unchanged
+    rewrites = [times]
+
+    def rewrite_then_check(f, before, bytes_read):
+        if rewrites[0]:  # the first read is done; the writer goes on through its map
+            rewrites[0] -= 1
+            writer.rewrite_unseen()
+        return real_check(f, before, bytes_read)
+
+    monkeypatch.setattr(copy_module, "_check_unchanged", rewrite_then_check)
+    store = MemoryBlobStore()
+    [outcome] = run(root, store)
+    if times == 1:
+        assert (outcome.status, outcome.changed_retries) == ("uploaded", 1)
+        assert store.blobs["pre/db.bin"].data == writer.versions[-1] == (root / "db.bin").read_bytes()
+    else:
+        assert outcome.status == "failed" and "changed while being read" in outcome.reason
+        assert "pre/db.bin" not in store.blobs
+
+
+@pytest.mark.parametrize("times", [1, 5])
+def test_file_rewritten_through_a_memory_map_while_uploaded_in_blocks_is_caught(mapped, times):
+    # Before: the first block of one version, the rest of the next: a blob matching no
+    # version of the file, committed, outcome "uploaded".
+    root, writer = mapped(3 * 2**20)
+    store = MemoryBlobStore()
+    real_stage = store.stage_block
+    rewrites = [times]
+
+    def stage_then_rewrite(name, block_id, data):
+        real_stage(name, block_id, data)
+        if rewrites[0] and data == writer.versions[-1][: len(data)]:  # once per attempt
+            rewrites[0] -= 1
+            writer.rewrite_unseen()
+
+    store.stage_block = stage_then_rewrite
+    [outcome] = run(root, store, single_put_size=2**20, block_size=2**20, blocks_in_flight=1)
+    if times == 1:
+        assert (outcome.status, outcome.changed_retries) == ("uploaded", 1)
+        assert store.blobs["pre/db.bin"].data == writer.versions[-1] == (root / "db.bin").read_bytes()
+        assert store.blobs["pre/db.bin"].content_md5 == hashlib.md5(writer.versions[-1]).digest()
+    else:
+        assert outcome.status == "failed" and "changed while being read" in outcome.reason
+        assert "pre/db.bin" not in store.blobs
+
+
+@pytest.mark.parametrize("size", [2 * 2**20, 3 * 2**20])
+def test_only_files_changed_within_the_writeback_window_are_read_twice(make_tree, monkeypatch, size):
+    root = make_tree({"a.bin": os.urandom(size)})
+    second_reads = []
+    for name in ("_check_reads_the_same", "_check_hashes_the_same"):
+        real = getattr(copy_module, name)
+        monkeypatch.setattr(copy_module, name, lambda *a, real=real: second_reads.append(1) or real(*a))
+    options = dict(single_put_size=2**20, block_size=2**20) if size > 2 * 2**20 else {}
+    run(root, MemoryBlobStore(), **options)
+    assert second_reads == [1]  # just written: read twice
+    window = copy_module.writeback_window_ns()
+    monkeypatch.setattr(copy_module.time, "time_ns", lambda: os.stat(root / "a.bin").st_ctime_ns + window + 1)
+    run(root, MemoryBlobStore(), **options)
+    assert second_reads == [1]  # older than the window: read once, as before
+
+
+def test_writeback_window_comes_from_the_kernel_settings():
+    window = copy_module.writeback_window_ns()
+    with open("/proc/sys/vm/dirty_expire_centisecs") as a, open("/proc/sys/vm/dirty_writeback_centisecs") as b:
+        assert window == (int(a.read()) + int(b.read())) * 10**7 + copy_module._WRITEBACK_MARGIN_NS
+    changed = SimpleNamespace(st_mtime_ns=10**12, st_ctime_ns=10**12)
+    assert copy_module.may_still_be_written(changed, now_ns=10**12 + window)
+    assert not copy_module.may_still_be_written(changed, now_ns=10**12 + window + 1)
+    # A far-future mtime (set with touch) does not make an old file hot; a recent ctime does.
+    far_mtime = SimpleNamespace(st_mtime_ns=300_000_000_000 * 10**9, st_ctime_ns=10**12)
+    assert not copy_module.may_still_be_written(far_mtime, now_ns=10**12 + window + 1)
+    assert copy_module.may_still_be_written(far_mtime, now_ns=10**12 + 1)
+
+
 def test_vanished_and_special_files_are_skipped(make_tree):
     root = make_tree({"gone.txt": b"1", "pipe": b"2"})
     batch = entries(root)
@@ -208,6 +336,58 @@ def test_blob_names_and_mtime_format():
     assert format_mtime(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
     assert parse_mtime("2023-11-14T22:13:20.1234Z") == 1_700_000_000_123_400_000
     assert parse_mtime("garbage") is None and parse_mtime(None) is None
+
+
+def _datetime_format(mtime_ns):
+    """The format as the old datetime code wrote it, for years 1-9999."""
+    seconds, nanos = divmod(mtime_ns, 10**9)
+    stamp = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f"{nanos:09d}".rstrip("0")
+    return f"{stamp[:-15].zfill(4)}{stamp[-15:]}{'.' + fraction if fraction else ''}Z"
+
+
+DATETIME_MIN_NS = int((datetime(1, 1, 1, tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc))
+                      .total_seconds()) * 10**9
+DATETIME_MAX_NS = DATETIME_MIN_NS + 315537897600 * 10**9 - 1  # 9999-12-31T23:59:59.999999999
+
+
+def test_mtime_round_trips_for_any_value_and_matches_datetime_where_it_applies():
+    rng = random.Random(11)
+    edges = [0, -1, 1, 10**9 - 1, -(10**9), DATETIME_MIN_NS, DATETIME_MIN_NS - 1, DATETIME_MAX_NS,
+             DATETIME_MAX_NS + 1, 300_000_000_000 * 10**9, -(2**63), 2**63 - 1, 2**80, -(2**80),
+             (2**63 - 1) * 10**9 + 999_999_999, -(2**63) * 10**9]  # the kernel's 64-bit seconds
+    values = edges + [rng.randrange(-(2**70), 2**70) for _ in range(20_000)]
+    values += [rng.randrange(DATETIME_MIN_NS, DATETIME_MAX_NS) for _ in range(20_000)]
+    values += [rng.randrange(-(10**18), 10**18) // 10**9 * 10**9 for _ in range(2_000)]  # whole seconds
+    for value in values:
+        text = format_mtime(value)
+        assert parse_mtime(text) == value, (value, text)
+        if DATETIME_MIN_NS <= value <= DATETIME_MAX_NS:
+            assert text == _datetime_format(value), value
+            seconds, nanos = divmod(value, 10**9)
+            as_datetime = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)
+            assert parse_mtime(as_datetime.isoformat()) == seconds * 10**9
+
+
+def test_mtime_outside_datetime_years_is_written_as_go_writes_it():
+    # Go's time.Format (rclone) writes the year with at least 4 digits and a minus sign
+    # before year 0, astronomical numbering (year 0 = 1 BC).
+    assert format_mtime(300_000_000_000 * 10**9) == "11476-08-15T05:20:00Z"
+    assert format_mtime(-62135596801 * 10**9) == "0000-12-31T23:59:59Z"
+    assert format_mtime(-70_000_000_000 * 10**9 + 5) == "-0249-10-15T19:33:20.000000005Z"
+    assert format_mtime(-1) == "1969-12-31T23:59:59.999999999Z"
+
+
+def test_mtime_parses_what_rclone_writes_and_refuses_what_is_not_a_time():
+    # rclone writes a fixed 9-digit fraction ("2006-01-02T15:04:05.000000000Z07:00").
+    assert parse_mtime("2023-11-14T22:13:20.123000000Z") == 1_700_000_000_123_000_000
+    assert parse_mtime("2023-11-14T23:13:20.5+01:00") == 1_700_000_000_500_000_000
+    assert parse_mtime("2023-11-14T17:43:20-04:30") == 1_700_000_000 * 10**9
+    assert parse_mtime("2023-11-14T22:13:20.1234567891Z") == 1_700_000_000_123_456_789
+    assert parse_mtime("2024-02-29T00:00:00Z") is not None
+    for bad in (None, "", "garbage", "2023-02-29T00:00:00Z", "2023-13-01T00:00:00Z", "2023-11-14T24:00:00Z",
+                "2023-11-14 22:13:20Z", "2023-11-14T22:13:20", "2023-11-14T22:13:20.Z", "9" * 100, "٢٠٢٣-11-14T22:13:20Z"):
+        assert parse_mtime(bad) is None, bad
 
 
 def test_copy_file_reports_unreadable_file(make_tree, monkeypatch):
