@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 
 from .errors import FileChangedError, describe, error_code, is_transient
 from .files import FileEntry, Problem, display_path, root_problem, special_file_reason
+from .remote import RemoteLookup
 from .storage import MTIME_KEY, BlobStore, format_mtime
 
 MiB = 2**20
@@ -176,11 +177,14 @@ def copy_batch(
     """Copy every file of `batch`, several at a time. Per-file problems become outcomes,
     never exceptions. Files in `done` (finished by an earlier attempt) are not redone."""
     done = done or {}
+    # What the destination holds, one listing per folder, only for files that need it.
+    remote = RemoteLookup(store, (blob_name(prefix, f.path) for f in batch if f.path not in done)) \
+        if options.check_remote else None
 
     def one(entry: FileEntry) -> FileOutcome:
         if entry.path in done:
             return done[entry.path]
-        outcome = copy_file(root, entry, store, prefix, options)
+        outcome = copy_file(root, entry, store, prefix, options, remote)
         if on_file:
             on_file(outcome)
         return outcome
@@ -202,8 +206,10 @@ def copy_batch(
             future.cancel()
 
 
-def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, options: CopyOptions) -> FileOutcome:
-    """Back up one file; a file that changes while read is tried once more."""
+def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, options: CopyOptions,
+              remote: RemoteLookup | None = None) -> FileOutcome:
+    """Back up one file; a file that changes while read is tried once more. `remote` answers
+    what the destination held at the start; a second attempt asks the store itself."""
     path = entry.path
     refused = blob_name_problem(blob_name(prefix, path))
     if refused:
@@ -212,7 +218,7 @@ def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, option
         return FileOutcome(path, "uploaded", bytes_uploaded=entry.size, size=entry.size)
     for attempt in (0, 1):
         try:
-            return _copy_once(root, entry, store, prefix, options, attempt)
+            return _copy_once(root, entry, store, prefix, options, attempt, remote if attempt == 0 else None)
         except FileChangedError:
             if attempt == 1:
                 return FileOutcome(
@@ -258,12 +264,13 @@ def _identity(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _copy_once(root, entry, store, prefix, options, attempt) -> FileOutcome:
+def _copy_once(root, entry, store, prefix, options, attempt, remote=None) -> FileOutcome:
     name = blob_name(prefix, entry.path)
     fd, before = _open_regular(os.path.join(root, entry.path), options.follow_symlinks)
     with os.fdopen(fd, "rb", buffering=0) as f:
         size = before.st_size
-        if options.check_remote and _matches_remote(store.get(name), f, before):
+        found = (remote or store).get(name) if options.check_remote else None
+        if options.check_remote and _matches_remote(found, f, before):
             return FileOutcome(entry.path, "unchanged", size=size, changed_retries=attempt)
         if options.dry_run:
             return FileOutcome(entry.path, "uploaded", bytes_uploaded=size, size=size, changed_retries=attempt)

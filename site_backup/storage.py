@@ -36,6 +36,8 @@ class BlobStore(Protocol):
 
     def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]: ...
 
+    def list_folder(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]: ...
+
     def read(self, name: str) -> Iterator[bytes]: ...
 
     def commit_blocks(
@@ -179,6 +181,17 @@ class AzureBlobStore:
         for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
             yield props.name, _remote(props)
 
+    def list_folder(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
+        """The blobs whose names start with `prefix` and hold no '/' after it (one folder's
+        files, no subfolders), with size, MD5 and stored mtime."""
+        if self.signed is not None:
+            for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries, delimiter="/"):
+                yield b.name, RemoteBlob(b.size, b.content_md5, parse_mtime(b.metadata.get(MTIME_KEY)))
+            return
+        for item in self.container.walk_blobs(name_starts_with=prefix or None, include=["metadata"], delimiter="/"):
+            if not item.name.endswith("/") or hasattr(item, "size"):  # BlobPrefix items are subfolders
+                yield item.name, _remote(item)
+
     def read(self, name: str) -> Iterator[bytes]:
         """The blob's content in chunks, downloaded a few ranges at a time."""
         return self.container.download_blob(name, max_concurrency=4, retry_hook=self.retries).chunks()
@@ -254,6 +267,10 @@ class MemoryBlobStore:
     def get(self, name: str) -> RemoteBlob | None:
         with self._lock:
             self.requests.append(("get", name))
+        return self._remote(name)
+
+    def _remote(self, name: str) -> RemoteBlob | None:
+        with self._lock:
             blob = self.blobs.get(name)
         if blob is None:
             return None
@@ -262,7 +279,14 @@ class MemoryBlobStore:
     def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
         for name in sorted(self.blobs):
             if name.startswith(prefix):
-                yield name, self.get(name)
+                yield name, self._remote(name)
+
+    def list_folder(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
+        with self._lock:
+            self.requests.append(("list", prefix))
+        for name in sorted(self.blobs):
+            if name.startswith(prefix) and "/" not in name[len(prefix):]:
+                yield name, self._remote(name)
 
     def read(self, name: str) -> Iterator[bytes]:
         data = self.blobs[name].data

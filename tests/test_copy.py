@@ -64,7 +64,7 @@ def test_file_within_the_single_put_size_goes_up_in_one_request(make_tree):
     root = make_tree({"mid.bin": data})
     store = MemoryBlobStore()
     [outcome] = run(root, store, single_put_size=4 * 2**20, block_size=2**20)
-    assert outcome.status == "uploaded" and [op for op, _ in store.requests if op != "get"] == ["put"]
+    assert outcome.status == "uploaded" and [op for op, _ in store.requests if op not in ("get", "list")] == ["put"]
     assert store.blobs["pre/mid.bin"].content_md5 == hashlib.md5(data).digest()
 
 
@@ -109,12 +109,19 @@ class ChangingStore(MemoryBlobStore):
         super().__init__()
         self.path, self.times = path, times
 
-    def get(self, name):
+    def _append(self):
         if self.times:
             self.times -= 1
             with open(self.path, "ab") as f:
                 f.write(b"+more")
+
+    def get(self, name):
+        self._append()
         return super().get(name)
+
+    def list_folder(self, prefix):
+        self._append()  # the first look-up of a batch lists the folder instead
+        return super().list_folder(prefix)
 
 
 @pytest.mark.parametrize("block_size", [2**20, 16])
@@ -777,3 +784,43 @@ def test_idle_connections_work_with_descriptors_above_1024():
             os.close(fd)
         server.shutdown()
         server.server_close()
+
+
+def test_a_batch_learns_what_is_stored_from_one_listing_per_folder(make_tree):
+    files = {f"d{i % 3}/f{i:03d}.txt": f"file {i}".encode() for i in range(300)}
+    root = make_tree(files)
+    store = MemoryBlobStore()
+    run(root, store)
+    store.requests.clear()
+    outcomes = run(root, store)
+    assert by_status(outcomes) == {"unchanged": set(files)}
+    assert sorted(store.requests) == [("list", "pre/d0/f"), ("list", "pre/d1/f"), ("list", "pre/d2/f")]
+
+
+def test_a_folder_far_larger_than_the_batch_falls_back_to_one_request_per_file(make_tree):
+    from site_backup.remote import PAGE, RemoteLookup
+
+    store = MemoryBlobStore()
+    for i in range(2 * PAGE):
+        store.put(f"big/{i:05d}", b"x", md5=hashlib.md5(b"x").digest(), content_type="", metadata={})
+    store.requests.clear()
+    lookup = RemoteLookup(store, ["big/00007", "big/09999", "big/none"])
+    assert lookup.get("big/00007").size == 1 and lookup.get("big/09999").size == 1 and lookup.get("big/none") is None
+    # One listing cut short after a page's worth of names, then a request each for the rest.
+    assert store.requests == [("list", "big/"), ("get", "big/09999"), ("get", "big/none")]
+
+
+def test_a_failed_listing_fails_the_files_of_that_folder_only(make_tree):
+    root = make_tree({"ok/a.txt": b"a", "bad/b.txt": b"b"})
+    store = MemoryBlobStore()
+    run(root, store)
+
+    class Failing(MemoryBlobStore):
+        def list_folder(self, prefix):
+            if prefix.startswith("pre/bad/"):
+                raise HttpResponseError(message="503 ServerBusy")
+            return super().list_folder(prefix)
+
+    failing = Failing(blobs=dict(store.blobs))
+    outcomes = {o.path: o.status for o in run(root, failing)}
+    assert outcomes == {"ok/a.txt": "unchanged", "bad/b.txt": "failed"}

@@ -163,3 +163,19 @@ def test_overlapping_runs_on_one_destination(azurite, prefect_server, make_tree,
         s = json.loads(out)
         assert s["files_uploaded"] + s["files_unchanged"] == len(files) and s["files_failed"] == 0
     assert read_container(azurite, container_name) == files
+
+
+def test_a_run_without_checkpoints_lists_folders_instead_of_asking_per_file(azurite, proxy, checkpoints, monkeypatch,
+                                                                            make_tree, container_name):
+    # A fresh worker, --refresh, or a tree first copied by another tool: no checkpoint says
+    # what is stored, so each batch lists its folders (5,000 names a request) rather than
+    # sending a request per file, which storage 5-50 ms away turns into minutes.
+    files, root = tree(make_tree, 600, seed=3)
+    proxy.latency = 0.025
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
+    backup_site_content(str(root), container=container_name)
+    before = proxy.requests
+    again = backup_site_content(str(root), container=container_name, refresh=True)
+    assert (again.files_unchanged, again.files_uploaded) == (600, 0)
+    # Create Container, its properties, one page to see the prefix is not empty, 13 folders.
+    assert proxy.requests - before <= 3 + 13, proxy.requests - before
