@@ -289,3 +289,69 @@ def test_temporary_names_are_cut_by_bytes_between_characters():
     undecodable = "é" * 60 + "\udcff" * 90  # 120 + 90 bytes on disk
     assert len(os.fsencode(_cut(undecodable, 200))) == 200 and _cut(undecodable, 200).endswith("\udcff")
     assert _cut("short", 200) == "short"
+
+
+# ---- issue 12: other tools' containers: folder markers, their times, Last-Modified ----
+
+def test_stored_time_is_mtime_else_azcopys_modtime():
+    from site_backup.storage import is_folder_marker, stored_mtime
+
+    assert stored_mtime({"mtime": "2021-03-04T05:06:07.123456789Z", "modtime": "5"}) == 1614834367123456789
+    assert stored_mtime({"modtime": "1614834367123456789"}) == 1614834367123456789  # AzCopy 10.32's format
+    assert stored_mtime({"ModTime": "1614834367123456789"}) == 1614834367123456789  # names are case-insensitive
+    assert stored_mtime({"mtime": "garbage", "modtime": "12"}) == 12
+    assert stored_mtime({}) is None and stored_mtime(None) is None and stored_mtime({"modtime": "x1"}) is None
+    assert is_folder_marker({"hdi_isfolder": "true"}) and is_folder_marker({"Hdi_IsFolder": "True"})
+    assert not is_folder_marker({"hdi_isfolder": "false"}) and not is_folder_marker({})
+
+
+def test_plan_uses_the_stored_time_else_last_modified_and_makes_folders_of_markers():
+    blobs = [("p/a.txt", RemoteBlob(1, None, 11, last_modified_ns=22)),
+             ("p/b.txt", RemoteBlob(1, None, None, last_modified_ns=22)),
+             ("p/dir", RemoteBlob(0, None, 33, folder=True, last_modified_ns=44)),
+             ("p/bare/", RemoteBlob(0, None, None, last_modified_ns=44)),
+             ("p/full/", RemoteBlob(3, None, None)),
+             ("p/odd", RemoteBlob(3, None, None, folder=True)),
+             ("p/", RemoteBlob(0, None, None))]  # the prefix's own marker: the target itself
+    plan = plan_restore(blobs, "p", 10, 10**6)
+    assert [(e.path, e.mtime_ns) for b in plan.batches for e in b] == [("a.txt", 11), ("b.txt", 22)]
+    assert plan.folders == [FolderEntry("dir", "p/dir", 33), FolderEntry("bare", "p/bare/", None)]
+    assert sorted(p.path for p in plan.refused) == ["p/full/", "p/odd"]  # markers with content: never guessed
+
+
+def test_folder_markers_become_folders_with_their_times(storage, checkpoints, container_name, tmp_path):
+    """Markers in every form: AzCopy's (hdi_isfolder, modtime), a name ending in '/', one
+    with our `mtime`; a file with no stored time gets the blob's Last-Modified."""
+    container = storage.container(container_name)
+    container.create_container()
+    folder_meta = {"hdi_isfolder": "true", "modtime": "1500000000123456789"}
+    container.upload_blob("site/docs", b"", metadata=folder_meta)
+    container.upload_blob("site/docs/a.txt", b"A", metadata={"modtime": "1600000000987654321"})
+    container.upload_blob("site/docs/empty", b"", metadata=dict(folder_meta, modtime="1400000000000000001"))
+    container.upload_blob("site/slash/", b"", metadata={"mtime": "2020-01-02T03:04:05.5Z"})
+    container.upload_blob("site/plain.txt", b"no metadata")
+    written = container.get_blob_client("site/plain.txt").get_blob_properties().last_modified
+    target = tmp_path / "restored"
+    summary = restore_site_content(container_name, str(target), prefix="site")
+    assert summary.outcome == "completed" and summary.files_restored == 2, summary.failed + summary.refused
+    assert read_tree(target) == {"docs/a.txt": b"A", "plain.txt": b"no metadata"}
+    assert (target / "docs/empty").is_dir() and (target / "slash").is_dir()
+    assert os.stat(target / "docs").st_mtime_ns == 1500000000123456789
+    assert os.stat(target / "docs/empty").st_mtime_ns == 1400000000000000001
+    assert os.stat(target / "docs/a.txt").st_mtime_ns == 1600000000987654321
+    assert os.stat(target / "slash").st_mtime_ns == 1577934245500000000
+    assert os.stat(target / "plain.txt").st_mtime_ns == int(written.timestamp()) * 10**9
+    again = restore_site_content(container_name, str(target), prefix="site")
+    assert again.outcome == "completed" and again.files_unchanged == 2
+
+
+def test_a_folder_marker_where_a_file_stands_is_reported(tmp_path):
+    from site_backup.restore import restore_folders
+
+    (tmp_path / "taken").write_bytes(b"a file")
+    os.symlink(tmp_path, tmp_path / "link")
+    result = restore_folders(str(tmp_path), [FolderEntry("taken", "taken", 1), FolderEntry("link/x", "link/x", 1),
+                                             FolderEntry("new/deep", "new/deep", 10**18)])
+    assert sorted(p.path for p in result.failed) == ["link/x/", "taken/"]
+    assert (tmp_path / "taken").read_bytes() == b"a file" and not (tmp_path / "x").exists()
+    assert os.stat(tmp_path / "new/deep").st_mtime_ns == 10**18
