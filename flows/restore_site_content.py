@@ -24,7 +24,7 @@ from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
 from tasks.prepare_destination import prepare_destination
 from tasks.report import final_state, publish_restore_summary
-from tasks.restore import finish_restore, list_backup, prepare_restore_target, restore_batch
+from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
 from tasks.retry import batch_outcome
 
 MiB = 2**20
@@ -45,17 +45,22 @@ def restore_site_content(
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
     destination, _ = prepare_destination(destination, create=False)
-    target, restore_id = prepare_restore_target(target_directory)
+    target, target_identity = prepare_restore_target(target_directory)
+    restore_id = open_restore(target_identity, destination)
     plan = list_backup(destination, files_per_batch, mib_per_batch * MiB)
     restore = restore_batch.with_options(refresh_cache=True) if refresh else restore_batch
     futures = restore.map(unmapped(target), unmapped(restore_id), plan.batches, unmapped(destination),
                           unmapped(overwrite))
     results = [batch_outcome(f, b, lambda failed: RestoreBatchResult(failed=failed))
                for f, b in zip(futures, plan.batches)]
+    if plan.folders:
+        folders = restore_folders(target, plan.folders)
+        if folders.failed:  # made folders count nowhere; those that failed are failures
+            results.append((folders, False))
     summary = summarize_restore(plan.refused, results, source=destination.describe(), target=target,
                                 duration_seconds=time.monotonic() - started)
     if summary.outcome == "completed":
-        finish_restore(target)
+        close_restore(target_identity, destination)
     publish_restore_summary(summary)
     if summary.outcome != "completed":
         return final_state(summary, "Incomplete",

@@ -1,5 +1,5 @@
 """Restore blobs into a folder: plan safely, download to a temporary name, check the MD5,
-then rename into place with the file's modification time."""
+then rename into place with the file's modification time; folder markers become folders."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .files import Problem, display_path
 from .storage import RemoteBlob
 
 MiB = 2**20
-MARKER = ".site-backup-restore-in-progress"  # holds the id that keys this restore's checkpoints
+TEMP_NAME_BYTES = 200  # of the file's name kept in its temporary name (".<name>.<8 hex>.part" <= 255 bytes)
 
 
 class BlobEntry(NamedTuple):
@@ -30,10 +30,19 @@ class BlobEntry(NamedTuple):
     mtime_ns: int | None
 
 
+class FolderEntry(NamedTuple):
+    """A folder-marker blob: a folder to create (relative to the target), with its time if stored."""
+
+    path: str
+    name: str
+    mtime_ns: int | None
+
+
 @dataclass
 class RestorePlan:
     batches: list[list[BlobEntry]] = field(default_factory=list)
     refused: list[Problem] = field(default_factory=list)
+    folders: list[FolderEntry] = field(default_factory=list)
 
     @property
     def files(self) -> int:
@@ -75,48 +84,61 @@ def plan_restore(blobs: Iterable[tuple[str, RemoteBlob]], prefix: str, max_files
     entries = []
     for name, blob in blobs:
         path = name[start:]
-        if name.endswith("/"):
-            plan.refused.append(Problem(display_path(name), "folder marker blob, nothing to restore"))
+        if blob.folder or name.endswith("/"):
+            _plan_folder(plan, name, path, blob)
             continue
         reason = unsafe_name_reason(path)
         if reason:
             plan.refused.append(Problem(display_path(name), f"refused, would not stay inside the target: {reason}"))
             continue
-        entries.append(BlobEntry(path, blob.size, name, blob.content_md5, blob.mtime_ns))
+        # The file's own time as a tool stored it, else when the blob was written.
+        mtime_ns = blob.mtime_ns if blob.mtime_ns is not None else blob.last_modified_ns
+        entries.append(BlobEntry(path, blob.size, name, blob.content_md5, mtime_ns))
     plan.batches = [Batch(b) for b in make_batches(entries, max_files, max_bytes)]
     return plan
 
 
+def _plan_folder(plan: RestorePlan, name: str, path: str, blob: RemoteBlob) -> None:
+    """A folder marker (metadata hdi_isfolder=true, or a name ending in '/') becomes a folder.
+    Its Last-Modified is when the marker was written, not the folder's time: not used."""
+    if blob.size:
+        what = "folder marker (metadata hdi_isfolder)" if blob.folder else "name ending in '/'"
+        plan.refused.append(Problem(display_path(name), f"refused: a {what} holds {blob.size} bytes"))
+        return
+    path = path[:-1] if path.endswith("/") else path
+    if not path:
+        return  # the marker of the prefix itself: the target
+    reason = unsafe_name_reason(path)
+    if reason:
+        plan.refused.append(Problem(display_path(name), f"refused, would not stay inside the target: {reason}"))
+        return
+    plan.folders.append(FolderEntry(path, name, blob.mtime_ns))
+
+
 def prepare_target(target: str) -> tuple[str, str]:
-    """Create the target folder if needed; return its real path and this restore's id
-    (kept in a marker file until the restore completes, so a crashed restore resumes
-    from its checkpoints and a later restore does not trust them)."""
+    """Create the target folder if needed; return its real path and what identifies it
+    (the real path and the folder's device and inode, so a folder deleted and made again
+    is another target). Nothing is written inside it: a restore's progress is kept in
+    the checkpoint store, never in the tree it restores."""
     path = os.path.abspath(os.path.expanduser(target))
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigurationError(f"target {target!r} exists and is not a folder: give a folder to restore into")
     try:
         os.makedirs(path, exist_ok=True)
-        marker = os.path.join(path, MARKER)
-        if os.path.exists(marker):
-            with open(marker) as f:
-                restore_id = f.read().strip()
-        else:
-            restore_id = uuid.uuid4().hex
-            with open(marker, "w") as f:
-                f.write(restore_id + "\n")
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        if not os.access(real, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
     except OSError as exc:
         raise ConfigurationError(
             f"cannot write to the target {target!r} ({exc.strerror or exc}): give a folder you may write to"
         ) from None
-    return os.path.realpath(path), restore_id
+    return real, f"{real}\0{st.st_dev}\0{st.st_ino}"
 
 
-def finish_target(target: str) -> None:
-    """The restore completed: forget its id."""
-    try:
-        os.remove(os.path.join(target, MARKER))
-    except FileNotFoundError:
-        pass
+def new_restore_id() -> str:
+    """The id that keys one restore's checkpoints, from its start until it completes."""
+    return uuid.uuid4().hex
 
 
 class RestoreOutcome(NamedTuple):
@@ -244,7 +266,7 @@ def _download_to(dest: str, entry: BlobEntry, download) -> bool:
     """Write the blob to a temporary file beside `dest`, check it, rename it into place.
     Returns True when the blob had no Content-MD5 to check against."""
     folder, name = os.path.split(dest)
-    temp = os.path.join(folder, f".{name[:200]}.{uuid.uuid4().hex[:8]}.part")
+    temp = os.path.join(folder, f".{_cut(name, TEMP_NAME_BYTES)}.{uuid.uuid4().hex[:8]}.part")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         md5, size = hashlib.md5(), 0
@@ -260,7 +282,7 @@ def _download_to(dest: str, entry: BlobEntry, download) -> bool:
         if entry.content_md5 is not None and md5.digest() != entry.content_md5:
             raise _Refused("damaged blob: its content does not match its Content-MD5, not written")
         if entry.mtime_ns is not None:
-            os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
+            set_mtime(temp, entry.mtime_ns)
         os.replace(temp, dest)
     except BaseException:
         try:
@@ -270,3 +292,63 @@ def _download_to(dest: str, entry: BlobEntry, download) -> bool:
                 raise
         raise
     return entry.content_md5 is None
+
+
+def _cut(name: str, limit: int) -> str:
+    """The longest start of `name` whose file-system encoding fits in `limit` bytes, cut
+    between characters (a surrogate escape stands for one byte of an undecodable name)."""
+    if len(os.fsencode(name)) <= limit:
+        return name
+    size = 0
+    for i, char in enumerate(name):
+        size += len(os.fsencode(char))
+        if size > limit:
+            return name[:i]
+    return name
+
+
+_TIME_T_MAX = 2**63 - 1
+
+
+def set_mtime(path: str, mtime_ns: int, *, follow_symlinks: bool = True) -> None:
+    """Set a file's access and modification time. A time the platform cannot hold at
+    nanosecond precision is set in whole seconds; one beyond its range is set to the
+    nearest time it holds (the file system may clamp further, as ext4 does after 2446)."""
+    try:
+        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=follow_symlinks)
+        return
+    except OverflowError:
+        pass
+    seconds = mtime_ns // 10**9
+    for candidate in (seconds, max(-_TIME_T_MAX - 1, min(_TIME_T_MAX, seconds)),
+                      max(-(2**31), min(2**31 - 1, seconds))):
+        try:
+            os.utime(path, (candidate, candidate), follow_symlinks=follow_symlinks)
+            return
+        except OverflowError:
+            continue
+
+
+def restore_folders(target: str, folders: list[FolderEntry]) -> RestoreBatchResult:
+    """Create the folders of folder-marker blobs and give them their stored times. Runs
+    after the files: writing a file into a folder changes the folder's time."""
+    result = RestoreBatchResult()
+    made = []
+    for folder in sorted(folders, key=lambda f: f.path):
+        try:
+            reason = unsafe_name_reason(folder.path)
+            if reason:
+                raise _Refused(f"refused, would not stay inside the target: {reason}")
+            made.append((_safe_parent(target, folder.path.split("/")), folder))
+        except _Refused as exc:
+            result.failed.append(Problem(display_path(folder.path) + "/", str(exc)))
+        except OSError as exc:
+            result.failed.append(Problem(display_path(folder.path) + "/", describe(exc)))
+    for path, folder in made:  # after all are made: making a folder changes its parent's time
+        if folder.mtime_ns is None:
+            continue
+        try:
+            set_mtime(path, folder.mtime_ns, follow_symlinks=False)
+        except OSError as exc:
+            result.failed.append(Problem(display_path(folder.path) + "/", f"folder made, its time not set: {describe(exc)}"))
+    return result

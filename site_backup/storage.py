@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import calendar
 import functools
 import hashlib
 import re
@@ -14,15 +15,21 @@ from typing import Any, Callable, Iterator, Protocol
 from .errors import error_code
 
 MTIME_KEY = "mtime"  # the metadata key rclone uses too, in the same RFC 3339 format
+AZCOPY_MTIME_KEY = "modtime"  # AzCopy's --preserve-posix-properties: decimal nanoseconds since 1970
+FOLDER_KEY = "hdi_isfolder"  # AzCopy's (and Data Lake's) marker of a blob that stands for a folder
 
 
 @dataclass(frozen=True)
 class RemoteBlob:
-    """What the backup compares a file against."""
+    """What the backup compares a file against, and what a restore needs besides the bytes.
+    `mtime_ns` is the file's modification time as a tool stored it (ours or rclone's
+    `mtime`, else AzCopy's `modtime`); `last_modified_ns` is when the blob was written."""
 
     size: int
     content_md5: bytes | None
     mtime_ns: int | None
+    folder: bool = False
+    last_modified_ns: int | None = None
 
 
 class BlobStore(Protocol):
@@ -114,6 +121,27 @@ def _days_in_month(year: int, month: int) -> int:
     return 30 if month in (4, 6, 9, 11) else 31
 
 
+def stored_mtime(metadata: dict[str, str] | None) -> int | None:
+    """The file's modification time from a blob's metadata: `mtime` (RFC 3339, ours and
+    rclone's), else AzCopy's `modtime` (integer nanoseconds); None when neither parses.
+    Metadata names are case-insensitive in Azure, so they are matched that way."""
+    meta = {k.lower(): v for k, v in (metadata or {}).items()}
+    found = parse_mtime(meta.get(MTIME_KEY))
+    if found is None:
+        modtime = meta.get(AZCOPY_MTIME_KEY, "").strip()
+        if modtime.lstrip("-").isdigit():
+            return int(modtime)
+        found = parse_mtime(modtime)
+    return found
+
+
+def is_folder_marker(metadata: dict[str, str] | None) -> bool:
+    """A blob that stands for a folder (AzCopy writes one per folder with
+    --preserve-posix-properties, Data Lake accounts for every directory)."""
+    meta = {k.lower(): v for k, v in (metadata or {}).items()}
+    return meta.get(FOLDER_KEY, "").strip().lower() == "true"
+
+
 class RetryLog:
     """Counts the SDK's retries of storage requests, by reason (thread-safe)."""
 
@@ -165,7 +193,7 @@ class AzureBlobStore:
             if found is None:
                 return None
             size, md5, metadata = found
-            return RemoteBlob(size, md5, parse_mtime(metadata.get(MTIME_KEY)))
+            return RemoteBlob(size, md5, stored_mtime(metadata), is_folder_marker(metadata))
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
@@ -177,7 +205,8 @@ class AzureBlobStore:
         return _remote(props)
 
     def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
-        """Every blob whose name starts with `prefix`, with size, MD5 and stored mtime."""
+        """Every blob whose name starts with `prefix`, with size, MD5, stored mtime, whether it
+        is a folder marker and when it was written: all from one listing (with metadata)."""
         for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
             yield props.name, _remote(props)
 
@@ -237,7 +266,10 @@ class AzureBlobStore:
 
 def _remote(props) -> RemoteBlob:
     md5 = props.content_settings.content_md5
-    return RemoteBlob(props.size, bytes(md5) if md5 else None, parse_mtime((props.metadata or {}).get(MTIME_KEY)))
+    written = props.last_modified
+    return RemoteBlob(props.size, bytes(md5) if md5 else None, stored_mtime(props.metadata),
+                      is_folder_marker(props.metadata),
+                      calendar.timegm(written.utctimetuple()) * 10**9 + written.microsecond * 1000 if written else None)
 
 
 def _content_settings(md5: bytes, content_type: str):
@@ -274,7 +306,7 @@ class MemoryBlobStore:
             blob = self.blobs.get(name)
         if blob is None:
             return None
-        return RemoteBlob(len(blob.data), blob.content_md5, parse_mtime(blob.metadata.get(MTIME_KEY)))
+        return RemoteBlob(len(blob.data), blob.content_md5, stored_mtime(blob.metadata), is_folder_marker(blob.metadata))
 
     def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
         for name in sorted(self.blobs):

@@ -27,8 +27,9 @@ class VerifyResult:
 
 
 def remote_blobs(store: BlobStore, prefix: str) -> dict[str, RemoteBlob]:
-    """Every blob under the prefix, by name: one listing instead of a request per file."""
-    return dict(store.list(f"{prefix}/" if prefix else ""))
+    """Every file's blob under the prefix, by name: one listing instead of a request per
+    file. Folder markers (other tools' blobs for folders) are no file's and no extra."""
+    return {name: blob for name, blob in store.list(f"{prefix}/" if prefix else "") if not blob.folder}
 
 
 def file_md5(path: str) -> bytes:

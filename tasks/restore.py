@@ -1,4 +1,5 @@
-"""Restore tasks: plan from the blob listing, prepare the target, restore batches."""
+"""Restore tasks: plan from the blob listing, prepare the target, open the restore (its id,
+kept in the checkpoint store), restore batches, make the folders, close the restore."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from prefect.context import TaskRunContext
 from site_backup.destination import Destination, open_store
 from site_backup.restore import (
     BlobEntry,
+    FolderEntry,
     RestoreBatchResult,
     RestorePlan,
-    finish_target,
+    new_restore_id,
     plan_restore,
     prepare_target,
     restore_batch as restore_files,
+    restore_folders as make_folders,
 )
 from tasks.retry import BATCH_RETRIES, QUICK_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt
 
@@ -29,14 +32,34 @@ def list_backup(destination: Destination, max_files: int, max_bytes: int) -> Res
 
 @task(name="prepare-target", cache_policy=NO_CACHE)
 def prepare_restore_target(target_directory: str) -> tuple[str, str]:
-    """The target's real path (created if missing) and this restore's id."""
+    """The target's real path (created if missing) and what identifies the folder."""
     return prepare_target(target_directory)
 
 
-@task(name="finish-restore", cache_policy=NO_CACHE)
-def finish_restore(target: str) -> None:
-    """Forget the restore id: a later restore into this folder checks every file again."""
-    finish_target(target)
+def restore_session_key(context, parameters) -> str:
+    """One record per (source, target folder): the id of its restore under way."""
+    d: Destination = parameters["destination"]
+    return checkpoint_key("restore-session",
+                          ["restore-session", d.account_url, d.container, d.prefix, parameters["target_identity"]], ())
+
+
+@task(name="open-restore", cache_key_fn=restore_session_key, persist_result=True)
+def open_restore(target_identity: str, destination: Destination) -> str:
+    """This restore's id: that of an unfinished restore of the same source into the same
+    folder (read back from the checkpoint store, so it resumes from its checkpoints),
+    else a new one. Nothing is kept in the target."""
+    return new_restore_id()
+
+
+# The same record written again with a new id, once a restore completed: the next restore
+# into that folder checks every file instead of trusting this one's checkpoints.
+close_restore = open_restore.with_options(name="close-restore", refresh_cache=True)
+
+
+@task(name="restore-folders", cache_policy=NO_CACHE)
+def restore_folders(target: str, folders: list[FolderEntry]) -> RestoreBatchResult:
+    """Make the folders of folder-marker blobs, with their times, after the files."""
+    return make_folders(target, folders)
 
 
 def restore_checkpoint_key(context, parameters) -> str:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 
 from flows.backup_site_content import backup_site_content
 from flows.restore_site_content import restore_site_content
-from site_backup.restore import MARKER, BlobEntry, plan_restore, restore_file, unsafe_name_reason
+from site_backup.restore import BlobEntry, FolderEntry, plan_restore, restore_file, unsafe_name_reason
 from site_backup.storage import MemoryBlobStore, RemoteBlob
 from tests.conftest import PROJECT, read_tree
 
@@ -48,7 +49,8 @@ def blob(data: bytes, mtime_ns=None, md5=True) -> RemoteBlob:
 def test_plan_strips_the_prefix_and_refuses_hostile_names():
     plan = plan_restore([("p/ok.txt", blob(b"1")), ("p/../x", blob(b"2")), ("p/dir/", blob(b""))], "p", 10, 10**6)
     assert [e.path for b in plan.batches for e in b] == ["ok.txt"]
-    assert {p.path for p in plan.refused} == {"p/../x", "p/dir/"}
+    assert {p.path for p in plan.refused} == {"p/../x"}
+    assert plan.folders == [FolderEntry("dir", "p/dir/", None)]  # a folder marker, not a file
 
 
 def entry(path, data, mtime_ns=1_600_000_000_123_456_789, md5=None):
@@ -106,7 +108,7 @@ def test_round_trip_byte_identical_with_mtimes(storage, checkpoints, container_n
     assert read_tree(target) == ODD
     for rel in ODD:
         assert os.stat(target / rel).st_mtime_ns == os.stat(source / rel).st_mtime_ns, rel
-    assert not (target / MARKER).exists()
+    assert sorted(os.listdir(target)) == sorted({rel.split("/")[0] for rel in ODD})  # nothing of the tool's
     again = restore_site_content(container_name, str(target), prefix="site")
     assert again.files_restored == 0 and again.files_unchanged == len(ODD)
 
@@ -116,7 +118,7 @@ def test_hostile_names_write_nothing_outside_the_target(storage, checkpoints, co
     container.create_container()
     # The service itself refuses names with '..' segments in the URL, but stores these;
     # Azurite turns the backslashes into '/', so that one arrives as 'back/../slash.txt'.
-    hostile = ["/absolute.txt", "back\\..\\..\\slash.txt", "dir/", "a//b.txt"]
+    hostile = ["/absolute.txt", "back\\..\\..\\slash.txt", "a//b.txt", "x//y/"]
     for name in hostile + ["good/one.txt", "good two.txt", ".../three dots"]:
         container.upload_blob(name, b"payload", overwrite=True)
     sandbox = tmp_path / "sandbox"
@@ -125,7 +127,7 @@ def test_hostile_names_write_nothing_outside_the_target(storage, checkpoints, co
     assert summary.outcome == "incomplete" and summary.exit_code == 1
     assert summary.files_restored == 3 and summary.files_refused == len(hostile)
     assert read_tree(sandbox) == {"target/good/one.txt": b"payload", "target/good two.txt": b"payload",
-                                  "target/.../three dots": b"payload", f"target/{MARKER}": (target / MARKER).read_bytes()}
+                                  "target/.../three dots": b"payload"}
     assert not (tmp_path / "slash.txt").exists() and not os.path.exists("/absolute.txt")
 
 
@@ -151,7 +153,6 @@ def test_damaged_blob_is_reported_and_a_rerun_resumes_from_checkpoints(storage, 
     first = restore_site_content(container_name, str(target), files_per_batch=10)
     assert first.outcome == "incomplete" and [p.path for p in first.failed] == ["f030.txt"]
     assert "damaged" in first.failed[0].reason and not (target / "f030.txt").exists()
-    assert (target / MARKER).exists()  # the restore is unfinished: its checkpoints stay valid
     container.upload_blob("f030.txt", b"file 30", overwrite=True)  # repaired
     second = restore_site_content(container_name, str(target), files_per_batch=10)
     assert second.outcome == "completed" and second.files_restored == 1
@@ -190,3 +191,167 @@ def test_dot_dot_names_from_any_listing_are_refused_and_neighbours_restored(tmp_
     assert [(o.path, o.status) for o in outcomes] == [("fine.txt", "restored")]
     assert len(plan.refused) == 3
     assert read_tree(tmp_path) == {"a/target/fine.txt": b"data"}
+
+
+# ---- issue 11: the restore keeps its progress outside the target; long names; far times ----
+
+OLD_MARKER = ".site-backup-restore-in-progress"  # where restores kept their id before
+
+
+def test_a_file_named_like_the_old_marker_is_restored_like_any_other(storage, checkpoints, container_name,
+                                                                    make_tree, tmp_path):
+    files = {OLD_MARKER: b"my own notes", "a.txt": b"A"}
+    backup_site_content(str(make_tree(files)), container=container_name)
+    target = tmp_path / "restored"
+    first = restore_site_content(container_name, str(target), overwrite=True)
+    assert first.outcome == "completed" and first.files_restored == 2
+    assert read_tree(target) == files
+    again = restore_site_content(container_name, str(target), overwrite=True)
+    assert again.outcome == "completed" and again.files_unchanged == 2
+    assert read_tree(target) == files
+
+
+def test_a_link_in_the_target_is_never_written_through_or_read(storage, checkpoints, container_name, make_tree,
+                                                               tmp_path):
+    backup_site_content(str(make_tree({"a.txt": b"A"})), container=container_name)
+    target, outside = tmp_path / "target", tmp_path / "outside"
+    target.mkdir()
+    outside.mkdir()
+    os.symlink(outside / "stolen", target / OLD_MARKER)
+    os.symlink("/dev/zero", target / "zero")
+    summary = restore_site_content(container_name, str(target))
+    assert summary.outcome == "completed" and summary.files_restored == 1
+    assert list(outside.iterdir()) == []
+    assert os.readlink(target / OLD_MARKER) == str(outside / "stolen")
+
+
+def test_a_fifo_in_the_target_does_not_hang_the_restore(storage, checkpoints, container_name, make_tree, tmp_path):
+    import threading
+    import time
+
+    backup_site_content(str(make_tree({"a.txt": b"A"})), container=container_name)
+    target = tmp_path / "target"
+    target.mkdir()
+    os.mkfifo(target / OLD_MARKER)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(restore_site_content(container_name, str(target))),
+                              daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(60)
+    hung = worker.is_alive()
+    if hung:  # release a reader blocked on the FIFO so the test ends instead of hanging
+        fd = os.open(target / OLD_MARKER, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, b"x\n")
+        os.close(fd)
+        worker.join(60)
+    assert not hung, f"the restore blocked on a FIFO in the target for {time.monotonic() - started:.0f} s"
+    assert results[0].outcome == "completed" and (target / "a.txt").read_bytes() == b"A"
+    assert stat.S_ISFIFO(os.lstat(target / OLD_MARKER).st_mode)
+
+
+def test_a_completed_restore_is_not_trusted_by_the_next_one(storage, checkpoints, container_name, make_tree,
+                                                            tmp_path):
+    files = {f"f{i}.txt": f"file {i}".encode() for i in range(5)}
+    backup_site_content(str(make_tree(files)), container=container_name)
+    target = tmp_path / "restored"
+    assert restore_site_content(container_name, str(target)).outcome == "completed"
+    assert list(target.iterdir()) and sorted(p.name for p in target.iterdir()) == sorted(files)
+    (target / "f3.txt").unlink()  # lost after the restore: the next restore must bring it back
+    again = restore_site_content(container_name, str(target))
+    assert again.batches_from_checkpoint == 0 and again.files_restored == 1 and again.files_unchanged == 4
+    assert read_tree(target) == files
+
+
+@pytest.mark.parametrize("name", ["漢" * 85, "é" * 127, "a" * 251 + "\U0001f600", "a" * 199 + "漢" * 18])
+def test_names_up_to_255_bytes_restore(tmp_path, name):
+    assert len(os.fsencode(name)) <= 255
+    e = entry(name, b"long name")
+    outcome = restore_file(str(tmp_path), e, download_of(b"long name"))
+    assert outcome.status == "restored", outcome.reason
+    assert os.listdir(os.fsencode(str(tmp_path))) == [os.fsencode(name)]
+
+
+@pytest.mark.parametrize("mtime_ns", [300_000_000_000 * 10**9 + 123, 10**30, -(10**30)])
+def test_times_out_of_range_still_restore_the_file(tmp_path, mtime_ns):
+    e = entry("far.txt", b"far", mtime_ns=mtime_ns)
+    outcome = restore_file(str(tmp_path), e, download_of(b"far"))
+    assert outcome.status == "restored", outcome.reason
+    assert (tmp_path / "far.txt").read_bytes() == b"far"
+    mtime = os.stat(tmp_path / "far.txt").st_mtime_ns
+    assert (mtime > 10**18) if mtime_ns > 0 else (mtime < 0)  # as far as the file system goes
+
+
+def test_temporary_names_are_cut_by_bytes_between_characters():
+    from site_backup.restore import _cut
+
+    assert _cut("a" * 199 + "漢" * 18, 200) == "a" * 199
+    undecodable = "é" * 60 + "\udcff" * 90  # 120 + 90 bytes on disk
+    assert len(os.fsencode(_cut(undecodable, 200))) == 200 and _cut(undecodable, 200).endswith("\udcff")
+    assert _cut("short", 200) == "short"
+
+
+# ---- issue 12: other tools' containers: folder markers, their times, Last-Modified ----
+
+def test_stored_time_is_mtime_else_azcopys_modtime():
+    from site_backup.storage import is_folder_marker, stored_mtime
+
+    assert stored_mtime({"mtime": "2021-03-04T05:06:07.123456789Z", "modtime": "5"}) == 1614834367123456789
+    assert stored_mtime({"modtime": "1614834367123456789"}) == 1614834367123456789  # AzCopy 10.32's format
+    assert stored_mtime({"ModTime": "1614834367123456789"}) == 1614834367123456789  # names are case-insensitive
+    assert stored_mtime({"mtime": "garbage", "modtime": "12"}) == 12
+    assert stored_mtime({}) is None and stored_mtime(None) is None and stored_mtime({"modtime": "x1"}) is None
+    assert is_folder_marker({"hdi_isfolder": "true"}) and is_folder_marker({"Hdi_IsFolder": "True"})
+    assert not is_folder_marker({"hdi_isfolder": "false"}) and not is_folder_marker({})
+
+
+def test_plan_uses_the_stored_time_else_last_modified_and_makes_folders_of_markers():
+    blobs = [("p/a.txt", RemoteBlob(1, None, 11, last_modified_ns=22)),
+             ("p/b.txt", RemoteBlob(1, None, None, last_modified_ns=22)),
+             ("p/dir", RemoteBlob(0, None, 33, folder=True, last_modified_ns=44)),
+             ("p/bare/", RemoteBlob(0, None, None, last_modified_ns=44)),
+             ("p/full/", RemoteBlob(3, None, None)),
+             ("p/odd", RemoteBlob(3, None, None, folder=True)),
+             ("p/", RemoteBlob(0, None, None))]  # the prefix's own marker: the target itself
+    plan = plan_restore(blobs, "p", 10, 10**6)
+    assert [(e.path, e.mtime_ns) for b in plan.batches for e in b] == [("a.txt", 11), ("b.txt", 22)]
+    assert plan.folders == [FolderEntry("dir", "p/dir", 33), FolderEntry("bare", "p/bare/", None)]
+    assert sorted(p.path for p in plan.refused) == ["p/full/", "p/odd"]  # markers with content: never guessed
+
+
+def test_folder_markers_become_folders_with_their_times(storage, checkpoints, container_name, tmp_path):
+    """Markers in every form: AzCopy's (hdi_isfolder, modtime), a name ending in '/', one
+    with our `mtime`; a file with no stored time gets the blob's Last-Modified."""
+    container = storage.container(container_name)
+    container.create_container()
+    folder_meta = {"hdi_isfolder": "true", "modtime": "1500000000123456789"}
+    container.upload_blob("site/docs", b"", metadata=folder_meta)
+    container.upload_blob("site/docs/a.txt", b"A", metadata={"modtime": "1600000000987654321"})
+    container.upload_blob("site/docs/empty", b"", metadata=dict(folder_meta, modtime="1400000000000000001"))
+    container.upload_blob("site/slash/", b"", metadata={"mtime": "2020-01-02T03:04:05.5Z"})
+    container.upload_blob("site/plain.txt", b"no metadata")
+    written = container.get_blob_client("site/plain.txt").get_blob_properties().last_modified
+    target = tmp_path / "restored"
+    summary = restore_site_content(container_name, str(target), prefix="site")
+    assert summary.outcome == "completed" and summary.files_restored == 2, summary.failed + summary.refused
+    assert read_tree(target) == {"docs/a.txt": b"A", "plain.txt": b"no metadata"}
+    assert (target / "docs/empty").is_dir() and (target / "slash").is_dir()
+    assert os.stat(target / "docs").st_mtime_ns == 1500000000123456789
+    assert os.stat(target / "docs/empty").st_mtime_ns == 1400000000000000001
+    assert os.stat(target / "docs/a.txt").st_mtime_ns == 1600000000987654321
+    assert os.stat(target / "slash").st_mtime_ns == 1577934245500000000
+    assert os.stat(target / "plain.txt").st_mtime_ns == int(written.timestamp()) * 10**9
+    again = restore_site_content(container_name, str(target), prefix="site")
+    assert again.outcome == "completed" and again.files_unchanged == 2
+
+
+def test_a_folder_marker_where_a_file_stands_is_reported(tmp_path):
+    from site_backup.restore import restore_folders
+
+    (tmp_path / "taken").write_bytes(b"a file")
+    os.symlink(tmp_path, tmp_path / "link")
+    result = restore_folders(str(tmp_path), [FolderEntry("taken", "taken", 1), FolderEntry("link/x", "link/x", 1),
+                                             FolderEntry("new/deep", "new/deep", 10**18)])
+    assert sorted(p.path for p in result.failed) == ["link/x/", "taken/"]
+    assert (tmp_path / "taken").read_bytes() == b"a file" and not (tmp_path / "x").exists()
+    assert os.stat(tmp_path / "new/deep").st_mtime_ns == 10**18
