@@ -215,7 +215,7 @@ class AzureBlobStore:
         files, no subfolders), with size, MD5 and stored mtime."""
         if self.signed is not None:
             for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries, delimiter="/"):
-                yield b.name, RemoteBlob(b.size, b.content_md5, parse_mtime(b.metadata.get(MTIME_KEY)))
+                yield b.name, RemoteBlob(b.size, b.content_md5, stored_mtime(b.metadata), is_folder_marker(b.metadata))
             return
         for item in self.container.walk_blobs(name_starts_with=prefix or None, include=["metadata"], delimiter="/"):
             if not item.name.endswith("/") or hasattr(item, "size"):  # BlobPrefix items are subfolders
