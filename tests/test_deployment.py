@@ -25,8 +25,10 @@ PREFECT = str(PROJECT / ".venv" / "bin" / "prefect") if (PROJECT / ".venv/bin/pr
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None):
-    """(status, headers, parsed JSON or None) for one request."""
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    """(status, headers, parsed JSON or None) for one request; a body is sent as JSON (the
+    API refuses other content types)."""
+    headers = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             raw = response.read()
