@@ -256,15 +256,20 @@ async def prefect_client():
         async with orchestration.get_client() as client:
             yield client
     except (httpx.TransportError, OSError) as exc:
-        from prefect.settings import PREFECT_API_URL
-
-        raise ApiError(503, f"the Prefect server at PREFECT_API_URL={PREFECT_API_URL.value() or '(not set)'} "
+        raise ApiError(503, f"the Prefect server at PREFECT_API_URL={prefect_api_url() or '(not set)'} "
                             f"does not answer ({type(exc).__name__}: {exc}): start it (`make server`) or set "
                             f"PREFECT_API_URL") from None
     except PrefectHTTPStatusError as exc:
         answered = exc.response.status_code
         status = 409 if answered == 409 else 422 if answered in (400, 422) else 502
         raise ApiError(status, f"the Prefect server answered {answered}: {_detail(exc.response)}") from None
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect server's address: the environment, else the active Prefect profile."""
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
 
 
 def _detail(response) -> str:
@@ -339,7 +344,6 @@ def _is_loopback(host: str) -> bool:
 def main() -> int:
     """Serve the API with uvicorn; refuse a non-loopback address without API_KEY."""
     import uvicorn
-    from prefect.settings import PREFECT_API_URL
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = os.environ.get("API_HOST", "127.0.0.1")
@@ -364,7 +368,7 @@ def main() -> int:
               f"to an address of this machine", file=sys.stderr)
         return 2
     LOG.info("listening on http://%s:%s; starts deployment '%s' on the Prefect server at %s",
-             _bracketed(host), port, deployment, PREFECT_API_URL.value() or "(PREFECT_API_URL not set)")
+             _bracketed(host), port, deployment, prefect_api_url() or "(PREFECT_API_URL not set)")
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
     return 0
 

@@ -367,3 +367,46 @@ def test_status_while_running_gives_202_with_a_clean_location(client, prefect):
     response = client.get(f"{BASE}/runtime/webhooks/durabletask/instances/{RUN_ID}?showHistory=false")
     assert response.status_code == 202 and response.headers["retry-after"]
     assert response.headers["location"] == f"{BASE}/runtime/webhooks/durabletask/instances/{RUN_ID}"
+
+
+# --- start-up ---------------------------------------------------------------------------
+
+
+def test_start_up_says_where_it_listens_and_which_deployment(monkeypatch, caplog):
+    import socket
+
+    import uvicorn
+
+    from tests.conftest import free_port
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(sockets[0].getsockname()))
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # never serve for real here
+    port = free_port()
+    monkeypatch.setenv("API_PORT", str(port))
+    monkeypatch.setenv("SITE_BACKUP_DEPLOYMENT", "backup-site-content/nightly")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    caplog.set_level("INFO", logger="site_backup.http_api")
+    assert http_api.main() == 0
+    assert served == [("127.0.0.1", port)]
+    lines = [r.getMessage() for r in caplog.records if "listening" in r.getMessage()]
+    assert lines == [f"listening on http://127.0.0.1:{port}; starts deployment 'backup-site-content/nightly' "
+                     f"on the Prefect server at http://127.0.0.1:4200/api"]
+
+    with socket.socket() as busy:  # the port taken: one line and exit 2, nothing announced
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        assert http_api.main() == 2
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"API_PORT": "seventy"}, "API_PORT='seventy' is not a port number"),
+    ({"API_HOST": "0.0.0.0"}, "set API_KEY"),
+    ({"API_ALLOWED_HOSTS": "http://backup.example.org/"}, "API_ALLOWED_HOSTS: 'http://backup.example.org/'"),
+])
+def test_bad_settings_exit_2_with_one_line(monkeypatch, capsys, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert http_api.main() == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
