@@ -141,6 +141,9 @@ def create_app(api_key: str | None = None, deployment: str | None = None) -> Fas
     """The ASGI application. With `api_key`, every request must carry it. The Host names
     it answers come from API_HOST, API_PORT and API_ALLOWED_HOSTS."""
     deployment_name = deployment or os.environ.get("SITE_BACKUP_DEPLOYMENT", "backup-site-content/local")
+    if deployment_name.count("/") != 1 or deployment_name.startswith("/") or deployment_name.endswith("/"):
+        raise ConfigurationError(f"SITE_BACKUP_DEPLOYMENT={deployment_name!r} is not a deployment name: give "
+                                 f"'flow-name/deployment-name', e.g. 'backup-site-content/local'")
     exact_hosts, any_port_hosts = served_hosts(os.environ.get("API_HOST", "127.0.0.1"),
                                                int(os.environ.get("API_PORT", "7071")),
                                                os.environ.get("API_ALLOWED_HOSTS", ""))
@@ -280,13 +283,17 @@ def _detail(response) -> str:
     return str(detail or response.text)[:500]
 
 
-def custom_status(description: str | None) -> dict[str, int] | None:
-    """Live progress from the run's progress artifact."""
-    match = _PROGRESS.search(description or "")
-    if not match:
-        return None
-    files_done, files_total, bytes_done, bytes_total = map(int, match.groups())
-    return {"filesDone": files_done, "filesTotal": files_total, "bytesDone": bytes_done, "bytesTotal": bytes_total}
+def custom_status(metadata: dict[str, str] | None, description: str | None = None) -> dict[str, int] | None:
+    """Live progress from the run's progress artifact: its metadata, or for runs recorded
+    before the counts were kept there, its description."""
+    try:
+        counts = [int((metadata or {})[key]) for key in ("files_done", "files_total", "bytes_done", "bytes_total")]
+    except (KeyError, ValueError):
+        match = _PROGRESS.search(description or "")
+        if not match:
+            return None
+        counts = [int(group) for group in match.groups()]
+    return dict(zip(("filesDone", "filesTotal", "bytesDone", "bytesTotal"), counts))
 
 
 async def _read_run(instance_id: str):
@@ -312,7 +319,7 @@ async def _progress(run_id) -> dict[str, int] | None:
                                            key=ArtifactFilterKey(any_=["backup-progress"])),
             limit=1,
         )
-    return custom_status(artifacts[0].description) if artifacts else None
+    return custom_status(artifacts[0].metadata_, artifacts[0].description) if artifacts else None
 
 
 async def _output(run) -> Any:

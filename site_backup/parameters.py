@@ -4,6 +4,8 @@ compares names, types and defaults); the rules come from the modules that apply 
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from site_backup.destination import normalize_prefix, validate_container_name
@@ -67,8 +69,11 @@ class BackupParameters(BaseModel):
     @field_validator("include", "exclude")
     @classmethod
     def _patterns(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            _checked(compile_patterns, value)
+        for pattern in value or []:
+            try:
+                _checked(compile_patterns, [pattern])
+            except re.error as exc:  # a glob the translation turns into a bad regular expression
+                raise ValueError(f"invalid pattern {pattern!r} ({exc.msg}): check its [...] ranges") from None
         return value
 
     @field_validator("credentials_block", "checkpoint_block")

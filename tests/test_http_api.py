@@ -127,6 +127,8 @@ def test_an_object_of_valid_parameters_is_passed_on_unchanged(client, prefect):
     ({"include": "*.txt"}, "include", "valid list"),
     ({"include": [1]}, "include.0", "valid string"),
     ({"exclude": [""]}, "exclude", "empty pattern"),
+    ({"include": ["*.html", "[z-a]"]}, "include", "'[z-a]'"),
+    ({"exclude": ["**/[!]"]}, "exclude", "'**/[!]'"),
     ({"dry_run": "yes"}, "dry_run", "valid boolean"),
     ({"root_directory": ""}, "root_directory", "empty"),
     ({"root_directory": 5}, "root_directory", "valid string"),
@@ -403,6 +405,7 @@ def test_start_up_says_where_it_listens_and_which_deployment(monkeypatch, caplog
     ({"API_PORT": "seventy"}, "API_PORT='seventy' is not a port number"),
     ({"API_HOST": "0.0.0.0"}, "set API_KEY"),
     ({"API_ALLOWED_HOSTS": "http://backup.example.org/"}, "API_ALLOWED_HOSTS: 'http://backup.example.org/'"),
+    ({"SITE_BACKUP_DEPLOYMENT": "local"}, "SITE_BACKUP_DEPLOYMENT='local' is not a deployment name"),
 ])
 def test_bad_settings_exit_2_with_one_line(monkeypatch, capsys, env, message):
     for name, value in env.items():
@@ -410,3 +413,28 @@ def test_bad_settings_exit_2_with_one_line(monkeypatch, capsys, env, message):
     assert http_api.main() == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+# --- progress ---------------------------------------------------------------------------
+
+
+def test_custom_status_comes_from_the_progress_artifacts_metadata():
+    from tasks.report import progress_counts
+
+    metadata = progress_counts(2, 5, 606, 10_000)
+    expected = {"filesDone": 2, "filesTotal": 5, "bytesDone": 606, "bytesTotal": 10_000}
+    assert http_api.custom_status(metadata, "2 of 5 files, 606 B of 9.8 KiB") == expected
+    # Runs recorded before the counts were in the metadata: their description.
+    assert http_api.custom_status(None, "2/5 files, 606/10000 bytes") == expected
+    assert http_api.custom_status({}, "starting") is None
+
+
+def test_status_reads_progress_from_the_artifact(client, prefect, monkeypatch):
+    from tasks.report import progress_counts
+
+    async def read_artifacts(**kwargs):
+        return [SimpleNamespace(metadata_=progress_counts(1, 3, 10, 30), description="1/3 files")]
+
+    monkeypatch.setattr(prefect, "read_artifacts", read_artifacts)
+    body = client.get(f"{BASE}/instances/{RUN_ID}").json()
+    assert body["customStatus"] == {"filesDone": 1, "filesTotal": 3, "bytesDone": 10, "bytesTotal": 30}
