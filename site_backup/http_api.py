@@ -3,26 +3,35 @@
 
 Run with `make api` or `python -m site_backup.http_api`. Settings (environment):
 API_HOST (default 127.0.0.1), API_PORT (7071), API_KEY (required when API_HOST is not a
-loopback address), SITE_BACKUP_DEPLOYMENT (default backup-site-content/local),
-PREFECT_API_URL (the Prefect server)."""
+loopback address), API_ALLOWED_HOSTS (more names clients may use in the Host header,
+comma-separated, each `name` or `name:port`), SITE_BACKUP_DEPLOYMENT (default
+backup-site-content/local), PREFECT_API_URL (the Prefect server)."""
 
 from __future__ import annotations
 
 import hmac
-import inspect
 import ipaddress
 import json
+import logging
 import os
 import re
+import socket
 import sys
+from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from site_backup.errors import ConfigurationError
+from site_backup.parameters import BackupParameters, ValidationError, describe
+
+LOG = logging.getLogger("site_backup.http_api")
+
 FUNCTION_NAMES = {"backup_site_content", "backup-site-content", "E2_BackupSiteContent"}
 RETRY_AFTER_SECONDS = 2
+BODY_LIMIT = 64 * 1024  # a start body is a path and a few parameters
 
 # Prefect state types, as Durable Functions' runtimeStatus.
 RUNTIME_STATUS = {
@@ -39,90 +48,163 @@ RUNTIME_STATUS = {
 FINISHED = {"Completed", "Failed", "Terminated"}
 
 _PROGRESS = re.compile(r"(\d+)/(\d+) files, (\d+)/(\d+) bytes")
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(\d{1,5}))?")
 
 
-def backup_parameters() -> set[str]:
-    """The backup flow's parameter names (what a request body may set)."""
-    from flows.backup_site_content import backup_site_content
+class ApiError(Exception):
+    """A request that gets `status` and a one-line message."""
 
-    return set(inspect.signature(backup_site_content.fn).parameters)
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
-def parse_start_body(raw: bytes, allowed: set[str]) -> dict[str, Any]:
-    """The flow parameters from a start request: a JSON string (the root directory, as in
-    the sample) or a JSON object of parameters. ValueError says what is wrong."""
+def parse_start_body(raw: bytes) -> dict[str, Any]:
+    """The flow parameters a start request sets: the body is a JSON string (the root
+    directory, as in the sample) or a JSON object of parameters. ApiError (400) says
+    what is wrong."""
     if not raw.strip():
-        raise ValueError("empty body: send the root directory as a JSON string, e.g. \"D:/home/site\"")
+        raise ApiError(400, 'empty body: send the root directory as a JSON string, e.g. "D:/home/site"')
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("body is not JSON: send the root directory as a JSON string or an object of parameters")
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than any parameter needs
+        raise ApiError(400, "body is not JSON (UTF-8, no NaN): send the root directory as a JSON string "
+                            "or an object of parameters") from None
     if isinstance(body, str):
         body = {"root_directory": body}
     if not isinstance(body, dict):
-        raise ValueError(f"body is a JSON {type(body).__name__}: send a string (root directory) or an object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ValueError(f"unknown parameters {unknown}: allowed are {sorted(allowed)}")
-    if not isinstance(body.get("root_directory"), str) or not body["root_directory"]:
-        raise ValueError("root_directory is missing or not a string")
-    return body
+        kind = "null" if body is None else type(body).__name__
+        raise ApiError(400, f"body is a JSON {kind}: send a string (the root directory) or an object of parameters")
+    try:
+        return BackupParameters.model_validate(body).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        raise ApiError(400, describe(exc)) from None
 
 
-def custom_status(description: str | None) -> dict[str, int] | None:
-    """Live progress from the run's progress artifact."""
-    match = _PROGRESS.search(description or "")
-    if not match:
-        return None
-    files_done, files_total, bytes_done, bytes_total = map(int, match.groups())
-    return {"filesDone": files_done, "filesTotal": files_total, "bytesDone": bytes_done, "bytesTotal": bytes_total}
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_content_type(value: str | None) -> None:
+    """Only JSON: a browser can send text/plain or a form to any address without asking
+    first, but not application/json."""
+    media, *params = (value or "").split(";")
+    charsets = [p.split("=", 1)[1].strip().strip('"').lower() for p in params
+                if p.split("=", 1)[0].strip().lower() == "charset" and "=" in p]
+    if media.strip().lower() != "application/json" or any(c not in ("utf-8", "utf8") for c in charsets):
+        raise ApiError(415, f"send the body as UTF-8 JSON with Content-Type: application/json (got {value!r})")
+
+
+async def read_body(request: Request, limit: int = BODY_LIMIT) -> bytes:
+    """The request body, refused (413) as soon as it passes `limit`, so nothing larger is
+    ever held in memory."""
+    message = f"body over {limit // 1024} KiB: a start request is a path and a few parameters"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, message)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, message)
+    return bytes(body)
+
+
+def served_hosts(api_host: str, port: int, extra: str = "") -> tuple[set[str], set[str]]:
+    """The Host header values the API answers: (exact `host:port` values, names allowed
+    with any port). Checking it stops DNS rebinding: a page whose own name points at
+    127.0.0.1 still sends its own name."""
+    exact = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+    if api_host not in ("0.0.0.0", "::", ""):
+        exact.add(f"{_bracketed(api_host.lower())}:{port}")
+    any_port = set()
+    for entry in re.split(r"[,\s]+", extra.strip().lower()):
+        if not entry:
+            continue
+        entry = _bracketed(entry)
+        match = _HOST.fullmatch(entry)
+        if not match:
+            raise ConfigurationError(f"API_ALLOWED_HOSTS: {entry!r} is not a host name: give names such as "
+                                     f"'backup.example.org' or 'backup.example.org:8443', comma-separated")
+        (exact if match.group(2) else any_port).add(entry)
+    return exact, any_port
+
+
+def _bracketed(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
 
 
 def create_app(api_key: str | None = None, deployment: str | None = None) -> FastAPI:
-    """The ASGI application. With `api_key`, every request must carry it."""
+    """The ASGI application. With `api_key`, every request must carry it. The Host names
+    it answers come from API_HOST, API_PORT and API_ALLOWED_HOSTS."""
     deployment_name = deployment or os.environ.get("SITE_BACKUP_DEPLOYMENT", "backup-site-content/local")
-    app = FastAPI(title="site-backup orchestration API", docs_url=None, redoc_url=None)
+    if deployment_name.count("/") != 1 or deployment_name.startswith("/") or deployment_name.endswith("/"):
+        raise ConfigurationError(f"SITE_BACKUP_DEPLOYMENT={deployment_name!r} is not a deployment name: give "
+                                 f"'flow-name/deployment-name', e.g. 'backup-site-content/local'")
+    exact_hosts, any_port_hosts = served_hosts(os.environ.get("API_HOST", "127.0.0.1"),
+                                               int(os.environ.get("API_PORT", "7071")),
+                                               os.environ.get("API_ALLOWED_HOSTS", ""))
+    app = FastAPI(title="site-backup orchestration API", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def checked_host(request: Request) -> str:
+        host = request.headers.get("host", "").strip().lower()
+        match = _HOST.fullmatch(host)
+        if not match or (host not in exact_hosts and match.group(1) not in any_port_hosts):
+            raise ApiError(421, "this API does not answer to that Host name: use 127.0.0.1, localhost or the "
+                                "address it listens on, or add the name to API_ALLOWED_HOSTS")
+        return host
 
     @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if api_key:
-            given = request.headers.get("x-functions-key") or request.query_params.get("code") or ""
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return JSONResponse({"error": "missing or wrong API key: send it as x-functions-key or ?code="},
-                                    status_code=401)
-        return await call_next(request)
+    async def guard(request: Request, call_next):
+        try:
+            request.state.origin = f"{request.url.scheme}://{checked_host(request)}"
+            origin = request.headers.get("origin")
+            # Browsers send Origin on cross-site requests; another site never starts a backup.
+            if origin is not None and origin.lower() != request.state.origin:
+                raise ApiError(403, "requests from another web site's page (Origin header) are refused")
+            if api_key:
+                given = request.headers.get("x-functions-key") or request.query_params.get("code") or ""
+                if not hmac.compare_digest(given.encode(), api_key.encode()):
+                    raise ApiError(401, "missing or wrong API key: send it as x-functions-key or ?code=")
+            return await call_next(request)
+        except ApiError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        except Exception as exc:
+            # The path only: the query may hold the key.
+            LOG.exception("%s %s failed", request.method, request.url.path)
+            return JSONResponse({"error": f"internal error ({type(exc).__name__}): see the API's log"},
+                                status_code=500)
 
-    def urls(request: Request, run_id: str) -> dict[str, str]:
-        # Unlike Durable Functions, the key is never echoed back in these URLs.
-        base = str(request.base_url).rstrip("/")
-        return {
-            "id": run_id,
-            "statusQueryGetUri": f"{base}/instances/{run_id}",
-            "terminatePostUri": f"{base}/instances/{run_id}/terminate",
-        }
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    def url(request: Request, path: str) -> str:
+        # Built from the checked Host, never from the query: the key is not echoed.
+        return f"{request.state.origin}{request.scope.get('root_path', '')}{path}"
 
     @app.post("/orchestrators/{function_name}")
     @app.post("/api/orchestrators/{function_name}")
     async def start(function_name: str, request: Request):
         if function_name not in FUNCTION_NAMES:
-            return JSONResponse({"error": f"unknown function {function_name!r}: use one of {sorted(FUNCTION_NAMES)}"},
-                                status_code=404)
-        try:
-            parameters = parse_start_body(await request.body(), backup_parameters())
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        from prefect.client.orchestration import get_client
+            raise ApiError(404, f"unknown function {function_name!r}: use one of {sorted(FUNCTION_NAMES)}")
+        check_content_type(request.headers.get("content-type"))
+        parameters = parse_start_body(await read_body(request))
+        from prefect.exceptions import ObjectNotFound
 
-        async with get_client() as client:
+        async with prefect_client() as client:
             try:
                 dep = await client.read_deployment_by_name(deployment_name)
-            except Exception:
-                return JSONResponse(
-                    {"error": f"deployment {deployment_name!r} not found on the Prefect server: run `make deploy`"},
-                    status_code=503,
-                )
+            except ObjectNotFound:
+                raise ApiError(503, f"deployment {deployment_name!r} not found on the Prefect server: run "
+                                    f"`make deploy` (or set SITE_BACKUP_DEPLOYMENT)") from None
             run = await client.create_flow_run_from_deployment(dep.id, parameters=parameters)
-        body = urls(request, str(run.id))
+        run_id = str(run.id)
+        body = {"id": run_id, "statusQueryGetUri": url(request, f"/instances/{run_id}"),
+                "terminatePostUri": url(request, f"/instances/{run_id}/terminate")}
         return JSONResponse(body, status_code=202, headers={"Location": body["statusQueryGetUri"]})
 
     @app.get("/instances/{instance_id}")
@@ -130,7 +212,7 @@ def create_app(api_key: str | None = None, deployment: str | None = None) -> Fas
     async def status(instance_id: str, request: Request):
         run = await _read_run(instance_id)
         if run is None:
-            return JSONResponse({"error": f"no instance {instance_id!r}"}, status_code=404)
+            raise ApiError(404, f"no instance {instance_id!r}")
         runtime = RUNTIME_STATUS.get(run.state_type.value if run.state_type else "PENDING", "Pending")
         body = {
             "name": "E2_BackupSiteContent",
@@ -144,36 +226,84 @@ def create_app(api_key: str | None = None, deployment: str | None = None) -> Fas
         }
         if runtime in FINISHED:
             return JSONResponse(body, status_code=200)
-        return JSONResponse(body, status_code=202, headers={"Location": str(request.url),
+        return JSONResponse(body, status_code=202, headers={"Location": url(request, request.url.path),
                                                             "Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.post("/instances/{instance_id}/terminate")
     @app.post("/runtime/webhooks/durabletask/instances/{instance_id}/terminate")
     async def terminate(instance_id: str):
-        from prefect.client.orchestration import get_client
         from prefect.states import Cancelling
 
         run = await _read_run(instance_id)
         if run is None:
-            return JSONResponse({"error": f"no instance {instance_id!r}"}, status_code=404)
+            raise ApiError(404, f"no instance {instance_id!r}")
         if RUNTIME_STATUS.get(run.state_type.value if run.state_type else "", "") in FINISHED:
-            return JSONResponse({"error": "the instance already finished"}, status_code=410)
-        async with get_client() as client:
+            raise ApiError(410, "the instance already finished")
+        async with prefect_client() as client:
             await client.set_flow_run_state(run.id, Cancelling(message="terminated over HTTP"), force=True)
         return JSONResponse(None, status_code=202)
 
     return app
 
 
+@asynccontextmanager
+async def prefect_client():
+    """A Prefect client whose failures become answers: the server unreachable (503, naming
+    PREFECT_API_URL), a conflict or invalid request (409/422 with the server's reason),
+    anything else it answers (502)."""
+    import httpx
+    from prefect.client import orchestration
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    try:
+        async with orchestration.get_client() as client:
+            yield client
+    except (httpx.TransportError, OSError) as exc:
+        raise ApiError(503, f"the Prefect server at PREFECT_API_URL={prefect_api_url() or '(not set)'} "
+                            f"does not answer ({type(exc).__name__}: {exc}): start it (`make server`) or set "
+                            f"PREFECT_API_URL") from None
+    except PrefectHTTPStatusError as exc:
+        answered = exc.response.status_code
+        status = 409 if answered == 409 else 422 if answered in (400, 422) else 502
+        raise ApiError(status, f"the Prefect server answered {answered}: {_detail(exc.response)}") from None
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect server's address: the environment, else the active Prefect profile."""
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+
+
+def _detail(response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail or response.text)[:500]
+
+
+def custom_status(metadata: dict[str, str] | None, description: str | None = None) -> dict[str, int] | None:
+    """Live progress from the run's progress artifact: its metadata, or for runs recorded
+    before the counts were kept there, its description."""
+    try:
+        counts = [int((metadata or {})[key]) for key in ("files_done", "files_total", "bytes_done", "bytes_total")]
+    except (KeyError, ValueError):
+        match = _PROGRESS.search(description or "")
+        if not match:
+            return None
+        counts = [int(group) for group in match.groups()]
+    return dict(zip(("filesDone", "filesTotal", "bytesDone", "bytesTotal"), counts))
+
+
 async def _read_run(instance_id: str):
-    from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     try:
         run_id = UUID(instance_id)
     except ValueError:
         return None
-    async with get_client() as client:
+    async with prefect_client() as client:
         try:
             return await client.read_flow_run(run_id)
         except ObjectNotFound:
@@ -181,16 +311,15 @@ async def _read_run(instance_id: str):
 
 
 async def _progress(run_id) -> dict[str, int] | None:
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    async with get_client() as client:
+    async with prefect_client() as client:
         artifacts = await client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
                                            key=ArtifactFilterKey(any_=["backup-progress"])),
             limit=1,
         )
-    return custom_status(artifacts[0].description) if artifacts else None
+    return custom_status(artifacts[0].metadata_, artifacts[0].description) if artifacts else None
 
 
 async def _output(run) -> Any:
@@ -223,15 +352,45 @@ def main() -> int:
     """Serve the API with uvicorn; refuse a non-loopback address without API_KEY."""
     import uvicorn
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = os.environ.get("API_HOST", "127.0.0.1")
-    port = int(os.environ.get("API_PORT", "7071"))
     api_key = os.environ.get("API_KEY") or None
-    if not _is_loopback(host) and not api_key:
-        print(f"error: API_HOST={host} is reachable from other machines: set API_KEY (clients then send it as "
-              f"the x-functions-key header or ?code=), or bind to 127.0.0.1", file=sys.stderr)
+    deployment = os.environ.get("SITE_BACKUP_DEPLOYMENT", "backup-site-content/local")
+    try:
+        port = int(os.environ.get("API_PORT", "7071"))
+        if not _is_loopback(host) and not api_key:
+            raise ConfigurationError(f"API_HOST={host} is reachable from other machines: set API_KEY (clients then "
+                                     f"send it as the x-functions-key header or ?code=), or bind to 127.0.0.1")
+        app = create_app(api_key=api_key, deployment=deployment)
+        listener = _listen(host, port)
+    except ValueError:
+        print(f"error: API_PORT={os.environ['API_PORT']!r} is not a port number: give one such as 7071",
+              file=sys.stderr)
         return 2
-    uvicorn.run(create_app(api_key=api_key), host=host, port=port, log_level="warning")
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port} ({exc.strerror}): set API_PORT to a free port or API_HOST "
+              f"to an address of this machine", file=sys.stderr)
+        return 2
+    LOG.info("listening on http://%s:%s; starts deployment '%s' on the Prefect server at %s",
+             _bracketed(host), port, deployment, prefect_api_url() or "(PREFECT_API_URL not set)")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The bound socket, so a busy port is a one-line error before anything is announced."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 
 from prefect.states import Completed, Failed
@@ -21,13 +20,14 @@ PROGRESS_FORMAT = "{files_done}/{files_total} files, {bytes_done}/{bytes_total} 
 
 class ProgressArtifact:
     """The run's progress artifact. Each update is an API call, so it is updated at most
-    once a second (and at the end), not after every batch. Its description carries the
-    counts: the HTTP status API reads them back as the run's customStatus."""
+    once a second (and at the end), not after every batch. Its metadata carries the counts
+    (`progress_counts`): the HTTP status API returns them as the run's customStatus."""
 
     def __init__(self, files_total: int, bytes_total: int, every_seconds: float = 1.0):
         self.files_total, self.bytes_total, self.every = files_total, bytes_total, every_seconds
         self.files_done = self.bytes_done = 0
         self.id: UUID = create_progress_artifact(progress=0.0, key="backup-progress", description=self._text())
+        self._update(0.0)  # the totals, readable before the first batch ends
         self.last = time.monotonic()
 
     def advance(self, files: int, size: int) -> None:
@@ -36,13 +36,27 @@ class ProgressArtifact:
         finished = self.files_done >= self.files_total
         if finished or time.monotonic() - self.last >= self.every:
             done, total = (self.bytes_done, self.bytes_total) if self.bytes_total else (self.files_done, self.files_total)
-            update_progress_artifact(artifact_id=self.id, progress=100.0 * done / total if total else 100.0,
-                                     description=self._text())
+            self._update(100.0 * done / total if total else 100.0)
             self.last = time.monotonic()
+
+    def _update(self, percent: float) -> None:
+        # update_progress_artifact cannot set metadata; this is the same request with it.
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        counts = progress_counts(self.files_done, self.files_total, self.bytes_done, self.bytes_total)
+        get_client(sync_client=True).update_artifact(
+            artifact_id=self.id, artifact=ArtifactUpdate(data=percent, description=self._text(), metadata_=counts))
 
     def _text(self) -> str:
         return PROGRESS_FORMAT.format(files_done=self.files_done, files_total=self.files_total,
                                       bytes_done=self.bytes_done, bytes_total=self.bytes_total)
+
+
+def progress_counts(files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> dict[str, str]:
+    """The progress artifact's metadata (Prefect stores metadata as strings)."""
+    return {"files_done": str(files_done), "files_total": str(files_total),
+            "bytes_done": str(bytes_done), "bytes_total": str(bytes_total)}
 
 
 def final_state(summary, name: str, message: str):

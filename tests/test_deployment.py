@@ -25,8 +25,10 @@ PREFECT = str(PROJECT / ".venv" / "bin" / "prefect") if (PROJECT / ".venv/bin/pr
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None):
-    """(status, headers, parsed JSON or None) for one request."""
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    """(status, headers, parsed JSON or None) for one request; a body is sent as JSON (the
+    API refuses other content types)."""
+    headers = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             raw = response.read()
@@ -288,6 +290,43 @@ def test_http_start_and_poll_until_completed_with_the_byte_count(api, stack, mak
     assert final["input"]["root_directory"] == str(root) and final["createdTime"] and final["lastUpdatedTime"]
     assert seen[0] in ("Pending", "Running")
     assert read_container(stack["azurite"], container_name) == files
+
+    async def progress_metadata(client):
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[body["id"]]), key=ArtifactFilterKey(any_=["backup-progress"])))
+        return [artifact.metadata_ for artifact in found]
+
+    # customStatus comes from structured counts, not from parsing the description
+    assert client_call(stack, progress_metadata) == [
+        {"files_done": "2", "files_total": "2", "bytes_done": "606", "bytes_total": "606"}]
+
+
+def test_http_api_says_where_it_listens(api, stack):
+    log = (stack["logs"] / "api.log").read_text()
+    assert f"listening on {api}; starts deployment 'backup-site-content/local' on the Prefect server at " \
+           f"{stack['api_url']}" in log, log
+
+
+def test_http_bad_parameters_are_refused_before_a_run_is_created(api, stack):
+    async def count_runs(client):
+        return len(await client.read_flow_runs())
+
+    runs_before = client_call(stack, count_runs)
+    code, _, answer = http("POST", f"{api}/orchestrators/E2_BackupSiteContent",
+                           json.dumps({"root_directory": "sample-site", "container": "Bad_Name"}).encode())
+    assert code == 400 and answer["error"].startswith("container: invalid container name 'Bad_Name'")
+    code, _, answer = http("POST", f"{api}/orchestrators/E2_BackupSiteContent",
+                           json.dumps({"root_directory": "sample-site", "files_per_batch": "abc"}).encode())
+    assert code == 400 and answer["error"] == "files_per_batch: Input should be a valid integer"
+    assert client_call(stack, count_runs) == runs_before
+
+
+def test_http_refuses_a_web_page_on_another_host(api):
+    code, headers, answer = http("POST", f"{api}/orchestrators/E2_BackupSiteContent", b'"/"', headers={
+        "Content-Type": "text/plain", "Origin": "http://attacker.example", "Host": "attacker.example"})
+    assert code == 421 and "location" not in headers
 
 
 def test_http_body_as_a_plain_string_like_the_sample(api, stack):
