@@ -6,4 +6,4 @@ The plain, orchestrator-free logic lives here; `tasks/` wraps it in Prefect task
 
 # Part of every checkpoint key: bump it when what a finished batch means changes
 # (blob naming, metadata, integrity rules), so old checkpoints stop matching.
-CHECKPOINT_VERSION = "1"
+CHECKPOINT_VERSION = "2"  # 2: names encoded as rclone does for Azure Blob

@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 
 from .errors import FileChangedError, describe, error_code, is_transient
 from .files import FileEntry, Problem, display_path, special_file_reason
+from .names import encode_path
 from .storage import MTIME_KEY, BlobStore, format_mtime
 
 MiB = 2**20
@@ -98,8 +99,10 @@ class BatchResult:
 
 
 def blob_name(prefix: str, path: str) -> str:
-    """The blob for a file: the prefix, then the path relative to the root, unchanged."""
-    return f"{prefix}/{path}" if prefix else path
+    """The blob for a file: the prefix, then the path relative to the root with each name
+    encoded as rclone does for Azure Blob (ordinary names stay as they are)."""
+    name = encode_path(path)
+    return f"{prefix}/{name}" if prefix else name
 
 
 def blob_name_problem(name: str) -> str | None:

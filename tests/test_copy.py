@@ -204,6 +204,8 @@ def test_batch_result_counts_and_cached_view(make_tree):
 
 def test_blob_names_and_mtime_format():
     assert blob_name("", "a/b c.txt") == "a/b c.txt" and blob_name("p/q", "x") == "p/q/x"
+    assert blob_name("p", "dir./back\\slash\x01") == "p/dir\uff0e/back\uff3cslash\u2401"
+    assert blob_name("", os.fsdecode(b"caf\xe9.txt")) == "caf\u201bE9.txt"
     assert format_mtime(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
     assert format_mtime(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
     assert parse_mtime("2023-11-14T22:13:20.1234Z") == 1_700_000_000_123_400_000
