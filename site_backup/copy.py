@@ -6,7 +6,6 @@ import base64
 import errno
 import hashlib
 import itertools
-import mimetypes
 import os
 import queue
 import stat
@@ -17,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+from .content_types import content_type as content_type_of
 from .errors import FileChangedError, describe, error_code, is_transient
 from .files import FileEntry, Problem, display_path, special_file_reason
 from .names import encode_path
@@ -258,7 +258,7 @@ def _copy_once(root, entry, store, prefix, options, attempt) -> FileOutcome:
             return FileOutcome(entry.path, "unchanged", size=size, changed_retries=attempt)
         if options.dry_run:
             return FileOutcome(entry.path, "uploaded", bytes_uploaded=size, size=size, changed_retries=attempt)
-        content_type = mimetypes.guess_type(entry.path)[0] or "application/octet-stream"
+        content_type = content_type_of(entry.path)
         metadata = {MTIME_KEY: format_mtime(before.st_mtime_ns)}
         if size <= options.block_size:
             _put_whole(f, before, store, name, content_type, metadata)

@@ -85,7 +85,7 @@ def test_blob_properties_md5_type_mtime(storage, checkpoints, container_name, ma
     backup_site_content(str(root), container=container_name)
     props = storage.container(container_name).get_blob_client("index.html").get_blob_properties()
     assert bytes(props.content_settings.content_md5) == hashlib.md5(b"<html></html>").digest()
-    assert props.content_settings.content_type == "text/html"
+    assert props.content_settings.content_type == "text/html; charset=utf-8"
     assert parse_mtime(props.metadata["mtime"]) == os.stat(root / "index.html").st_mtime_ns
 
 

@@ -38,7 +38,7 @@ def test_uploads_every_file_with_md5_type_and_mtime(make_tree):
     assert by_status(outcomes) == {"uploaded": {"index.html", "img/logo.png", "empty"}}
     blob = store.blobs["pre/index.html"]
     assert blob.data == b"<html>hi</html>" and blob.content_md5 == hashlib.md5(blob.data).digest()
-    assert blob.content_type == "text/html"
+    assert blob.content_type == "text/html; charset=utf-8"
     assert parse_mtime(blob.metadata["mtime"]) == os.stat(root / "index.html").st_mtime_ns
     assert store.blobs["pre/empty"].data == b"" and store.blobs["pre/img/logo.png"].content_type == "image/png"
 
