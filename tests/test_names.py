@@ -21,6 +21,11 @@ KNOWN = [
     (".", "\uff0e"),
     ("mid.dle", "mid.dle"),
     ("fw-end\uff0e", "fw-end\u201b\uff0e"),
+    # rclone 1.75 writes these names too, but reads the first back as "x\u201b\uff0e" (its
+    # Decode takes the quote before the final U+FF0E as quoting it, although that quote is
+    # itself quoted): `rclone check` then reports the file on both sides. We decode it right.
+    ("x\u201b.", "x\u201b\u201b\uff0e"),
+    ("y\u201b\uff0e", "y\u201b\u201b\u201b\uff0e"),
     ("fw\uff0emid", "fw\uff0emid"),
     ("fw\uff3cback", "fw\u201b\uff3cback"),
     ("fw\uff0fslash", "fw\u201b\uff0fslash"),
