@@ -8,4 +8,4 @@ __version__ = "0.1.0"  # as in pyproject.toml; sent in the User-Agent of storage
 
 # Part of every checkpoint key: bump it when what a finished batch means changes
 # (blob naming, metadata, integrity rules), so old checkpoints stop matching.
-CHECKPOINT_VERSION = "1"
+CHECKPOINT_VERSION = "2"  # 2: names encoded as rclone does for Azure Blob

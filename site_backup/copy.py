@@ -6,7 +6,6 @@ import base64
 import errno
 import hashlib
 import itertools
-import mimetypes
 import os
 import queue
 import stat
@@ -19,8 +18,10 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Callable, NamedTuple
 
+from .content_types import content_type as content_type_of
 from .errors import FileChangedError, describe, error_code, is_transient
 from .files import FileEntry, Problem, display_path, root_problem, special_file_reason
+from .names import encode_path
 from .remote import RemoteLookup
 from .storage import MTIME_KEY, BlobStore, format_mtime
 
@@ -106,8 +107,10 @@ class BatchResult:
 
 
 def blob_name(prefix: str, path: str) -> str:
-    """The blob for a file: the prefix, then the path relative to the root, unchanged."""
-    return f"{prefix}/{path}" if prefix else path
+    """The blob for a file: the prefix, then the path relative to the root with each name
+    encoded as rclone does for Azure Blob (ordinary names stay as they are)."""
+    name = encode_path(path)
+    return f"{prefix}/{name}" if prefix else name
 
 
 def blob_name_problem(name: str) -> str | None:
@@ -274,7 +277,7 @@ def _copy_once(root, entry, store, prefix, options, attempt, remote=None) -> Fil
             return FileOutcome(entry.path, "unchanged", size=size, changed_retries=attempt)
         if options.dry_run:
             return FileOutcome(entry.path, "uploaded", bytes_uploaded=size, size=size, changed_retries=attempt)
-        content_type = mimetypes.guess_type(entry.path)[0] or "application/octet-stream"
+        content_type = content_type_of(entry.path)
         metadata = {MTIME_KEY: format_mtime(before.st_mtime_ns)}
         reread = may_still_be_written(before)
         if size <= options.block_size:

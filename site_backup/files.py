@@ -74,11 +74,6 @@ def display_path(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _has_undecodable_bytes(name: str) -> bool:
-    # os.scandir maps bytes that are not UTF-8 to lone surrogates (surrogateescape).
-    return any("\udc80" <= ch <= "\udcff" for ch in name)
-
-
 def compile_patterns(patterns: Iterable[str]) -> list[re.Pattern[str]]:
     """Compile rclone-style globs: `*` and `?` stay inside one path segment, `**` crosses
     segments, `[a-z]` / `[!a-z]` are character classes, `{a,b}` alternatives, `\\` makes the
@@ -241,7 +236,7 @@ def walk_tree(
     listing: FileListing | None = None,
 ) -> Iterator[FileEntry]:
     """Yield every regular file under `root` in a stable order, recording in `listing`
-    what was skipped (links, special files), failed (unreadable folders, bad names) or
+    what was skipped (links, special files), failed (unreadable folders or files) or
     excluded. Links are followed only on request, never out of the root or in a loop;
     special files are never opened."""
     listing = listing if listing is not None else FileListing()
@@ -276,11 +271,6 @@ def walk_tree(
                 continue
             if (includes and not _matches(includes, rel)) or _matches(excludes, rel):
                 listing.excluded += 1
-                continue
-            if _has_undecodable_bytes(rel):
-                listing.failed.append(
-                    Problem(display_path(rel), "name is not valid UTF-8, so it cannot be a blob name: rename the file")
-                )
                 continue
             yield found
         # Reversed so the first folder in name order is walked first.
@@ -353,7 +343,8 @@ def make_batches(files: Iterable[FileEntry], max_files: int, max_bytes: int) -> 
             batch, size = [], 0
         batch.append(f)
         size += f.size
-        natural_cut = zlib.crc32(f.path.encode("utf-8")) % max_files == 0
+        # A name that is not UTF-8 arrives with surrogate escapes: hash its bytes.
+        natural_cut = zlib.crc32(f.path.encode("utf-8", "surrogateescape")) % max_files == 0
         if natural_cut or len(batch) >= max_files:
             yield batch
             batch, size = [], 0

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, NamedTuple
 
 from .errors import ConfigurationError, describe, error_code, is_transient
 from .files import Problem, display_path
+from .names import decode_path
 from .storage import RemoteBlob
 
 MiB = 2**20
@@ -54,42 +55,41 @@ class RestorePlan:
 
 
 def unsafe_name_reason(path: str) -> str | None:
-    """Why a blob's relative path must not be written under the target, or None if safe.
-    Absolute paths, `..`, `.` and empty segments, backslashes (separators on Windows) and
-    NUL are refused; so are names too long for a file system. Other control characters
-    (a tab, a newline) are legal in file names here, and backups hold them, so they pass."""
+    """Why a decoded relative path must not be written under the target, or None if it is
+    a legal POSIX path that stays inside. Absolute paths, `..`, `.` and empty segments, NUL
+    and names over 255 bytes are refused. A backslash, a control character or bytes that
+    are not UTF-8 (surrogate escapes) are ordinary in a Linux file name, so they pass."""
     if not path:
         return "empty name"
     if path.startswith("/"):
         return "absolute path"
-    if "\\" in path:
-        return "backslash in the name (a folder separator on Windows)"
     if "\0" in path:
         return "NUL in the name"
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         return "'..', '.' or empty path segment"
-    if any(len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts):
+    if any(len(os.fsencode(p)) > 255 for p in parts):
         return "a path segment is longer than 255 bytes"
     return None
 
 
 def plan_restore(blobs: Iterable[tuple[str, RemoteBlob]], prefix: str, max_files: int, max_bytes: int) -> RestorePlan:
-    """Turn the blobs under `prefix` into batches of files to restore; unsafe names are
-    refused here (and checked again before any write)."""
+    """Turn the blobs under `prefix` into batches of files to restore, each under the file
+    name its blob name encodes; unsafe names are refused here (and checked again before
+    any write)."""
     from .files import Batch, make_batches
 
     plan = RestorePlan()
     start = len(prefix) + 1 if prefix else 0
     entries = []
     for name, blob in blobs:
-        path = name[start:]
+        path = decode_path(name[start:])
         if blob.folder or name.endswith("/"):
             _plan_folder(plan, name, path, blob)
             continue
         reason = unsafe_name_reason(path)
         if reason:
-            plan.refused.append(Problem(display_path(name), f"refused, would not stay inside the target: {reason}"))
+            plan.refused.append(Problem(display_path(path), f"refused, would not stay inside the target: {reason}"))
             continue
         # The file's own time as a tool stored it, else when the blob was written.
         mtime_ns = blob.mtime_ns if blob.mtime_ns is not None else blob.last_modified_ns
@@ -103,14 +103,14 @@ def _plan_folder(plan: RestorePlan, name: str, path: str, blob: RemoteBlob) -> N
     Its Last-Modified is when the marker was written, not the folder's time: not used."""
     if blob.size:
         what = "folder marker (metadata hdi_isfolder)" if blob.folder else "name ending in '/'"
-        plan.refused.append(Problem(display_path(name), f"refused: a {what} holds {blob.size} bytes"))
+        plan.refused.append(Problem(display_path(path), f"refused: a {what} holds {blob.size} bytes"))
         return
     path = path[:-1] if path.endswith("/") else path
     if not path:
         return  # the marker of the prefix itself: the target
     reason = unsafe_name_reason(path)
     if reason:
-        plan.refused.append(Problem(display_path(name), f"refused, would not stay inside the target: {reason}"))
+        plan.refused.append(Problem(display_path(path), f"refused, would not stay inside the target: {reason}"))
         return
     plan.folders.append(FolderEntry(path, name, blob.mtime_ns))
 

@@ -7,7 +7,7 @@ from typing import Iterable
 from pydantic import BaseModel, Field
 
 from .copy import BatchResult
-from .files import FileListing
+from .files import FileListing, display_path
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -149,8 +149,9 @@ def _path(p: FileProblem) -> str:
 
 
 def _problems(problems) -> list[FileProblem]:
-    """The summary's form of (path, reason) pairs from a listing or a batch result."""
-    return [FileProblem(path=p.path, reason=p.reason) for p in problems]
+    """The summary's form of (path, reason) pairs from a listing or a batch result; paths
+    printable (a restored name that is not UTF-8 shows its bytes as \\xNN)."""
+    return [FileProblem(path=display_path(p.path), reason=p.reason) for p in problems]
 
 
 class VerifySummary(BaseModel):
@@ -286,7 +287,7 @@ def summarize_restore(refused, results, *, source: str, target: str, duration_se
         s.files_unchanged += result.files_unchanged
         s.bytes_total += result.bytes_total
         s.bytes_restored += result.bytes_restored
-        s.unverified += result.unverified
+        s.unverified += map(display_path, result.unverified)
         s.failed += _problems(result.failed)
     s.failed.sort(key=_path)
     s.files_refused, s.files_failed = len(s.refused), len(s.failed)

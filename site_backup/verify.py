@@ -10,6 +10,7 @@ from typing import Iterable, Mapping
 
 from .copy import blob_name
 from .files import FileEntry, Problem, display_path
+from .names import decode_path
 from .storage import BlobStore, RemoteBlob
 
 MiB = 2**20
@@ -73,6 +74,8 @@ def verify_batch(root: str, batch: list[FileEntry], remote: Mapping[str, RemoteB
 
 
 def extra_blobs(remote: Iterable[str], batches: Iterable[list[FileEntry]], prefix: str) -> list[str]:
-    """Blobs under the prefix with no file in the tree (deleted or excluded files)."""
+    """Blobs under the prefix with no file in the tree (deleted or excluded files), as the
+    paths they stand for relative to the prefix: the form `missing` reports files in."""
     expected = {blob_name(prefix, f.path) for batch in batches for f in batch}
-    return sorted(name for name in remote if name not in expected)
+    start = len(prefix) + 1 if prefix else 0
+    return sorted(display_path(decode_path(name[start:])) for name in remote if name not in expected)

@@ -85,7 +85,7 @@ def test_blob_properties_md5_type_mtime(storage, checkpoints, container_name, ma
     backup_site_content(str(root), container=container_name)
     props = storage.container(container_name).get_blob_client("index.html").get_blob_properties()
     assert bytes(props.content_settings.content_md5) == hashlib.md5(b"<html></html>").digest()
-    assert props.content_settings.content_type == "text/html"
+    assert props.content_settings.content_type == "text/html; charset=utf-8"
     assert parse_mtime(props.metadata["mtime"]) == os.stat(root / "index.html").st_mtime_ns
 
 
@@ -144,17 +144,18 @@ def test_sas_connection_string_backs_up(azurite, monkeypatch, checkpoints, conta
 
 
 def test_per_file_problems_are_reported_and_the_rest_is_backed_up(storage, checkpoints, container_name, make_tree):
-    root = make_tree({"ok.txt": b"fine", "real/x.txt": b"x"})
+    too_deep = "/".join(["d"] * 260) + "/f.txt"  # more segments than Azure allows
+    root = make_tree({"ok.txt": b"fine", "real/x.txt": b"x", too_deep: b"deep"})
     os.symlink("ok.txt", root / "link.txt")
     os.mkfifo(root / "pipe")
-    fd = os.open(os.fsencode(root) + b"/bad\xfe.txt", os.O_CREAT | os.O_WRONLY)
+    fd = os.open(os.fsencode(root) + b"/bad\xfe.txt", os.O_CREAT | os.O_WRONLY)  # not UTF-8: backed up
     os.close(fd)
     summary = backup_site_content(str(root), container=container_name)
     assert summary.outcome == "incomplete" and summary.exit_code == 1
     assert {p.path for p in summary.skipped} == {"link.txt", "pipe"}
-    assert [p.path for p in summary.failed] == ["bad\\xfe.txt"]
-    assert summary.files_total == 5 and summary.files_uploaded == 2
-    assert read_container(storage, container_name) == {"ok.txt": b"fine", "real/x.txt": b"x"}
+    assert [p.path for p in summary.failed] == [too_deep]
+    assert summary.files_total == 6 and summary.files_uploaded == 3
+    assert read_container(storage, container_name) == {"ok.txt": b"fine", "real/x.txt": b"x", "bad\u201bFE.txt": b""}
     state = backup_site_content(str(root), container=container_name, return_state=True)
     assert (state.type.value, state.name) == ("COMPLETED", "Incomplete") and "1 file(s) failed" in state.message
     assert state.result().files_failed == 1

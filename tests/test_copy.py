@@ -43,7 +43,7 @@ def test_uploads_every_file_with_md5_type_and_mtime(make_tree):
     assert by_status(outcomes) == {"uploaded": {"index.html", "img/logo.png", "empty"}}
     blob = store.blobs["pre/index.html"]
     assert blob.data == b"<html>hi</html>" and blob.content_md5 == hashlib.md5(blob.data).digest()
-    assert blob.content_type == "text/html"
+    assert blob.content_type == "text/html; charset=utf-8"
     assert parse_mtime(blob.metadata["mtime"]) == os.stat(root / "index.html").st_mtime_ns
     assert store.blobs["pre/empty"].data == b"" and store.blobs["pre/img/logo.png"].content_type == "image/png"
 
@@ -339,6 +339,8 @@ def test_batch_result_counts_and_cached_view(make_tree):
 
 def test_blob_names_and_mtime_format():
     assert blob_name("", "a/b c.txt") == "a/b c.txt" and blob_name("p/q", "x") == "p/q/x"
+    assert blob_name("p", "dir./back\\slash\x01") == "p/dir\uff0e/back\uff3cslash\u2401"
+    assert blob_name("", os.fsdecode(b"caf\xe9.txt")) == "caf\u201bE9.txt"
     assert format_mtime(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
     assert format_mtime(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
     assert parse_mtime("2023-11-14T22:13:20.1234Z") == 1_700_000_000_123_400_000
