@@ -124,6 +124,23 @@ def test_prefect_deployment_run_watch_completes_and_backs_up(stack, make_tree, c
           f"flow itself {flow_run.total_run_time.total_seconds():.1f} s")
 
 
+def test_verify_and_restore_are_deployed_and_the_block_is_the_configured_storage(stack):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_azure.credentials import AzureBlobStorageCredentials
+
+    async def read(client):
+        return {flow: await client.read_deployment_by_name(f"{flow}/local")
+                for flow in ("backup-site-content", "verify-backup", "restore-site-content")}
+
+    deployments = client_call(stack, read)
+    assert all(d.work_pool_name == "site-backup" for d in deployments.values())
+    assert "target_directory" in deployments["restore-site-content"].parameter_openapi_schema["required"]
+    # The block holds what this environment is configured for, not a fixed 127.0.0.1:10000.
+    with temporary_settings(updates={PREFECT_API_URL: stack["api_url"]}):
+        block = AzureBlobStorageCredentials.load("site-backup-storage")
+    assert block.connection_string.get_secret_value() == stack["azurite"].connection_string
+
+
 def test_schedule_made_in_the_api_survives_redeploy_and_runs(stack):
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
