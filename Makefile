@@ -53,11 +53,12 @@ deploy: setup
 # The sample's HTTP start/status API on 127.0.0.1:$(API_PORT), over the Prefect server.
 API_PORT ?= 7071
 api: setup
-	API_PORT=$(API_PORT) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(VENV)/bin/python -m site_backup.http_api
+	API_PORT=$(API_PORT) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$${PREFECT_PORT:-4200}/api} $(VENV)/bin/python -m site_backup.http_api
 
 # Back up ROOT (default: the shipped sample site) into the local Azurite.
 run: setup azurite server
-	$(VENV)/bin/python flows/backup_site_content.py "$(ROOT)" --container "$(CONTAINER)"
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$${PREFECT_PORT:-4200}/api} \
+	  $(VENV)/bin/python flows/backup_site_content.py "$(ROOT)" --container "$(CONTAINER)"
 	@echo
 	@echo "List the blobs: $(VENV)/bin/python scripts/list-blobs $(CONTAINER)"
 	@echo "Runs, logs and the summary artifact: http://127.0.0.1:4200 (Prefect UI). Stop services: make stop"

@@ -17,7 +17,8 @@ from .storage import AzureBlobStore, RetryLog
 # Azurite's well-known development account: public, documented, and only valid on an emulator.
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-AZURITE_URL = "http://127.0.0.1:10000/devstoreaccount1"
+# Where `make azurite` starts it (AZURITE_PORT moves it).
+AZURITE_URL = f"http://127.0.0.1:{os.environ.get('AZURITE_PORT') or 10000}/devstoreaccount1"
 
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 
