@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from prefect import flow, unmapped
+from prefect.utilities.annotations import quote
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.destination import Destination
@@ -42,7 +43,8 @@ def verify_backup(
     )
     destination, _ = prepare_destination(destination, create=False)
     remote = list_blobs(destination)
-    futures = verify_batch.map(unmapped(listing.root), listing.batches, unmapped(remote), unmapped(destination))
+    # quote: Prefect would otherwise walk every blob of the listing for each batch it submits.
+    futures = verify_batch.map(unmapped(listing.root), listing.batches, unmapped(quote(remote)), unmapped(destination))
     summary = summarize_verify(
         listing, futures.result(), extra_blobs(remote, listing.batches, destination.prefix),
         root=listing.root, destination=destination.describe(), duration_seconds=time.monotonic() - started,
