@@ -49,6 +49,17 @@ class BackupSummary(BaseModel):
 
     def to_text(self) -> str:
         """Aligned text for a terminal or a log."""
+        return render(self.rows(), self.sections())
+
+    def to_markdown(self) -> str:
+        """The summary as a Prefect markdown artifact: a table, then the problems."""
+        return render_markdown(f"Backup {self.outcome}" + (" (dry run)" if self.dry_run else ""), self.rows(),
+                               self.sections())
+
+    def sections(self):
+        return (("Skipped", self.skipped), ("Failed", self.failed))
+
+    def rows(self) -> list[tuple[str, str]]:
         verb = "would upload" if self.dry_run else "uploaded"
         secs = max(self.duration_seconds, 1e-9)
         rows = [
@@ -65,12 +76,7 @@ class BackupSummary(BaseModel):
         ]
         if self.error:
             rows.append(("Error", self.error))
-        return render(rows, (("Skipped", self.skipped), ("Failed", self.failed)))
-
-    def to_markdown(self) -> str:
-        """The summary as a Prefect markdown artifact."""
-        text = self.to_text().replace("|", "\\|")
-        return f"# Backup {self.outcome}\n\n```\n{text}\n```\n"
+        return rows
 
 
 def render(rows: list[tuple[str, str]], sections) -> str:
@@ -83,6 +89,24 @@ def render(rows: list[tuple[str, str]], sections) -> str:
             pad = min(max(len(p.path) for p in problems), 60)
             lines.extend(f"  {p.path:<{pad}}  {p.reason}" for p in problems)
     return "\n".join(lines)
+
+
+def render_markdown(title: str, rows: list[tuple[str, str]], sections, limit: int = 100) -> str:
+    """A markdown artifact: the rows as a two-column table, then each non-empty list of
+    problems as a table (the first `limit`; the full lists are in the run's result)."""
+    lines = [f"# {title}", "", "| | |", "| --- | --- |"]
+    lines += [f"| **{label}** | {_cell(value)} |" for label, value in rows]
+    for title_, problems in sections:
+        if problems:
+            lines += ["", f"## {title_} ({len(problems)})", "", "| path | reason |", "| --- | --- |"]
+            lines += [f"| `{_cell(p.path)}` | {_cell(p.reason)} |" for p in problems[:limit]]
+            if len(problems) > limit:
+                lines.append(f"| ... | and {len(problems) - limit} more: see the run's result or --json |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("`", "'")
 
 
 def human_bytes(n: int) -> str:
@@ -181,7 +205,23 @@ class VerifySummary(BaseModel):
         return EXIT_OK if self.outcome == "verified" else EXIT_INCOMPLETE
 
     def to_text(self) -> str:
-        rows = [
+        lines = [render(self.rows(), self.sections())]
+        if self.extra:
+            lines.append(f"Extra ({len(self.extra)}):")
+            lines.extend(f"  {name}" for name in self.extra[:50])
+            if len(self.extra) > 50:
+                lines.append(f"  ... and {len(self.extra) - 50} more (see --json)")
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """The summary as a markdown table; the differences are a table artifact of their own."""
+        return render_markdown(f"Verify: {self.outcome}", self.rows(), ())
+
+    def sections(self):
+        return (("Missing", self.missing), ("Different", self.different), ("Unreadable", self.unreadable))
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [
             ("Source", self.root),
             ("Destination", self.destination),
             ("Files", f"{self.files_total} total, {self.files_matching} matching, {self.files_missing} missing, "
@@ -190,14 +230,6 @@ class VerifySummary(BaseModel):
             ("Checked", f"{human_bytes(self.bytes_checked)} in {self.duration_seconds:.1f} s"),
             ("Outcome", self.outcome),
         ]
-        lines = [render(rows, (("Missing", self.missing), ("Different", self.different),
-                               ("Unreadable", self.unreadable)))]
-        if self.extra:
-            lines.append(f"Extra ({len(self.extra)}):")
-            lines.extend(f"  {name}" for name in self.extra[:50])
-            if len(self.extra) > 50:
-                lines.append(f"  ... and {len(self.extra) - 50} more (see --json)")
-        return "\n".join(lines)
 
     def table_rows(self, limit: int = 1000) -> list[dict[str, str]]:
         """Rows for a Prefect table artifact: one per difference."""
@@ -256,8 +288,17 @@ class RestoreSummary(BaseModel):
         return EXIT_OK if self.outcome == "completed" else EXIT_INCOMPLETE
 
     def to_text(self) -> str:
+        return render(self.rows(), self.sections())
+
+    def to_markdown(self) -> str:
+        return render_markdown(f"Restore {self.outcome}", self.rows(), self.sections())
+
+    def sections(self):
+        return (("Refused", self.refused), ("Failed", self.failed))
+
+    def rows(self) -> list[tuple[str, str]]:
         secs = max(self.duration_seconds, 1e-9)
-        rows = [
+        return [
             ("Source", self.source),
             ("Target", self.target),
             ("Files", f"{self.files_total} total, {self.files_restored} restored, {self.files_unchanged} unchanged, "
@@ -268,10 +309,6 @@ class RestoreSummary(BaseModel):
             ("Duration", f"{self.duration_seconds:.1f} s ({self.bytes_restored / 2**20 / secs:.1f} MiB/s)"),
             ("Outcome", self.outcome),
         ]
-        return render(rows, (("Refused", self.refused), ("Failed", self.failed)))
-
-    def to_markdown(self) -> str:
-        return f"# Restore {self.outcome}\n\n```\n{self.to_text()}\n```\n"
 
 
 def summarize_restore(refused, results, *, source: str, target: str, duration_seconds: float) -> RestoreSummary:

@@ -13,9 +13,7 @@ from prefect.artifacts import (
 
 from prefect.states import Completed, Failed
 
-from site_backup.summary import BackupSummary, RestoreSummary, RunFailed, VerifySummary
-
-PROGRESS_FORMAT = "{files_done}/{files_total} files, {bytes_done}/{bytes_total} bytes"
+from site_backup.summary import BackupSummary, RestoreSummary, RunFailed, VerifySummary, human_bytes
 
 
 class ProgressArtifact:
@@ -49,8 +47,8 @@ class ProgressArtifact:
             artifact_id=self.id, artifact=ArtifactUpdate(data=percent, description=self._text(), metadata_=counts))
 
     def _text(self) -> str:
-        return PROGRESS_FORMAT.format(files_done=self.files_done, files_total=self.files_total,
-                                      bytes_done=self.bytes_done, bytes_total=self.bytes_total)
+        return (f"{self.files_done} of {self.files_total} files, "
+                f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}")
 
 
 def progress_counts(files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> dict[str, str]:
@@ -72,18 +70,28 @@ def failed_state(summary):
 
 
 def publish_summary(summary: BackupSummary) -> None:
-    """The summary as a markdown artifact on the flow run."""
+    """The summary as a markdown artifact on the flow run, and the files that were skipped
+    or failed as a table artifact when there are any."""
+    verb = "would upload" if summary.dry_run else "uploaded"
     create_markdown_artifact(
         markdown=summary.to_markdown(),
         key="backup-summary",
-        description=f"Backup {summary.outcome}: {summary.files_uploaded} files uploaded, {summary.files_failed} failed",
+        description=f"Backup {summary.outcome}: {summary.files_uploaded} files {verb}, {summary.files_failed} failed",
     )
+    _problem_table("backup-problems", "Files not backed up, with the reason",
+                   (("failed", summary.failed), ("skipped", summary.skipped)))
+
+
+def _problem_table(key: str, description: str, kinds, limit: int = 1000) -> None:
+    rows = [{"kind": kind, "path": p.path, "reason": p.reason} for kind, problems in kinds for p in problems]
+    if rows:
+        create_table_artifact(table=rows[:limit], key=key, description=description)
 
 
 def publish_verify_summary(summary: VerifySummary) -> None:
     """The verify summary as markdown, and its differences as a table."""
     create_markdown_artifact(
-        markdown=f"# Verify: {summary.outcome}\n\n```\n{summary.to_text()}\n```\n",
+        markdown=summary.to_markdown(),
         key="verify-summary",
         description=f"Verify {summary.outcome}: {summary.files_missing} missing, {summary.files_different} different",
     )
@@ -99,3 +107,5 @@ def publish_restore_summary(summary: RestoreSummary) -> None:
         key="restore-summary",
         description=f"Restore {summary.outcome}: {summary.files_restored} restored, {summary.files_failed} failed",
     )
+    _problem_table("restore-problems", "Blobs not restored, with the reason",
+                   (("failed", summary.failed), ("refused", summary.refused)))

@@ -134,3 +134,23 @@ def test_a_prefix_too_long_for_any_blob_name_exits_2(tmp_path, capsys, prefix, m
     assert main(never_called, [str(tmp_path), "--prefix", prefix]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: invalid prefix") and message in err
+
+
+def test_summary_markdown_is_a_table_and_a_dry_run_says_so():
+    summary = BackupSummary(root="/r", destination="http://h/c/", files_total=2, files_uploaded=1, files_failed=1,
+                            outcome="incomplete", dry_run=True,
+                            failed=[FileProblem(path="a|b.txt", reason="storage answered 503 ServerBusy")])
+    markdown = summary.to_markdown()
+    assert markdown.startswith("# Backup incomplete (dry run)\n")
+    assert "| **Files** | 2 total, 1 would upload, 0 unchanged, 0 skipped, 1 failed, 0 excluded |" in markdown
+    assert "| `a\\|b.txt` | storage answered 503 ServerBusy |" in markdown and "```" not in markdown
+
+
+def test_progress_description_is_in_human_units(monkeypatch):
+    from tasks import report
+
+    monkeypatch.setattr(report, "create_progress_artifact", lambda **kw: "id")
+    monkeypatch.setattr(report.ProgressArtifact, "_update", lambda self, percent: None)
+    shown = report.ProgressArtifact(44, 11_016_030)
+    shown.advance(44, 11_016_030)
+    assert shown._text() == "44 of 44 files, 10.5 MiB of 10.5 MiB"
