@@ -54,7 +54,37 @@ def backup_site_content(
     blocks_in_flight: int = 4,
 ) -> BackupSummary:
     """List every file under `root_directory`, copy them to `container` in parallel
-    batches, and return the summary (its `bytes_uploaded` is the sample's output)."""
+    batches, and return the summary (its `bytes_uploaded` is the sample's output).
+
+    Args:
+        root_directory: The folder to back up, as a path on the machine that runs the flow (the
+            worker's, for a deployment run).
+        container: Blob container, created when missing: 3-63 lowercase letters, digits and single
+            hyphens.
+        prefix: Blob-name prefix such as site/2026 (blob name = prefix/path); empty for none. At
+            most 1,022 characters.
+        credentials_block: Name of a saved prefect-azure AzureBlobStorageCredentials block; empty to
+            use the worker's environment (AZURE_STORAGE_CONNECTION_STRING,
+            AZURE_STORAGE_ACCOUNT_URL) or the local Azurite.
+        include: Globs of files to back up, e.g. *.html or /logs/**; empty for every file. `*` stays
+            in a folder, `**` crosses folders.
+        exclude: Globs of files and folders to leave out, e.g. cache/**; exclude wins over include.
+        follow_symlinks: Follow links whose target is inside the root (never outside it, never
+            around a loop).
+        dry_run: Compare and report what would be uploaded; upload nothing and write no checkpoint.
+        refresh: Ignore the checkpoints of earlier runs and compare every file with its blob again.
+        checkpoint_block: Name of a saved AzureBlobStorageContainer block to keep checkpoints in, so
+            a run on another worker resumes too; empty for the local Prefect home.
+        checkpoint_days: Do not trust checkpoints older than this many days; empty: they never
+            expire.
+        files_per_batch: Most files one copy task handles (a whole number, 1 or more).
+        mib_per_batch: About how many MiB one copy task handles (1 or more).
+        files_in_flight: Files copied at once across all copy tasks (1 or more).
+        single_put_mib: Files up to this many MiB go up in one request; larger ones in blocks (1 or
+            more).
+        block_size_mib: Size of one block of a large file, in MiB (1 or more).
+        blocks_in_flight: Blocks of one large file sent at once (1 or more).
+    """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
     listing = list_files(

@@ -41,7 +41,22 @@ def restore_site_content(
     files_per_batch: int = 1000,
     mib_per_batch: int = 256,
 ) -> RestoreSummary:
-    """Restore every blob under `prefix` in `container` into `target_directory`."""
+    """Restore every blob under `prefix` in `container` into `target_directory`.
+
+    Args:
+        container: Blob container holding the backup.
+        target_directory: Folder to restore into, on the machine that runs the flow (created when
+            missing).
+        prefix: Restore only the blobs under this prefix; it is not part of the restored paths.
+        credentials_block: Name of a saved prefect-azure AzureBlobStorageCredentials block; empty to
+            use the worker's environment (AZURE_STORAGE_CONNECTION_STRING,
+            AZURE_STORAGE_ACCOUNT_URL) or the local Azurite.
+        overwrite: Replace files in the target that differ from the backup (otherwise they are
+            reported and kept).
+        refresh: Ignore the checkpoints of an interrupted restore and check every file again.
+        files_per_batch: Most files one restore task handles (1 or more).
+        mib_per_batch: About how many MiB one restore task handles (1 or more).
+    """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
     destination, _ = prepare_destination(destination, create=False)

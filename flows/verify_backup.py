@@ -35,7 +35,24 @@ def verify_backup(
     mib_per_batch: int = 256,
 ) -> VerifySummary:
     """Compare the tree with the container without uploading: missing, different and
-    extra blobs."""
+    extra blobs.
+
+    Args:
+        root_directory: The folder that was backed up, as a path on the machine that runs the flow.
+        container: Blob container holding the backup (never created by verify).
+        prefix: Blob-name prefix such as site/2026 (blob name = prefix/path); empty for none. At
+            most 1,022 characters.
+        credentials_block: Name of a saved prefect-azure AzureBlobStorageCredentials block; empty to
+            use the worker's environment (AZURE_STORAGE_CONNECTION_STRING,
+            AZURE_STORAGE_ACCOUNT_URL) or the local Azurite.
+        include: Globs of files to back up, e.g. *.html or /logs/**; empty for every file. `*` stays
+            in a folder, `**` crosses folders.
+        exclude: Globs of files and folders to leave out, e.g. cache/**; exclude wins over include.
+        follow_symlinks: Follow links whose target is inside the root (never outside it, never
+            around a loop).
+        files_per_batch: Most files one verify task checks (1 or more).
+        mib_per_batch: About how many MiB one verify task reads (1 or more).
+    """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
     listing = list_files(

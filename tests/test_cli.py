@@ -154,3 +154,17 @@ def test_progress_description_is_in_human_units(monkeypatch):
     shown = report.ProgressArtifact(44, 11_016_030)
     shown.advance(44, 11_016_030)
     assert shown._text() == "44 of 44 files, 10.5 MiB of 10.5 MiB"
+
+
+@pytest.mark.parametrize("module,name", [("flows.backup_site_content", "backup_site_content"),
+                                         ("flows.verify_backup", "verify_backup"),
+                                         ("flows.restore_site_content", "restore_site_content")])
+def test_every_flow_parameter_has_a_description_for_the_ui_form(module, name):
+    import importlib
+
+    from prefect.utilities.callables import parameter_schema
+
+    flow = getattr(importlib.import_module(module), name)
+    properties = parameter_schema(flow.fn).model_dump_for_openapi()["properties"]
+    missing = [p for p, spec in properties.items() if not spec.get("description")]
+    assert not missing, f"{name}: no description for {missing}"
