@@ -20,7 +20,8 @@ class FileProblem(BaseModel):
 class BackupSummary(BaseModel):
     """What a run did. `outcome` is "completed" when every file is backed up (or was
     skipped by rule, such as a link), "incomplete" when some files failed, "failed" when the
-    run could not go on (the root vanished; `error` says why); both exit with code 1."""
+    run could not go on (the root vanished, storage stopped answering, the run was stopped;
+    `error` says why); both exit with code 1."""
 
     outcome: str = "completed"
     error: str = ""
@@ -110,11 +111,11 @@ def summarize(
     s.files_excluded = listing.excluded
     skipped = _problems(listing.skipped)
     failed = _problems(listing.failed)
-    root_lost = ""
+    run_error = ""
     for result, from_checkpoint in results:
         if from_checkpoint:
             result = result.as_cached()
-        root_lost = root_lost or result.root_lost
+        run_error = run_error or result.run_error
         s.batches += 1
         s.batches_from_checkpoint += from_checkpoint
         s.files_uploaded += result.files_uploaded
@@ -128,8 +129,8 @@ def summarize(
     s.files_skipped, s.files_failed = len(skipped), len(failed)
     s.files_total = s.files_uploaded + s.files_unchanged + s.files_skipped + s.files_failed
     s.outcome = "incomplete" if s.files_failed else "completed"
-    if root_lost:
-        s.outcome, s.error = "failed", root_lost
+    if run_error:
+        s.outcome, s.error = "failed", run_error
     return s
 
 
@@ -161,6 +162,7 @@ class VerifySummary(BaseModel):
     delete."""
 
     outcome: str = "verified"
+    error: str = ""  # outcome "failed": why the verify could not finish (storage stopped answering)
     root: str = ""
     destination: str = ""
     files_total: int = 0
@@ -190,6 +192,8 @@ class VerifySummary(BaseModel):
             ("Checked", f"{human_bytes(self.bytes_checked)} in {self.duration_seconds:.1f} s"),
             ("Outcome", self.outcome),
         ]
+        if self.error:
+            rows.append(("Error", self.error))
         lines = [render(rows, (("Missing", self.missing), ("Different", self.different),
                                ("Unreadable", self.unreadable)))]
         if self.extra:
@@ -235,6 +239,7 @@ class RestoreSummary(BaseModel):
     already there, "incomplete" when some failed or were refused (exit code 1)."""
 
     outcome: str = "completed"
+    error: str = ""  # outcome "failed": why the restore could not go on (storage stopped answering, stopped)
     source: str = ""
     target: str = ""
     files_total: int = 0
@@ -268,6 +273,8 @@ class RestoreSummary(BaseModel):
             ("Duration", f"{self.duration_seconds:.1f} s ({self.bytes_restored / 2**20 / secs:.1f} MiB/s)"),
             ("Outcome", self.outcome),
         ]
+        if self.error:
+            rows.append(("Error", self.error))
         return render(rows, (("Refused", self.refused), ("Failed", self.failed)))
 
     def to_markdown(self) -> str:
@@ -281,6 +288,7 @@ def summarize_restore(refused, results, *, source: str, target: str, duration_se
     for result, from_checkpoint in results:
         if from_checkpoint:
             result = result.as_cached()
+        s.error = s.error or result.run_error
         s.batches += 1
         s.batches_from_checkpoint += from_checkpoint
         s.files_restored += result.files_restored
@@ -292,5 +300,5 @@ def summarize_restore(refused, results, *, source: str, target: str, duration_se
     s.failed.sort(key=_path)
     s.files_refused, s.files_failed = len(s.refused), len(s.failed)
     s.files_total = s.files_restored + s.files_unchanged + s.files_refused + s.files_failed
-    s.outcome = "incomplete" if (s.files_refused or s.files_failed) else "completed"
+    s.outcome = "failed" if s.error else "incomplete" if (s.files_refused or s.files_failed) else "completed"
     return s
