@@ -14,7 +14,7 @@ import urllib.request
 from .destination import Destination, prepare
 from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
-from .retry import STOP, RetryPolicy, RunStopped, request_stop
+from .retry import STOP, RetryPolicy, RunStopped, forget_on_stop, on_stop, request_stop, stop_signal
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
 
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # where `make server` puts it
@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Destination: --credentials-block, else AZURE_STORAGE_CONNECTION_STRING, else "
             "AZURE_STORAGE_ACCOUNT_URL (DefaultAzureCredential), else Azurite at 127.0.0.1:10000. "
-            "Exit codes: 0 all files backed up, 1 some files failed (the rest were backed up), "
-            "2 bad input or configuration (nothing uploaded)."
+            "Exit codes: 0 all files backed up, 1 some files failed (the rest were backed up) or the run "
+            "could not go on (storage stopped answering), 2 bad input or configuration (nothing uploaded), "
+            "130 and 143 stopped by Ctrl-C and SIGTERM (finished batches are checkpointed)."
         ),
     )
     p.add_argument("root", metavar="ROOT", help="folder to back up")
@@ -255,7 +256,8 @@ def build_restore_parser() -> argparse.ArgumentParser:
         description="Restore a backup from Azure Blob Storage (or the local Azurite) into a folder.",
         epilog=(
             "Storage settings as for the backup. Exit codes: 0 every blob restored or already there, "
-            "1 some blobs failed or were refused (the rest were restored), 2 bad input or configuration."
+            "1 some blobs failed or were refused (the rest were restored) or storage stopped answering, "
+            "2 bad input or configuration, 130 and 143 stopped by Ctrl-C and SIGTERM."
         ),
     )
     p.add_argument("container", metavar="CONTAINER", help="blob container holding the backup")
@@ -301,6 +303,7 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
     gc.enable()  # the command-line entry points turn it off while importing
     policy = RetryPolicy(parameters["retries"], parameters["storage_timeout"])
     previous = _handle_stop_signals()
+    on_stop(_grace_timer)  # for this run only: a test process must never leave on its own
     try:
         updates, notice = prefect_settings_for_this_run()
         with temporary_settings(updates=updates):
@@ -327,6 +330,7 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
     finally:
         gc.freeze()  # what the run made is not collected again at exit either
         _restore_signals(previous)
+        forget_on_stop(_grace_timer)
     if STOP.is_set():
         return _stopped(None)
     print(summary.model_dump_json(indent=2) if as_json else summary.to_text())
@@ -350,8 +354,7 @@ def _handle_stop_signals() -> dict:
         if _signal_seen:
             os._exit(128 + _signal_seen[0])
         _signal_seen.append(signum)
-        request_stop(f"stopped by {signal.Signals(signum).name}")
-        threading.Thread(target=_leave_after_grace, args=(signum,), daemon=True).start()
+        request_stop(f"stopped by {signal.Signals(signum).name}", signum)
         raise KeyboardInterrupt if signum == signal.SIGINT else _Stopped()
 
     previous = {}
@@ -363,13 +366,31 @@ def _handle_stop_signals() -> dict:
     return previous
 
 
+class _GraceTimer:
+    """On a stop, however it came (our handler, or Prefect's turning SIGTERM into an
+    exception in the flow), leave after GRACE_SECONDS if the run has not wound down: an SDK
+    download waiting in a socket read cannot be woken."""
+
+    def __init__(self):
+        self.started = False
+
+    def abort_all(self) -> None:
+        if not self.started:
+            self.started = True
+            threading.Thread(target=_leave_after_grace, daemon=True).start()
+
+
+_grace_timer = _GraceTimer()
+
+
 def _restore_signals(previous: dict) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
 
 
-def _leave_after_grace(signum: int) -> None:
+def _leave_after_grace() -> None:
     time.sleep(GRACE_SECONDS)
+    signum = _stop_signal(None)
     sys.stderr.write(f"{_stop_line(signum)} (left requests still waiting after {GRACE_SECONDS:g} s)\n")
     sys.stderr.flush()
     os._exit(128 + signum)
@@ -380,8 +401,15 @@ def _stop_line(signum: int) -> str:
             f"run the same command again to resume")
 
 
+def _stop_signal(exc) -> int:
+    """The signal that stopped the run: ours, Prefect's (SIGTERM) or the stop's."""
+    if _signal_seen:
+        return _signal_seen[0]
+    return getattr(exc, "signal", None) or (stop_signal[0] if stop_signal else signal.SIGINT)
+
+
 def _stopped(exc) -> int:
     """The one line and exit code of a run that was stopped (130 for Ctrl-C, 143 for SIGTERM)."""
-    signum = _signal_seen[0] if _signal_seen else signal.SIGINT
+    signum = _stop_signal(exc)
     print(_stop_line(signum), file=sys.stderr)
     return 128 + signum

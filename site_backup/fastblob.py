@@ -249,6 +249,19 @@ class Response:
         self.status, self.reason, self.headers, self.data = status, reason, headers, data
 
 
+_PIECE = 2**20  # a body above this goes out in pieces of it
+
+
+def _pieces(conn, body: bytes, budget):
+    """`body` in pieces; after each one is sent, storage counts as heard from (it reads)
+    and the next piece gets a fresh timeout."""
+    view = memoryview(body)
+    for start in range(0, len(view), _PIECE):
+        yield view[start : start + _PIECE]
+        budget.heard_from()
+        conn.sock.settimeout(budget.timeout())
+
+
 class _NotConnected(OSError):
     """The connection could not be made (nothing was sent)."""
 
@@ -271,15 +284,17 @@ class Connections:
 
     def request(self, method: str, path: str, body: bytes, headers: dict[str, str], budget=None) -> Response:
         """One request on a kept-alive connection. Timeouts come from `budget` (never past
-        the run's deadline); a body gets extra time to be sent (at 128 KiB/s), so a large
-        upload on a slow link is not cut short while storage takes it in."""
+        the run's deadline). A large body goes out in pieces, each one sent counting as a
+        sign of life: a slow link taking minutes for a big upload is not a silent endpoint,
+        and one that stops reading is found within the timeout."""
         budget = budget or StorageBudget()
         conn = self._idle_connection() or self._connect(budget.connect_timeout())
         with self._busy_lock:
             self.busy.add(conn)
         try:
-            conn.sock.settimeout(budget.timeout() + len(body) / 2**17)
-            conn.request(method, path, body=body or None, headers=headers)
+            conn.sock.settimeout(budget.timeout())
+            conn.request(method, path, body=_pieces(conn, body, budget) if len(body) > _PIECE else body or None,
+                         headers=headers)
             conn.sock.settimeout(budget.timeout())
             response = conn.getresponse()
             data = response.read()

@@ -78,12 +78,15 @@ class RunStopped(Exception):
 
 STOP = threading.Event()
 _stop_reason = ["stopped"]
+stop_signal: list[int] = []  # the signal that stopped the process's runs, once one did
 _abort_callbacks: "weakref.WeakSet" = weakref.WeakSet()
 
 
-def request_stop(reason: str) -> None:
+def request_stop(reason: str, signum: int | None = None) -> None:
     """Stop every run of this process: no new request, retries end, waiting reads wake."""
     _stop_reason[0] = reason
+    if signum is not None and not stop_signal:
+        stop_signal.append(signum)
     STOP.set()
     for target in list(_abort_callbacks):
         try:
@@ -93,8 +96,13 @@ def request_stop(reason: str) -> None:
 
 
 def on_stop(target) -> None:
-    """Register something with an `abort_all()` that wakes its waiting requests."""
+    """Register something with an `abort_all()`, called on a stop (held weakly), such as
+    connections whose waiting requests it wakes."""
     _abort_callbacks.add(target)
+
+
+def forget_on_stop(target) -> None:
+    _abort_callbacks.discard(target)
 
 
 def stops_on_termination(fn):
@@ -107,9 +115,9 @@ def stops_on_termination(fn):
         try:
             return fn(*args, **kwargs)
         except BaseException as exc:
-            if not isinstance(exc, Exception):  # KeyboardInterrupt, Prefect's TerminationSignal
+            if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal":
                 number = getattr(exc, "signal", signal.SIGINT)
-                request_stop(f"stopped by {signal.Signals(number).name}")
+                request_stop(f"stopped by {signal.Signals(number).name}", number)
             raise
 
     return flow_body
@@ -151,6 +159,11 @@ class StorageBudget:
         with self._lock:
             self.last_answer = time.monotonic()
             self.tokens = min(float(self.policy.retries), self.tokens + REFUND)
+
+    def heard_from(self) -> None:
+        """Storage took part of a request in (a piece of a large upload): it is there, though
+        nothing was answered yet."""
+        self.last_answer = max(self.last_answer, time.monotonic())
 
     def timeout(self) -> float:
         """The socket timeout for a request starting now: never past the deadline, so a

@@ -104,7 +104,8 @@ def test_the_budget_is_the_runs_and_successes_earn_retries_back(monkeypatch):
     budget.answered()
     budget.answered()  # two successes earn one retry back
     assert budget.retry(0, "503 ServerBusy", answered=True)
-    with pytest.raises(StorageUnavailable, match=r"http://storage stopped answering \(all 3 retries of the run spent\).*4 requests were tried again"):
+    spent = r"http://storage stopped answering \(all 3 retries of the run spent\).*4 requests were tried again"
+    with pytest.raises(StorageUnavailable, match=spent):
         budget.retry(0, "503 ServerBusy", answered=True)
     with pytest.raises(StorageUnavailable):
         budget.check()  # the run is over for every request
@@ -164,6 +165,24 @@ def test_a_stop_wakes_a_request_waiting_for_an_answer():
         listener.close()
 
 
+def test_storage_that_stops_reading_a_large_upload_is_found_within_the_timeout():
+    from site_backup.fastblob import DirectBlobs, SharedKey
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # connections are accepted by the kernel; nothing reads them
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/devstoreaccount1"
+        blobs = DirectBlobs(url, SharedKey(AZURITE_ACCOUNT, AZURITE_KEY), "2025-11-05", _settings())
+        budget = StorageBudget(RetryPolicy(storage_timeout=1.5), url)
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="timed out"):
+            blobs.stage_block("c", "big.bin", "YmxvY2s=", os.urandom(32 * 2**20), RetryLog(budget))
+        assert time.monotonic() - started < 6  # the body's pieces fill the buffers, then time out
+    finally:
+        listener.close()
+
+
 def _settings():
     from site_backup.destination import StorageSettings
 
@@ -188,7 +207,8 @@ def test_silent_storage_ends_the_command_line_run_within_the_deadline(azurite, p
     assert "timed out" in summary["error"] and "requests were tried again" in summary["error"]
     assert after_silence < SHORT + 8, after_silence  # the deadline, then the process ends
     only_stored_files_reported(summary, files, read_container(azurite, container_name))
-    print(f"\nsilent storage: run ended {after_silence:.1f} s after the last answer (timeout {SHORT} s)")
+    print(f"\nsilent storage: run ended {after_silence:.1f} s after the last answer (timeout {SHORT} s): "
+          f"{summary['error']}")
 
 
 @pytest.mark.parametrize("path", ["direct", "sdk"])
