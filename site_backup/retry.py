@@ -139,7 +139,7 @@ class StorageBudget:
     def __init__(self, policy: RetryPolicy = RetryPolicy(), endpoint: str = ""):
         self.policy, self.endpoint = policy, endpoint
         self._lock = threading.Lock()
-        self.started = self.last_answer = time.monotonic()
+        self.last_answer = time.monotonic()
         self.tokens = float(policy.retries)
         self.retried = 0
         self.last_problem = ""
@@ -206,8 +206,8 @@ class StorageBudget:
             where = f" at {self.endpoint}" if self.endpoint else ""
             self.failure = StorageUnavailable(
                 f"blob storage{where} stopped answering ({why}): its last useful answer came "
-                f"{now - self.last_answer:.0f} s ago; {self.retried} requests were tried again over "
-                f"{now - self.started:.0f} s of this run, the last problem: {self.last_problem or 'none'}. "
+                f"{now - self.last_answer:.0f} s ago; {self.retried} requests were tried again in this run, "
+                f"the last problem: {self.last_problem or 'none'}. "
                 f"The run stopped there: run the same command again once storage answers "
                 f"(--storage-timeout and --retries set how patient a run is)",
                 self.last_problem)
