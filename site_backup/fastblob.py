@@ -214,16 +214,21 @@ class DirectBlobs:
                                       "User-Agent": USER_AGENT})
             extra = self.auth.authorize(method, path, signed, query)
             target = path + ("?" + "&".join(q for q in (encoded, extra) if q) if encoded or extra else "")
+            budget.begin()
             try:
-                response = self.connections.request(method, target, body, signed, budget)
+                response, failure = self.connections.request(method, target, body, signed, budget), None
             except (OSError, http.client.HTTPException) as exc:
+                response, failure = None, exc
+            finally:
+                budget.end()
+            if failure is not None:
                 # Imported on failure only: azure.core costs 20 ms, before the first upload.
                 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
-                kind = ServiceRequestError if isinstance(exc, _NotConnected) else ServiceResponseError
+                kind = ServiceRequestError if isinstance(failure, _NotConnected) else ServiceResponseError
                 # No answer: not this request's failure while the run's budget lasts.
-                if not budget.retry(retry, describe_socket_error(exc), answered=False):
-                    raise kind(describe_socket_error(exc)) from None
+                if not budget.retry(retry, describe_socket_error(failure), answered=False):
+                    raise kind(describe_socket_error(failure)) from None
                 on_retry.add(kind.__name__)
             else:
                 code = response.headers.get("x-ms-error-code") or response.reason or ""

@@ -139,7 +139,11 @@ class StorageBudget:
     def __init__(self, policy: RetryPolicy = RetryPolicy(), endpoint: str = ""):
         self.policy, self.endpoint = policy, endpoint
         self._lock = threading.Lock()
+        # The deadline's start: the last useful answer, or when a request went out with
+        # nothing else in flight and nothing failing (time spent reading files is not silence).
         self.last_answer = time.monotonic()
+        self.in_flight = 0
+        self.troubled = False  # a request failed since the last useful answer
         self.tokens = float(policy.retries)
         self.retried = 0
         self.last_problem = ""
@@ -151,13 +155,25 @@ class StorageBudget:
             raise stopped_error()
         if self.failure is not None:
             raise self.failure
-        if time.monotonic() - self.last_answer > self.policy.storage_timeout:
+        if self.troubled and time.monotonic() - self.last_answer > self.policy.storage_timeout:
             self._fail(f"no useful answer within the storage timeout of {self.policy.storage_timeout:g} s")
+
+    def begin(self) -> None:
+        """A request (attempt) goes out."""
+        with self._lock:
+            if self.in_flight == 0 and not self.troubled:
+                self.last_answer = max(self.last_answer, time.monotonic())
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def answered(self) -> None:
         """A request succeeded or got a definite answer: storage is there."""
         with self._lock:
             self.last_answer = time.monotonic()
+            self.troubled = False
             self.tokens = min(float(self.policy.retries), self.tokens + REFUND)
 
     def heard_from(self) -> None:
@@ -182,6 +198,7 @@ class StorageBudget:
             raise stopped_error()
         with self._lock:
             self.last_problem = problem
+            self.troubled = True
             if self.failure is None and answered and retry >= PER_REQUEST:
                 return False
         self.check()
@@ -231,7 +248,11 @@ def sdk_retry_policy(budget: StorageBudget):
 
         def send(self, request):
             budget.check()
-            response = super().send(request)
+            budget.begin()
+            try:
+                response = super().send(request)
+            finally:
+                budget.end()
             if response.http_response.status_code not in TRANSIENT_STATUSES:
                 budget.answered()
             return response

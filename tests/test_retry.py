@@ -86,8 +86,20 @@ def test_the_default_fails_a_run_within_two_minutes_of_the_last_answer():
     assert 9 <= budget.timeout() <= 10  # a request starting now gives up by the deadline
     assert budget.connect_timeout() <= 10
     budget.last_answer -= 11
+    budget.check()  # no request failed: time spent reading files is not silence
+    budget.troubled = True  # a request failed since the last answer
     with pytest.raises(StorageUnavailable, match="no useful answer within the storage timeout of 60 s.* came 61 s ago"):
         budget.check()
+
+
+def test_time_without_requests_does_not_count_against_the_deadline():
+    # Hashing a large local file for minutes between two requests is no silence of storage.
+    budget = StorageBudget(RetryPolicy(storage_timeout=5))
+    budget.last_answer -= 60
+    budget.check()
+    budget.begin()  # nothing else in flight, nothing failing: the deadline starts now
+    assert budget.timeout() == pytest.approx(5, abs=0.1)
+    budget.end()
 
 
 def test_backoff_is_exponential_with_full_jitter_and_never_past_the_deadline():
