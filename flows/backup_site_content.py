@@ -23,6 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import Destination
 from site_backup.progress import progress
+from site_backup.retry import RetryPolicy, stops_on_termination
 from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
 from tasks.list_files import list_files
@@ -34,6 +35,7 @@ MiB = 2**20
 
 
 @flow(name="backup-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@stops_on_termination
 def backup_site_content(
     root_directory: str,
     container: str = "backups",
@@ -52,6 +54,8 @@ def backup_site_content(
     single_put_mib: int = 64,
     block_size_mib: int = 8,
     blocks_in_flight: int = 4,
+    retries: int = 100,
+    storage_timeout: float = 60.0,
 ) -> BackupSummary:
     """List every file under `root_directory`, copy them to `container` in parallel
     batches, and return the summary (its `bytes_uploaded` is the sample's output).
@@ -84,13 +88,18 @@ def backup_site_content(
             more).
         block_size_mib: Size of one block of a large file, in MiB (1 or more).
         blocks_in_flight: Blocks of one large file sent at once (1 or more).
+        retries: Storage requests the run may try again in total (each success earns half one back);
+            past it the run stops (1 or more).
+        storage_timeout: Seconds without a useful answer from storage before the run stops, failed
+            (more than 0).
     """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
+    policy = RetryPolicy.checked(retries, storage_timeout)
     listing = list_files(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )
-    destination, empty = prepare_destination(destination)
+    destination, empty = prepare_destination(destination, policy=policy)
     if checkpoint_block:
         prepare_checkpoints(checkpoint_block)
     options = CopyOptions(
@@ -103,7 +112,8 @@ def backup_site_content(
     # An empty prefix holds none of what earlier checkpoints describe: make new ones.
     copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days)
     copy_started = time.monotonic()
-    futures = copy.map(unmapped(listing.root), listing.batches, unmapped(destination), unmapped(options))
+    futures = copy.map(unmapped(listing.root), listing.batches, unmapped(destination), unmapped(options),
+                       unmapped(policy))
     batch_of = {future: batch for future, batch in zip(futures, listing.batches)}
     shown = ProgressArtifact(files_total, bytes_total)
     results = []

@@ -20,10 +20,11 @@ from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.destination import Destination
+from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
 from tasks.prepare_destination import prepare_destination
-from tasks.report import final_state, publish_restore_summary
+from tasks.report import failed_state, final_state, publish_restore_summary
 from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
 from tasks.retry import batch_outcome
 
@@ -31,6 +32,7 @@ MiB = 2**20
 
 
 @flow(name="restore-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@stops_on_termination
 def restore_site_content(
     container: str,
     target_directory: str,
@@ -40,6 +42,8 @@ def restore_site_content(
     refresh: bool = False,
     files_per_batch: int = 1000,
     mib_per_batch: int = 256,
+    retries: int = 100,
+    storage_timeout: float = 60.0,
 ) -> RestoreSummary:
     """Restore every blob under `prefix` in `container` into `target_directory`.
 
@@ -56,16 +60,27 @@ def restore_site_content(
         refresh: Ignore the checkpoints of an interrupted restore and check every file again.
         files_per_batch: Most files one restore task handles (1 or more).
         mib_per_batch: About how many MiB one restore task handles (1 or more).
+        retries: Storage requests the run may try again in total (each success earns half one back);
+            past it the run stops (1 or more).
+        storage_timeout: Seconds without a useful answer from storage before the run stops, failed
+            (more than 0).
     """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
-    destination, _ = prepare_destination(destination, create=False)
+    policy = RetryPolicy.checked(retries, storage_timeout)
+    destination, _ = prepare_destination(destination, create=False, policy=policy)
     target, target_identity = prepare_restore_target(target_directory)
     restore_id = open_restore(target_identity, destination)
-    plan = list_backup(destination, files_per_batch, mib_per_batch * MiB)
+    try:
+        plan = list_backup(destination, files_per_batch, mib_per_batch * MiB, policy)
+    except (StorageUnavailable, RunStopped) as exc:  # the run ends, with a summary that says why
+        summary = RestoreSummary(outcome="failed", error=str(exc), source=destination.describe(), target=target,
+                                 duration_seconds=time.monotonic() - started)
+        publish_restore_summary(summary)
+        return failed_state(summary)
     restore = restore_batch.with_options(refresh_cache=True) if refresh else restore_batch
     futures = restore.map(unmapped(target), unmapped(restore_id), plan.batches, unmapped(destination),
-                          unmapped(overwrite))
+                          unmapped(overwrite), unmapped(policy))
     results = [batch_outcome(f, b, lambda failed: RestoreBatchResult(failed=failed))
                for f, b in zip(futures, plan.batches)]
     if plan.folders:
@@ -77,6 +92,8 @@ def restore_site_content(
     if summary.outcome == "completed":
         close_restore(target_identity, destination)
     publish_restore_summary(summary)
+    if summary.outcome == "failed":
+        return failed_state(summary)
     if summary.outcome != "completed":
         return final_state(summary, "Incomplete",
                            f"{summary.files_failed} failed, {summary.files_refused} refused: see the summary")

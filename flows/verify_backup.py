@@ -12,17 +12,19 @@ from prefect.utilities.annotations import quote
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.destination import Destination
+from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.summary import VerifySummary, summarize_verify
 from site_backup.verify import extra_blobs
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_destination
-from tasks.report import final_state, publish_verify_summary
+from tasks.report import failed_state, final_state, publish_verify_summary
 from tasks.verify import list_blobs, verify_batch
 
 MiB = 2**20
 
 
 @flow(name="verify-backup", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@stops_on_termination
 def verify_backup(
     root_directory: str,
     container: str = "backups",
@@ -33,6 +35,8 @@ def verify_backup(
     follow_symlinks: bool = False,
     files_per_batch: int = 1000,
     mib_per_batch: int = 256,
+    retries: int = 100,
+    storage_timeout: float = 60.0,
 ) -> VerifySummary:
     """Compare the tree with the container without uploading: missing, different and
     extra blobs.
@@ -52,14 +56,25 @@ def verify_backup(
             around a loop).
         files_per_batch: Most files one verify task checks (1 or more).
         mib_per_batch: About how many MiB one verify task reads (1 or more).
+        retries: Storage requests the run may try again in total (each success earns half one back);
+            past it the run stops (1 or more).
+        storage_timeout: Seconds without a useful answer from storage before the run stops, failed
+            (more than 0).
     """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
+    policy = RetryPolicy.checked(retries, storage_timeout)
     listing = list_files(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )
-    destination, _ = prepare_destination(destination, create=False)
-    remote = list_blobs(destination)
+    destination, _ = prepare_destination(destination, create=False, policy=policy)
+    try:
+        remote = list_blobs(destination, policy)
+    except (StorageUnavailable, RunStopped) as exc:  # the run ends, with a summary that says why
+        summary = VerifySummary(outcome="failed", error=str(exc), root=listing.root,
+                                destination=destination.describe(), duration_seconds=time.monotonic() - started)
+        publish_verify_summary(summary)
+        return failed_state(summary)
     # quote: Prefect would otherwise walk every blob of the listing for each batch it submits.
     futures = verify_batch.map(unmapped(listing.root), listing.batches, unmapped(quote(remote)), unmapped(destination))
     summary = summarize_verify(

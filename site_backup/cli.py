@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
 import sys
 import threading
+import time
 import urllib.request
 
 from .destination import Destination, prepare
 from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
+from .retry import STOP, RetryPolicy, RunStopped, forget_on_stop, on_stop, request_stop, stop_signal
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
 
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # where `make server` puts it
@@ -24,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Destination: --credentials-block, else AZURE_STORAGE_CONNECTION_STRING, else "
             "AZURE_STORAGE_ACCOUNT_URL (DefaultAzureCredential), else Azurite at 127.0.0.1:10000. "
-            "Exit codes: 0 all files backed up, 1 some files failed (the rest were backed up), "
-            "2 bad input or configuration (nothing uploaded)."
+            "Exit codes: 0 all files backed up, 1 some files failed (the rest were backed up) or the run "
+            "could not go on (storage stopped answering), 2 bad input or configuration (nothing uploaded), "
+            "130 and 143 stopped by Ctrl-C and SIGTERM (finished batches are checkpointed)."
         ),
     )
     p.add_argument("root", metavar="ROOT", help="folder to back up")
@@ -64,7 +68,39 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--block-size-mib", type=_positive, default=8,
                         help="larger files go up in blocks of this size (default 8)")
     tuning.add_argument("--blocks-in-flight", type=_positive, default=4, help="blocks at once per large file (default 4)")
+    add_patience_options(p)
     return p
+
+
+def add_patience_options(p: argparse.ArgumentParser) -> None:
+    """--retries and --storage-timeout: how patient a run is with storage (site_backup/retry.py)."""
+    group = p.add_argument_group("storage retries")
+    group.add_argument("--retries", type=_not_negative, default=RetryPolicy.retries, metavar="N",
+                       help=f"the run's retry budget: storage requests it may try again (each success earns "
+                            f"back half a retry; default {RetryPolicy.retries})")
+    group.add_argument("--storage-timeout", type=_seconds, default=RetryPolicy.storage_timeout, metavar="SECONDS",
+                       help=f"end the run (exit 1) when storage gives no answer for this long "
+                            f"(default {RetryPolicy.storage_timeout:g})")
+
+
+def _not_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -86,7 +122,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
             root_directory=check_root(args.root), container=args.container, prefix=args.prefix,
             credentials_block=args.credentials_block, include=args.include, exclude=args.exclude,
             follow_symlinks=args.follow_symlinks, files_per_batch=args.files_per_batch,
-            mib_per_batch=args.mib_per_batch,
+            mib_per_batch=args.mib_per_batch, retries=args.retries, storage_timeout=args.storage_timeout,
         )
     return dict(
         root_directory=check_root(args.root),
@@ -106,6 +142,8 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         single_put_mib=args.single_put_mib,
         block_size_mib=args.block_size_mib,
         blocks_in_flight=args.blocks_in_flight,
+        retries=args.retries,
+        storage_timeout=args.storage_timeout,
     )
 
 
@@ -218,7 +256,8 @@ def build_restore_parser() -> argparse.ArgumentParser:
         description="Restore a backup from Azure Blob Storage (or the local Azurite) into a folder.",
         epilog=(
             "Storage settings as for the backup. Exit codes: 0 every blob restored or already there, "
-            "1 some blobs failed or were refused (the rest were restored), 2 bad input or configuration."
+            "1 some blobs failed or were refused (the rest were restored) or storage stopped answering, "
+            "2 bad input or configuration, 130 and 143 stopped by Ctrl-C and SIGTERM."
         ),
     )
     p.add_argument("container", metavar="CONTAINER", help="blob container holding the backup")
@@ -229,6 +268,7 @@ def build_restore_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", action="store_true", help="ignore the checkpoints of an interrupted restore")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--files-per-batch", type=_positive, default=1000, help="files per restore task (default 1000)")
+    add_patience_options(p)
     return p
 
 
@@ -244,13 +284,16 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     parameters = dict(container=args.container, target_directory=os.path.abspath(args.target), prefix=args.prefix,
                       credentials_block=args.credentials_block, overwrite=args.overwrite, refresh=args.refresh,
-                      files_per_batch=args.files_per_batch)
+                      files_per_batch=args.files_per_batch, retries=args.retries,
+                      storage_timeout=args.storage_timeout)
     return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
 
 
 def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, as_json: bool,
              show_progress: bool) -> int:
-    """Pick the Prefect server, check the storage, run the flow, print its summary."""
+    """Pick the Prefect server, check the storage, run the flow, print its summary.
+    SIGTERM and Ctrl-C stop the run within seconds (exit 143 or 130)."""
+    from prefect.exceptions import TerminationSignal
     from prefect.settings import temporary_settings
 
     # Everything imported so far (Prefect, pydantic, the SDK) lives until exit: keep it out of
@@ -258,12 +301,15 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
     # (0.25 s of a 1.1 s start-to-exit without a flow, measured).
     gc.freeze()
     gc.enable()  # the command-line entry points turn it off while importing
+    policy = RetryPolicy(parameters["retries"], parameters["storage_timeout"])
+    previous = _handle_stop_signals()
+    on_stop(_grace_timer)  # for this run only: a test process must never leave on its own
     try:
         updates, notice = prefect_settings_for_this_run()
         with temporary_settings(updates=updates):
             # Checked before the flow starts, so a wrong address or key is one clear line,
             # not a failed flow run with tracebacks.
-            prepare(destination, create=create)
+            prepare(destination, create=create, policy=policy)
             if notice:
                 print(notice, file=sys.stderr)
             with _ProgressLine(show_progress):
@@ -274,13 +320,96 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: finished batches are checkpointed; run the same command again to resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, _Stopped, TerminationSignal, RunStopped) as exc:
+        return _stopped(exc)
     except Exception as exc:
+        if STOP.is_set():
+            return _stopped(exc)
         print(f"error: the run failed: {redact(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
     finally:
         gc.freeze()  # what the run made is not collected again at exit either
+        _restore_signals(previous)
+        forget_on_stop(_grace_timer)
+    if STOP.is_set():
+        return _stopped(None)
     print(summary.model_dump_json(indent=2) if as_json else summary.to_text())
     return summary.exit_code
+
+
+class _Stopped(BaseException):
+    """Raised in the main thread by SIGTERM (BaseException, like KeyboardInterrupt)."""
+
+
+_signal_seen: list[int] = []
+GRACE_SECONDS = 8.0  # then the process leaves whatever is still running: a stop takes under 10 s
+
+
+def _handle_stop_signals() -> dict:
+    """SIGTERM and SIGINT stop the run: no request starts after them, waiting requests are
+    woken, unfinished batches are not checkpointed. A second signal, or a run not wound
+    down after GRACE_SECONDS, exits at once."""
+
+    def on_signal(signum, frame):
+        if _signal_seen:
+            os._exit(128 + _signal_seen[0])
+        _signal_seen.append(signum)
+        request_stop(f"stopped by {signal.Signals(signum).name}", signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else _Stopped()
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    return previous
+
+
+class _GraceTimer:
+    """On a stop, however it came (our handler, or Prefect's turning SIGTERM into an
+    exception in the flow), leave after GRACE_SECONDS if the run has not wound down: an SDK
+    download waiting in a socket read cannot be woken."""
+
+    def __init__(self):
+        self.started = False
+
+    def abort_all(self) -> None:
+        if not self.started:
+            self.started = True
+            threading.Thread(target=_leave_after_grace, daemon=True).start()
+
+
+_grace_timer = _GraceTimer()
+
+
+def _restore_signals(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _leave_after_grace() -> None:
+    time.sleep(GRACE_SECONDS)
+    signum = _stop_signal(None)
+    sys.stderr.write(f"{_stop_line(signum)} (left requests still waiting after {GRACE_SECONDS:g} s)\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+def _stop_line(signum: int) -> str:
+    return (f"stopped by {signal.Signals(signum).name}: finished batches are checkpointed, unfinished ones are not; "
+            f"run the same command again to resume")
+
+
+def _stop_signal(exc) -> int:
+    """The signal that stopped the run: ours, Prefect's (SIGTERM) or the stop's."""
+    if _signal_seen:
+        return _signal_seen[0]
+    return getattr(exc, "signal", None) or (stop_signal[0] if stop_signal else signal.SIGINT)
+
+
+def _stopped(exc) -> int:
+    """The one line and exit code of a run that was stopped (130 for Ctrl-C, 143 for SIGTERM)."""
+    signum = _stop_signal(exc)
+    print(_stop_line(signum), file=sys.stderr)
+    return 128 + signum

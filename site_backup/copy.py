@@ -19,10 +19,11 @@ from functools import cache
 from typing import Callable, NamedTuple
 
 from .content_types import content_type as content_type_of
-from .errors import FileChangedError, describe, error_code, is_transient
+from .errors import FileChangedError, describe, error_code
 from .files import FileEntry, Problem, display_path, root_problem, special_file_reason
 from .names import encode_path
 from .remote import RemoteLookup
+from .retry import STOP, RunStopped, StorageUnavailable, stopped_error
 from .storage import MTIME_KEY, BlobStore, format_mtime
 
 MiB = 2**20
@@ -60,7 +61,7 @@ class FileOutcome(NamedTuple):
     reason: str = ""
     transient: bool = False
     changed_retries: int = 0
-    root_lost: bool = False  # failed because the root itself vanished, not the file
+    ends_run: str = ""  # why the run cannot go on (the root vanished, storage went away, a stop), if that failed it
 
 
 @dataclass
@@ -75,7 +76,7 @@ class BatchResult:
     skipped: list[Problem] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
     transient_failures: int = 0
-    root_lost: str = ""  # why the root could no longer be read, when that happened
+    run_error: str = ""  # why the run could not go on (root vanished, storage went away, stopped), if so
 
     @classmethod
     def from_outcomes(cls, outcomes: list[FileOutcome]) -> "BatchResult":
@@ -93,8 +94,8 @@ class BatchResult:
             else:
                 result.failed.append(Problem(display_path(o.path), o.reason))
                 result.transient_failures += o.transient
-                if o.root_lost:
-                    result.root_lost = o.reason
+                if o.ends_run:
+                    result.run_error = o.ends_run
         return result
 
     def as_cached(self) -> "BatchResult":
@@ -219,6 +220,8 @@ def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, option
         return FileOutcome(path, "failed", size=entry.size, reason=refused)
     if options.listing_suffices:
         return FileOutcome(path, "uploaded", bytes_uploaded=entry.size, size=entry.size)
+    if STOP.is_set():
+        return _not_stored(entry, stopped_error())
     for attempt in (0, 1):
         try:
             return _copy_once(root, entry, store, prefix, options, attempt, remote if attempt == 0 else None)
@@ -231,19 +234,29 @@ def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, option
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             lost = root_problem(root, options.root_id)
             if lost:
-                return FileOutcome(path, "failed", size=entry.size, reason=lost, root_lost=True)
+                return FileOutcome(path, "failed", size=entry.size, reason=lost, ends_run=lost)
             if isinstance(exc, FileNotFoundError):
                 return FileOutcome(path, "skipped", reason="vanished before it could be copied")
             return FileOutcome(path, "failed", size=entry.size, reason=describe(exc))
         except _NotRegular as exc:
             return FileOutcome(path, "skipped", reason=str(exc))
+        except (StorageUnavailable, RunStopped) as exc:  # the run's end, not this file's failure
+            return _not_stored(entry, exc)
         except Exception as exc:  # every other problem is this file's alone
             if attempt == 0 and error_code(exc) == "InvalidBlockList":
                 # Another upload of the same blob committed first and discarded our
                 # staged blocks; look again (the blob probably matches now).
                 continue
-            return FileOutcome(path, "failed", size=entry.size, reason=describe(exc), transient=is_transient(exc))
+            # Not transient for the task: the run's retry policy already tried storage again.
+            return FileOutcome(path, "failed", size=entry.size, reason=describe(exc))
     raise AssertionError("unreachable")
+
+
+def _not_stored(entry: FileEntry, exc: Exception) -> FileOutcome:
+    """A file the run ended before: failed (never counted as backed up), with why the run ended."""
+    what = "stopped" if isinstance(exc, RunStopped) else "storage stopped answering"
+    return FileOutcome(entry.path, "failed", size=entry.size, ends_run=str(exc),
+                       reason=f"not backed up: the run ended first ({what})")
 
 
 def _open_regular(abs_path: str, follow_symlinks: bool) -> tuple[int, os.stat_result]:

@@ -7,11 +7,13 @@ import functools
 import os
 import re
 import threading
+import weakref
 from urllib.parse import urlsplit
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .errors import ConfigurationError, describe, redact
+from .retry import RetryPolicy, StorageBudget, StorageUnavailable, sdk_retry_policy
 from .storage import AzureBlobStore, RetryLog
 
 # Azurite's well-known development account: public, documented, and only valid on an emulator.
@@ -95,14 +97,9 @@ def normalize_prefix(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """Client timeouts and retries. The SDK's defaults wait 15 s before the first retry,
-    far too long for throttling that clears in a second; these suit Azure and Azurite."""
+    """How many connections to keep per account. Retries and timeouts are the run's
+    (site_backup/retry.py), the same for the direct requests and the SDK."""
 
-    retry_total: int = 6
-    initial_backoff: float = 0.5
-    increment_base: float = 2
-    connection_timeout: int = 10
-    read_timeout: int = 120
     pool_size: int = 64
 
 
@@ -148,6 +145,7 @@ def _from_credentials(block, source: str):
     return None, block.account_url, DefaultAzureCredential(), source
 
 
+_session_lock = threading.Lock()
 _PROXY_VARIABLES = [v for name in ("http_proxy", "https_proxy", "all_proxy") for v in (name, name.upper())]
 
 
@@ -161,17 +159,18 @@ class StorageAccount:
     direct requests (`signed`, any sign-in mode, None behind a proxy), and the SDK client,
     built on first use (a backup never needs it, and importing the SDK is a fixed cost)."""
 
-    def __init__(self, url: str, source: str, signed, build: Callable[[], Any]):
+    def __init__(self, url: str, source: str, signed, build: Callable[[Any], Any]):
         self.url, self.source, self.signed = url, source, signed
-        self._build, self._client, self._lock = build, None, threading.Lock()
+        self._build, self._lock = build, threading.Lock()
+        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    @property
-    def client(self):
-        """The SDK's BlobServiceClient."""
+    def client_for(self, budget: StorageBudget):
+        """The SDK's BlobServiceClient whose retries `budget` decides (one per run; they
+        share their connections)."""
         with self._lock:
-            if self._client is None:
-                self._client = self._build()
-            return self._client
+            if budget not in self._clients:
+                self._clients[budget] = self._build(budget)
+            return self._clients[budget]
 
 
 @functools.lru_cache(maxsize=8)
@@ -192,35 +191,38 @@ def _connect(conn_str, account_url, credential, source: str, settings: StorageSe
     proxied = any(os.environ.get(v) for v in _PROXY_VARIABLES)
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
 
-    def build():
+    session = []  # one requests session for every client of this account, made on first use
+
+    def build(budget: StorageBudget):
         import requests
         from azure.core.pipeline.transport import RequestsTransport
 
-        session = requests.Session()
-        if not proxied:
-            # requests reads every environment variable on every request to look for proxies:
-            # about 0.5 ms of CPU per blob here. Without proxy settings, read them once instead.
-            session.trust_env = False
-            session.verify = ca_bundle or True
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        with _session_lock:
+            if not session:
+                made = requests.Session()
+                if not proxied:
+                    # requests reads every environment variable on every request to look for proxies:
+                    # about 0.5 ms of CPU per blob here. Without proxy settings, read them once instead.
+                    made.trust_env = False
+                    made.verify = ca_bundle or True
+                adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size)
+                made.mount("http://", adapter)
+                made.mount("https://", adapter)
+                session.append(made)
         return _blob_service(
             conn_str, account_url, credential,
             # The transport passes its own verify setting with every request, over the session's.
-            transport=RequestsTransport(session=session, session_owner=False, connection_verify=ca_bundle or True),
-            retry_total=settings.retry_total,
-            initial_backoff=settings.initial_backoff,
-            increment_base=settings.increment_base,
-            connection_timeout=settings.connection_timeout,
-            read_timeout=settings.read_timeout,
+            transport=RequestsTransport(session=session[0], session_owner=False, connection_verify=ca_bundle or True),
+            retry_policy=sdk_retry_policy(budget),
+            connection_timeout=budget.connect_timeout(),
+            read_timeout=budget.policy.storage_timeout,
         )
 
     # Behind a proxy the SDK sends everything (it reads the proxy settings).
     direct = None if proxied else direct_access(conn_str, account_url, credential)
     if direct is None:
-        client = build()
-        return StorageAccount(client.primary_endpoint.split("?")[0].rstrip("/"), source, None, lambda: client)
+        url = build(StorageBudget()).primary_endpoint.split("?")[0].rstrip("/")
+        return StorageAccount(url, source, None, build)
     from .fastblob import DirectBlobs
 
     url, auth = direct
@@ -326,33 +328,38 @@ def storage_account(destination: Destination, settings: StorageSettings = Storag
     return _account(destination.credentials_block, _env_key(), settings)
 
 
-def open_store(destination: Destination, settings: StorageSettings = StorageSettings()) -> AzureBlobStore:
-    """A BlobStore for the destination's container, with its own retry count."""
-    account = storage_account(destination, settings)
-    return AzureBlobStore(destination.container, lambda: account.client.get_container_client(destination.container),
-                          signed=account.signed)
+def open_store(destination: Destination, budget: StorageBudget | None = None) -> AzureBlobStore:
+    """A BlobStore for the destination's container, with its own retry count; `budget`
+    (the run's) decides its retries, else a fresh one with the default policy."""
+    account = storage_account(destination)
+    budget = budget if budget is not None else StorageBudget(RetryPolicy(), account.url)
+    return AzureBlobStore(destination.container,
+                          lambda: account.client_for(budget).get_container_client(destination.container),
+                          retries=RetryLog(budget), signed=account.signed)
 
 
-def prepare(destination: Destination, create: bool = True) -> tuple[Destination, bool]:
+def prepare(destination: Destination, create: bool = True, policy: RetryPolicy = RetryPolicy()
+            ) -> tuple[Destination, bool]:
     """Check that storage answers and accepts the credentials, create the container when
     missing (or, with create=False, insist that it exists), note its generation, and tell
     whether the prefix holds no blob yet. Raises ConfigurationError with the fix when it cannot."""
-    # Fail in seconds, not minutes, when nothing listens or the credentials are wrong.
-    quick = StorageSettings(retry_total=1, initial_backoff=0.2, connection_timeout=5, read_timeout=30)
-    account = storage_account(destination, quick)
+    account = storage_account(destination)
     url, source = account.url, account.source
+    # Fail in seconds, not minutes, when nothing listens or the credentials are wrong: one
+    # retry, and no longer than the run's own deadline.
+    budget = StorageBudget(RetryPolicy(retries=1, storage_timeout=min(policy.storage_timeout, 30)), url)
     destination = replace(destination, account_url=url, credentials_source=source)
     prefix = destination.prefix + "/" if destination.prefix else None
     try:
         if account.signed is not None:
             if create:
-                account.signed.create_container(destination.container, RetryLog())
-            generation = _generation(lambda: account.signed.container_etag(destination.container, RetryLog()))
-            first = account.signed.first_blob(destination.container, prefix, RetryLog())
+                account.signed.create_container(destination.container, RetryLog(budget))
+            generation = _generation(lambda: account.signed.container_etag(destination.container, RetryLog(budget)))
+            first = account.signed.first_blob(destination.container, prefix, RetryLog(budget))
         else:
             from azure.core.exceptions import ResourceExistsError
 
-            container = account.client.get_container_client(destination.container)
+            container = account.client_for(budget).get_container_client(destination.container)
             if create:
                 try:
                     container.create_container()
@@ -394,14 +401,15 @@ def _storage_problem(exc: Exception, destination: Destination, url: str, source:
         return ConfigurationError(
             f"container {destination.container!r} does not exist at {url}: check --container (and the account)"
         )
-    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError, StorageUnavailable)):
         fix = (
             "start the local emulator with `make azurite` (or `make run`), or set "
             "AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_ACCOUNT_URL for real Azure"
             if source == "the local Azurite default"
             else f"check the endpoint in {source} and that the storage account is reachable"
         )
-        return ConfigurationError(f"cannot reach blob storage at {url} ({describe(exc)}): {fix}")
+        reason = exc.last_problem if isinstance(exc, StorageUnavailable) else describe(exc)
+        return ConfigurationError(f"cannot reach blob storage at {url} ({reason}): {fix}")
     if isinstance(exc, ClientAuthenticationError):
         return ConfigurationError(
             f"blob storage at {url} rejected the credentials from {source} ({describe(exc)}): "

@@ -17,6 +17,7 @@ import http.client
 import platform
 import random
 import select
+import socket
 import ssl
 import threading
 import time
@@ -28,6 +29,7 @@ from xml.etree import ElementTree
 
 from . import __version__
 from .errors import TRANSIENT_STATUSES
+from .retry import StorageBudget, on_stop
 
 # Headers that take part in a Shared Key signature, in signing order.
 _SIGNED = ("content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
@@ -203,41 +205,66 @@ class DirectBlobs:
         query = query or {}
         encoded = "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
         request_id = str(uuid.uuid4())  # the same on every attempt, as the SDK does: support can trace it
-        for attempt in range(self.settings.retry_total + 1):
+        budget = on_retry.budget  # the run's: it decides every retry (site_backup/retry.py)
+        retry = 0
+        while True:
+            budget.check()
             signed = dict(headers, **{"Content-Length": str(len(body)), "x-ms-date": formatdate(usegmt=True),
                                       "x-ms-version": self.version, "x-ms-client-request-id": request_id,
                                       "User-Agent": USER_AGENT})
             extra = self.auth.authorize(method, path, signed, query)
             target = path + ("?" + "&".join(q for q in (encoded, extra) if q) if encoded or extra else "")
+            budget.begin()
             try:
-                response = self.connections.request(method, target, body, signed)
+                response, failure = self.connections.request(method, target, body, signed, budget), None
             except (OSError, http.client.HTTPException) as exc:
+                response, failure = None, exc
+            finally:
+                budget.end()
+            if failure is not None:
                 # Imported on failure only: azure.core costs 20 ms, before the first upload.
                 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
-                kind = ServiceRequestError if isinstance(exc, _NotConnected) else ServiceResponseError
-                if attempt == self.settings.retry_total:
-                    raise kind(describe_socket_error(exc)) from None
+                kind = ServiceRequestError if isinstance(failure, _NotConnected) else ServiceResponseError
+                # No answer: not this request's failure while the run's budget lasts.
+                if not budget.retry(retry, describe_socket_error(failure), answered=False):
+                    raise kind(describe_socket_error(failure)) from None
                 on_retry.add(kind.__name__)
             else:
+                code = response.headers.get("x-ms-error-code") or response.reason or ""
+                if response.status not in TRANSIENT_STATUSES:
+                    budget.answered()
                 if 200 <= response.status < 300:
                     return response
-                code = response.headers.get("x-ms-error-code") or response.reason or ""
                 if response.status == 404 and missing_ok and code != "ContainerNotFound":
                     return None
                 if response.status == 409 and exists_ok and code == "ContainerAlreadyExists":
                     return None
-                if response.status not in TRANSIENT_STATUSES or attempt == self.settings.retry_total:
+                if response.status not in TRANSIENT_STATUSES or not budget.retry(retry, f"{response.status} {code}",
+                                                                                  answered=True):
                     raise _error(response.status, code, response.data)
                 on_retry.add(f"{response.status} {code}")
-            time.sleep(self.settings.initial_backoff * self.settings.increment_base ** attempt * random.uniform(0.8, 1.2))
-        raise AssertionError("unreachable")
+            retry += 1
+
 
 class Response:
     """Status, reason, headers (case-insensitive) and body of one finished request."""
 
     def __init__(self, status: int, reason: str, headers, data: bytes):
         self.status, self.reason, self.headers, self.data = status, reason, headers, data
+
+
+_PIECE = 2**20  # a body above this goes out in pieces of it
+
+
+def _pieces(conn, body: bytes, budget):
+    """`body` in pieces; after each one is sent, storage counts as heard from (it reads)
+    and the next piece gets a fresh timeout."""
+    view = memoryview(body)
+    for start in range(0, len(view), _PIECE):
+        yield view[start : start + _PIECE]
+        budget.heard_from()
+        conn.sock.settimeout(budget.timeout())
 
 
 class _NotConnected(OSError):
@@ -252,21 +279,36 @@ class Connections:
         self.host, self.settings = host, settings
         if scheme == "https":
             context = ssl.create_default_context(cafile=ca_bundle or None)
-            self.make = lambda: http.client.HTTPSConnection(host, port, timeout=settings.connection_timeout,
-                                                            context=context)
+            self.make = lambda timeout: http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
         else:
-            self.make = lambda: http.client.HTTPConnection(host, port, timeout=settings.connection_timeout)
+            self.make = lambda timeout: http.client.HTTPConnection(host, port, timeout=timeout)
         self.idle: list[http.client.HTTPConnection] = []  # append and pop are atomic
+        self._busy_lock = threading.Lock()
+        self.busy: set[http.client.HTTPConnection] = set()
+        on_stop(self)
 
-    def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
-        conn = self._idle_connection() or self._connect()
+    def request(self, method: str, path: str, body: bytes, headers: dict[str, str], budget=None) -> Response:
+        """One request on a kept-alive connection. Timeouts come from `budget` (never past
+        the run's deadline). A large body goes out in pieces, each one sent counting as a
+        sign of life: a slow link taking minutes for a big upload is not a silent endpoint,
+        and one that stops reading is found within the timeout."""
+        budget = budget or StorageBudget()
+        conn = self._idle_connection() or self._connect(budget.connect_timeout())
+        with self._busy_lock:
+            self.busy.add(conn)
         try:
-            conn.request(method, path, body=body or None, headers=headers)
+            conn.sock.settimeout(budget.timeout())
+            conn.request(method, path, body=_pieces(conn, body, budget) if len(body) > _PIECE else body or None,
+                         headers=headers)
+            conn.sock.settimeout(budget.timeout())
             response = conn.getresponse()
             data = response.read()
         except BaseException:
             conn.close()
             raise
+        finally:
+            with self._busy_lock:
+                self.busy.discard(conn)
         if response.will_close or len(self.idle) >= self.settings.pool_size:
             conn.close()
         else:
@@ -289,15 +331,25 @@ class Connections:
                     return conn
             conn.close()
 
-    def _connect(self) -> http.client.HTTPConnection:
-        conn = self.make()
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        conn = self.make(timeout)
         try:
             conn.connect()
         except OSError as exc:
             conn.close()
             raise _NotConnected(exc.errno, describe_socket_error(exc)) from exc
-        conn.sock.settimeout(self.settings.read_timeout)  # the connect timeout was for connecting
         return conn
+
+    def abort_all(self) -> None:
+        """Wake every request waiting on a connection (the run is stopping): shutting a
+        socket down ends a blocked read at once, where closing it would not."""
+        with self._busy_lock:
+            busy = list(self.busy)
+        for conn in busy:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
 
 
 def describe_socket_error(exc: BaseException) -> str:

@@ -46,6 +46,8 @@ class BackupParameters(BaseModel):
     single_put_mib: int = Field(64, gt=0)
     block_size_mib: int = Field(8, gt=0)
     blocks_in_flight: int = Field(4, gt=0)
+    retries: int = Field(100, ge=0)
+    storage_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
 
     @field_validator("root_directory")
     @classmethod

@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple
 
-from .errors import ConfigurationError, describe, error_code, is_transient
+from .errors import ConfigurationError, describe, error_code
 from .files import Problem, display_path
 from .names import decode_path
+from .retry import STOP, RunStopped, StorageUnavailable, stopped_error
 from .storage import RemoteBlob
 
 MiB = 2**20
@@ -149,6 +150,7 @@ class RestoreOutcome(NamedTuple):
     reason: str = ""
     transient: bool = False
     unverified: bool = False
+    ends_run: str = ""  # why the run cannot go on (storage went away, a stop), if that failed it
 
 
 @dataclass
@@ -160,6 +162,7 @@ class RestoreBatchResult:
     unverified: list[str] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
     transient_failures: int = 0
+    run_error: str = ""  # why the restore could not go on, if so
 
     @classmethod
     def from_outcomes(cls, outcomes: list[RestoreOutcome]) -> "RestoreBatchResult":
@@ -176,6 +179,7 @@ class RestoreBatchResult:
             else:
                 r.failed.append(Problem(o.path, o.reason))
                 r.transient_failures += o.transient
+                r.run_error = r.run_error or o.ends_run
         return r
 
     def as_cached(self) -> "RestoreBatchResult":
@@ -198,6 +202,8 @@ def restore_file(target: str, entry: BlobEntry, download, *, overwrite: bool = F
     """Restore one blob. Never writes outside `target`, never through a link, never
     leaves a file whose content does not match the blob's Content-MD5."""
     try:
+        if STOP.is_set():
+            raise stopped_error()
         reason = unsafe_name_reason(entry.path)
         if reason:
             raise _Refused(f"refused, would not stay inside the target: {reason}")
@@ -216,10 +222,15 @@ def restore_file(target: str, entry: BlobEntry, download, *, overwrite: bool = F
                               unverified=unverified)
     except _Refused as exc:
         return RestoreOutcome(entry.path, "failed", size=entry.size, reason=str(exc))
+    except (StorageUnavailable, RunStopped) as exc:  # the run's end, not this file's failure
+        what = "stopped" if isinstance(exc, RunStopped) else "storage stopped answering"
+        return RestoreOutcome(entry.path, "failed", size=entry.size, ends_run=str(exc),
+                              reason=f"not restored: the run ended first ({what})")
     except Exception as exc:
         if error_code(exc) == "BlobNotFound":
             return RestoreOutcome(entry.path, "failed", size=entry.size, reason="blob was deleted during the restore")
-        return RestoreOutcome(entry.path, "failed", size=entry.size, reason=describe(exc), transient=is_transient(exc))
+        # Not transient for the task: the run's retry policy already tried storage again.
+        return RestoreOutcome(entry.path, "failed", size=entry.size, reason=describe(exc))
 
 
 def _lstat(path: str) -> os.stat_result | None:

@@ -143,11 +143,15 @@ def is_folder_marker(metadata: dict[str, str] | None) -> bool:
 
 
 class RetryLog:
-    """Counts the SDK's retries of storage requests, by reason (thread-safe)."""
+    """Counts the retries of storage requests, by reason (thread-safe), and carries the
+    run's budget, which decides them (a fresh default one when none is given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget=None) -> None:
+        from .retry import StorageBudget
+
         self._lock = threading.Lock()
         self.reasons: Counter[str] = Counter()
+        self.budget = budget if budget is not None else StorageBudget()
 
     def __call__(self, response=None, error=None, **_) -> None:
         """The SDK's retry_hook."""
@@ -222,8 +226,12 @@ class AzureBlobStore:
                 yield item.name, _remote(item)
 
     def read(self, name: str) -> Iterator[bytes]:
-        """The blob's content in chunks, downloaded a few ranges at a time."""
-        return self.container.download_blob(name, max_concurrency=4, retry_hook=self.retries).chunks()
+        """The blob's content in chunks, downloaded a few ranges at a time (a stopped or
+        failed run stops between chunks)."""
+        budget = self.retries.budget
+        for chunk in self.container.download_blob(name, max_concurrency=4, retry_hook=self.retries).chunks():
+            budget.check()
+            yield chunk
 
     def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
         if self.signed is not None:

@@ -20,7 +20,8 @@ class FileProblem(BaseModel):
 class BackupSummary(BaseModel):
     """What a run did. `outcome` is "completed" when every file is backed up (or was
     skipped by rule, such as a link), "incomplete" when some files failed, "failed" when the
-    run could not go on (the root vanished; `error` says why); both exit with code 1."""
+    run could not go on (the root vanished, storage stopped answering, the run was stopped;
+    `error` says why); both exit with code 1."""
 
     outcome: str = "completed"
     error: str = ""
@@ -134,11 +135,11 @@ def summarize(
     s.files_excluded = listing.excluded
     skipped = _problems(listing.skipped)
     failed = _problems(listing.failed)
-    root_lost = ""
+    run_error = ""
     for result, from_checkpoint in results:
         if from_checkpoint:
             result = result.as_cached()
-        root_lost = root_lost or result.root_lost
+        run_error = run_error or result.run_error
         s.batches += 1
         s.batches_from_checkpoint += from_checkpoint
         s.files_uploaded += result.files_uploaded
@@ -152,8 +153,8 @@ def summarize(
     s.files_skipped, s.files_failed = len(skipped), len(failed)
     s.files_total = s.files_uploaded + s.files_unchanged + s.files_skipped + s.files_failed
     s.outcome = "incomplete" if s.files_failed else "completed"
-    if root_lost:
-        s.outcome, s.error = "failed", root_lost
+    if run_error:
+        s.outcome, s.error = "failed", run_error
     return s
 
 
@@ -185,6 +186,7 @@ class VerifySummary(BaseModel):
     delete."""
 
     outcome: str = "verified"
+    error: str = ""  # outcome "failed": why the verify could not finish (storage stopped answering)
     root: str = ""
     destination: str = ""
     files_total: int = 0
@@ -221,7 +223,7 @@ class VerifySummary(BaseModel):
         return (("Missing", self.missing), ("Different", self.different), ("Unreadable", self.unreadable))
 
     def rows(self) -> list[tuple[str, str]]:
-        return [
+        rows = [
             ("Source", self.root),
             ("Destination", self.destination),
             ("Files", f"{self.files_total} total, {self.files_matching} matching, {self.files_missing} missing, "
@@ -230,6 +232,7 @@ class VerifySummary(BaseModel):
             ("Checked", f"{human_bytes(self.bytes_checked)} in {self.duration_seconds:.1f} s"),
             ("Outcome", self.outcome),
         ]
+        return rows + ([("Error", self.error)] if self.error else [])
 
     def table_rows(self, limit: int = 1000) -> list[dict[str, str]]:
         """Rows for a Prefect table artifact: one per difference."""
@@ -267,6 +270,7 @@ class RestoreSummary(BaseModel):
     already there, "incomplete" when some failed or were refused (exit code 1)."""
 
     outcome: str = "completed"
+    error: str = ""  # outcome "failed": why the restore could not go on (storage stopped answering, stopped)
     source: str = ""
     target: str = ""
     files_total: int = 0
@@ -298,7 +302,7 @@ class RestoreSummary(BaseModel):
 
     def rows(self) -> list[tuple[str, str]]:
         secs = max(self.duration_seconds, 1e-9)
-        return [
+        rows = [
             ("Source", self.source),
             ("Target", self.target),
             ("Files", f"{self.files_total} total, {self.files_restored} restored, {self.files_unchanged} unchanged, "
@@ -309,6 +313,7 @@ class RestoreSummary(BaseModel):
             ("Duration", f"{self.duration_seconds:.1f} s ({self.bytes_restored / 2**20 / secs:.1f} MiB/s)"),
             ("Outcome", self.outcome),
         ]
+        return rows + ([("Error", self.error)] if self.error else [])
 
 
 def summarize_restore(refused, results, *, source: str, target: str, duration_seconds: float) -> RestoreSummary:
@@ -318,6 +323,7 @@ def summarize_restore(refused, results, *, source: str, target: str, duration_se
     for result, from_checkpoint in results:
         if from_checkpoint:
             result = result.as_cached()
+        s.error = s.error or result.run_error
         s.batches += 1
         s.batches_from_checkpoint += from_checkpoint
         s.files_restored += result.files_restored
@@ -329,5 +335,5 @@ def summarize_restore(refused, results, *, source: str, target: str, duration_se
     s.failed.sort(key=_path)
     s.files_refused, s.files_failed = len(s.refused), len(s.failed)
     s.files_total = s.files_restored + s.files_unchanged + s.files_refused + s.files_failed
-    s.outcome = "incomplete" if (s.files_refused or s.files_failed) else "completed"
+    s.outcome = "failed" if s.error else "incomplete" if (s.files_refused or s.files_failed) else "completed"
     return s

@@ -11,7 +11,9 @@ from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files
 from site_backup.destination import Destination, open_store
 from site_backup.files import FileEntry
 from site_backup.progress import progress
-from tasks.retry import BATCH_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt
+from site_backup.retry import RetryPolicy
+from tasks.retry import BATCH_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt, run_budget
+
 
 def batch_checkpoint_key(context, parameters) -> str | None:
     """The checkpoint key: what the batch is (destination and its generation, and each
@@ -45,11 +47,12 @@ def with_checkpoints(refresh: bool = False, block: str | None = None, days: floa
     persist_result=True,
     **BATCH_RETRIES,
 )
-def copy_batch(root: str, batch: list[FileEntry], destination: Destination, options: CopyOptions) -> BatchResult:
+def copy_batch(root: str, batch: list[FileEntry], destination: Destination, options: CopyOptions,
+               policy: RetryPolicy = RetryPolicy()) -> BatchResult:
     """Copy one batch; raises BatchIncomplete (with the partial result) if any file failed."""
     context = TaskRunContext.get()
     earlier = earlier_attempts(context)
-    store = open_store(destination)
+    store = open_store(destination, run_budget(policy, destination.account_url))
     outcomes = copy_files(root, batch, store, destination.prefix, options, done=earlier.finished,
                           on_file=progress.add)
     earlier.finished.update((o.path, o) for o in outcomes if o.status in ("uploaded", "unchanged"))

@@ -6,16 +6,18 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from site_backup.destination import Destination, prepare, prepare_checkpoint_store
-from tasks.retry import QUICK_RETRIES
+from site_backup.retry import RetryPolicy
 
 
-@task(name="prepare-destination", cache_policy=NO_CACHE, **QUICK_RETRIES)
-def prepare_destination(destination: Destination, create: bool = True) -> tuple[Destination, bool]:
+# No task retries here or below: the storage retry policy (site_backup/retry.py) decides.
+@task(name="prepare-destination", cache_policy=NO_CACHE)
+def prepare_destination(destination: Destination, create: bool = True, policy: RetryPolicy = RetryPolicy()
+                        ) -> tuple[Destination, bool]:
     """The destination with its account URL filled in, and whether its prefix is empty."""
-    return prepare(destination, create=create)
+    return prepare(destination, create=create, policy=policy)
 
 
-@task(name="prepare-checkpoints", cache_policy=NO_CACHE, **QUICK_RETRIES)
+@task(name="prepare-checkpoints", cache_policy=NO_CACHE)
 def prepare_checkpoints(block_name: str) -> str:
     """Make sure the blob container that holds the checkpoints exists."""
     return prepare_checkpoint_store(block_name)

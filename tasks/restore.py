@@ -19,13 +19,15 @@ from site_backup.restore import (
     restore_batch as restore_files,
     restore_folders as make_folders,
 )
-from tasks.retry import BATCH_RETRIES, QUICK_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt
+from site_backup.retry import RetryPolicy
+from tasks.retry import BATCH_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt, run_budget
 
 
-@task(name="list-backup", cache_policy=NO_CACHE, **QUICK_RETRIES)
-def list_backup(destination: Destination, max_files: int, max_bytes: int) -> RestorePlan:
+@task(name="list-backup", cache_policy=NO_CACHE)
+def list_backup(destination: Destination, max_files: int, max_bytes: int, policy: RetryPolicy = RetryPolicy()
+                ) -> RestorePlan:
     """The blobs under the prefix as batches to restore; unsafe names refused."""
-    store = open_store(destination)
+    store = open_store(destination, run_budget(policy, destination.account_url))
     prefix = f"{destination.prefix}/" if destination.prefix else ""
     return plan_restore(store.list(prefix), destination.prefix, max_files, max_bytes)
 
@@ -79,12 +81,13 @@ def restore_checkpoint_key(context, parameters) -> str:
     **BATCH_RETRIES,
 )
 def restore_batch(target: str, restore_id: str, batch: list[BlobEntry], destination: Destination,
-                  overwrite: bool) -> RestoreBatchResult:
+                  overwrite: bool, policy: RetryPolicy = RetryPolicy()) -> RestoreBatchResult:
     """Restore one batch; raises BatchIncomplete (with the partial result) if any file failed."""
     context = TaskRunContext.get()
     earlier = earlier_attempts(context)
     todo = [e for e in batch if e.path not in earlier.finished]
-    outcomes = restore_files(target, todo, open_store(destination).read, overwrite=overwrite)
+    store = open_store(destination, run_budget(policy, destination.account_url))
+    outcomes = restore_files(target, todo, store.read, overwrite=overwrite)
     earlier.finished.update((o.path, o) for o in outcomes if o.status != "failed")
     by_path = {o.path: o for o in outcomes}
     by_path.update(earlier.finished)

@@ -1,18 +1,22 @@
-"""What the batch tasks share: checkpoint keys, which failures are worth a retry, what
-earlier attempts of a task run finished, and how a finished batch future becomes a result."""
+"""What the batch tasks share: checkpoint keys, which failures are worth a task retry, the
+run's storage budget, what earlier attempts of a task run finished, and how a finished
+batch future becomes a result."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from prefect.tasks import exponential_backoff
 
 from site_backup import CHECKPOINT_VERSION
-from site_backup.errors import describe, is_transient
+from site_backup.errors import describe
 from site_backup.files import Problem
+from site_backup.retry import RetryPolicy, StorageBudget
 
 
 class BatchIncomplete(Exception):
@@ -32,22 +36,39 @@ class BatchIncomplete(Exception):
         return f"{len(failed)} file(s) failed, first {first}"
 
 
-def transient_only(task, task_run, state) -> bool:
-    """retry_condition_fn: retry a task only when trying again may help."""
+def files_changed_only(task, task_run, state) -> bool:
+    """retry_condition_fn: retry a batch only for what the storage retry policy cannot
+    absorb, files that changed while they were read. Storage errors were retried by the
+    run's policy already (site_backup/retry.py); a run that ended is not retried."""
     try:
         state.result()
     except BatchIncomplete as exc:
-        return exc.result.transient_failures > 0
-    except Exception as exc:
-        return is_transient(exc)
+        return exc.result.transient_failures > 0 and not exc.result.run_error
+    except Exception:
+        return False
     return False
 
 
-# Retry policies for the decorators. A batch task waits longer between attempts: by
-# then the storage SDK already retried each request six times.
+# The task's retries: only files that changed while read (each already read twice).
 BATCH_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
-                     retry_condition_fn=transient_only)
-QUICK_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
+                     retry_condition_fn=files_changed_only)
+
+_budgets_lock = threading.Lock()
+_budgets: OrderedDict = OrderedDict()
+
+
+def run_budget(policy: RetryPolicy, account_url: str) -> StorageBudget:
+    """The storage budget of the current flow run (shared by its tasks in this process)."""
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    key = (str(context.task_run.flow_run_id) if context else "", account_url, policy)
+    with _budgets_lock:
+        if key not in _budgets:
+            _budgets[key] = StorageBudget(policy, account_url)
+            while len(_budgets) > 64:  # a long-lived worker runs many flows
+                _budgets.popitem(last=False)
+        return _budgets[key]
 
 
 @dataclass

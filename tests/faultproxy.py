@@ -3,13 +3,19 @@
 It forwards every request to the upstream blob service and, on writes (PUT), can answer
 503 ServerBusy or 500 OperationTimedOut instead (the write never lands), or forward the
 write and then drop the connection without answering (the write landed, the client cannot
-know). It can add latency to every request and counts what it did."""
+know). It can add latency to every request and counts what it did. It can also stop
+answering part-way, as storage does when it goes away: after N requests, accept connections
+and never answer (`silent_after`), or refuse new connections and cut open ones
+(`refuse_after`). With `tls=(cert, key)` it serves HTTPS in front of an HTTPS upstream
+(the Entra ID Azurite), trusting that certificate."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import threading
+import time
 from collections import Counter
 from urllib.parse import unquote, urlsplit
 
@@ -27,8 +33,9 @@ _ERROR_BODY = (
 class FaultProxy:
     """Start with `with FaultProxy(upstream_port) as proxy:`; `proxy.port` is where to connect."""
 
-    def __init__(self, upstream_port: int, *, seed: int = 1):
-        self.upstream = f"http://127.0.0.1:{upstream_port}"
+    def __init__(self, upstream_port: int, *, seed: int = 1, tls: tuple | None = None):
+        self.tls = tls
+        self.upstream = f"{'https' if tls else 'http'}://127.0.0.1:{upstream_port}"
         self.rng = random.Random(seed)
         self.busy_rate = 0.0  # share of writes answered 503 ServerBusy
         self.timeout_rate = 0.0  # share of writes answered 500 OperationTimedOut
@@ -38,6 +45,9 @@ class FaultProxy:
         self.faults: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()  # blob name -> writes that landed (Put Blob, Put Block List)
         self.requests = 0
+        self.silent_after: int | None = None  # from this many requests on, never answer
+        self.refuse_after: int | None = None  # from this many requests on, refuse connections
+        self.went_away_at: float | None = None  # time.monotonic() of the last answer before that
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -69,15 +79,24 @@ class FaultProxy:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
+        server_tls = upstream_tls = None
+        if self.tls:
+            cert, key = map(str, self.tls)
+            server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server_tls.load_cert_chain(cert, key)
+            upstream_tls = ssl.create_default_context(cafile=cert)
         self._session = ClientSession(
-            connector=TCPConnector(limit=100), auto_decompress=False, timeout=ClientTimeout(total=300)
+            connector=TCPConnector(limit=100, ssl=upstream_tls if upstream_tls else True), auto_decompress=False,
+            timeout=ClientTimeout(total=300)
         )
         app = web.Application(client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
+        # Handlers held by silent_after end when the proxy stops: no long graceful wait.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
         await site.start()
+        self._listener = site._server
         self.port = site._server.sockets[0].getsockname()[1]
         self._ready.set()
         await self._stop.wait()
@@ -99,6 +118,21 @@ class FaultProxy:
         body = await request.read()
         with self._lock:
             self.requests += 1
+            number = self.requests
+        if self.refuse_after is not None and number > self.refuse_after:
+            if self.went_away_at is None:
+                self.went_away_at = time.monotonic()
+                self._listener.close()  # new connections are refused from now on
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
+        if self.silent_after is not None and number > self.silent_after:
+            if self.went_away_at is None:
+                self.went_away_at = time.monotonic()
+            await self._stop.wait()  # accepted, read, never answered
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
         if self.latency:
             await asyncio.sleep(self.latency)
         is_write = request.method == "PUT"
