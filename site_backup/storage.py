@@ -6,6 +6,7 @@ import base64
 import calendar
 import functools
 import hashlib
+import itertools
 import re
 import threading
 from collections import Counter
@@ -30,6 +31,7 @@ class RemoteBlob:
     mtime_ns: int | None
     folder: bool = False
     last_modified_ns: int | None = None
+    version_id: str | None = None  # listed on accounts with blob versioning on
 
 
 class BlobStore(Protocol):
@@ -37,7 +39,10 @@ class BlobStore(Protocol):
 
     def get(self, name: str) -> RemoteBlob | None: ...
 
-    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None: ...
+    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]
+            ) -> str | None: ...
+
+    def snapshot(self, name: str) -> str: ...
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None: ...
 
@@ -49,7 +54,10 @@ class BlobStore(Protocol):
 
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
-    ) -> None: ...
+    ) -> str | None: ...
+
+    @property
+    def versioning(self) -> bool: ...
 
 
 def format_mtime(mtime_ns: int) -> str:
@@ -181,6 +189,27 @@ class AzureBlobStore:
         self._container_client = container_client
         self.retries = retries if retries is not None else RetryLog()
         self.signed = signed  # fastblob.DirectBlobs, when available
+        self._versioning = False
+
+    @property
+    def versioning(self) -> bool:
+        """Whether a write of this run answered with a version id: the account keeps every
+        blob's previous versions by itself (blob versioning on), so no snapshot is needed.
+        Kept on the account's DirectBlobs when there is one, so it is learnt once per run."""
+        return getattr(self.signed, "versioning", False) if self.signed is not None else self._versioning
+
+    def _wrote(self, version_id: str | None) -> str | None:
+        if version_id:
+            if self.signed is not None:
+                self.signed.versioning = True
+            self._versioning = True
+        return version_id
+
+    def snapshot(self, name: str) -> str:
+        """Snapshot Blob: keep the blob's present content; returns the snapshot's time."""
+        if self.signed is not None:
+            return self.signed.snapshot(self.container_name, name, self.retries)
+        return self.container.get_blob_client(name).create_snapshot(retry_hook=self.retries)["snapshot"]
 
     @functools.cached_property
     def container(self):
@@ -215,7 +244,8 @@ class AzureBlobStore:
         files, no subfolders), with size, MD5 and stored mtime."""
         if self.signed is not None:
             for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries, delimiter="/"):
-                yield b.name, RemoteBlob(b.size, b.content_md5, stored_mtime(b.metadata), is_folder_marker(b.metadata))
+                yield b.name, RemoteBlob(b.size, b.content_md5, stored_mtime(b.metadata), is_folder_marker(b.metadata),
+                                         version_id=b.version_id)
             return
         for item in self.container.walk_blobs(name_starts_with=prefix or None, include=["metadata"], delimiter="/"):
             if not item.name.endswith("/") or hasattr(item, "size"):  # BlobPrefix items are subfolders
@@ -225,20 +255,22 @@ class AzureBlobStore:
         """The blob's content in chunks, downloaded a few ranges at a time."""
         return self.container.download_blob(name, max_concurrency=4, retry_hook=self.retries).chunks()
 
-    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
+    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]
+            ) -> str | None:
+        """Put Blob; the new version's id when the account keeps versions, else None."""
         if self.signed is not None:
-            self.signed.put(self.container_name, name, data, md5, content_type, metadata, self.retries)
-            return
+            return self._wrote(self.signed.put(self.container_name, name, data, md5, content_type, metadata,
+                                               self.retries))
         # validate_content sends a transactional Content-MD5 the service checks on receipt;
         # content_md5 is the property stored with the blob.
-        self.container.get_blob_client(name).upload_blob(
+        return self._wrote(self.container.get_blob_client(name).upload_blob(
             data,
             overwrite=True,
             validate_content=True,
             content_settings=_content_settings(md5, content_type),
             metadata=metadata,
             retry_hook=self.retries,
-        )
+        ).get("version_id"))
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None:
         if self.signed is not None:
@@ -250,18 +282,18 @@ class AzureBlobStore:
 
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
-    ) -> None:
+    ) -> str | None:
         if self.signed is not None:
-            self.signed.commit_blocks(self.container_name, name, block_ids, md5, content_type, metadata, self.retries)
-            return
+            return self._wrote(self.signed.commit_blocks(self.container_name, name, block_ids, md5, content_type,
+                                                         metadata, self.retries))
         from azure.storage.blob import BlobBlock
 
-        self.container.get_blob_client(name).commit_block_list(
+        return self._wrote(self.container.get_blob_client(name).commit_block_list(
             [BlobBlock(block_id=b) for b in block_ids],
             content_settings=_content_settings(md5, content_type),
             metadata=metadata,
             retry_hook=self.retries,
-        )
+        ).get("version_id"))
 
 
 def _remote(props) -> RemoteBlob:
@@ -269,7 +301,8 @@ def _remote(props) -> RemoteBlob:
     written = props.last_modified
     return RemoteBlob(props.size, bytes(md5) if md5 else None, stored_mtime(props.metadata),
                       is_folder_marker(props.metadata),
-                      calendar.timegm(written.utctimetuple()) * 10**9 + written.microsecond * 1000 if written else None)
+                      calendar.timegm(written.utctimetuple()) * 10**9 + written.microsecond * 1000 if written else None,
+                      getattr(props, "version_id", None))
 
 
 def _content_settings(md5: bytes, content_type: str):
@@ -294,7 +327,26 @@ class MemoryBlobStore:
     blobs: dict[str, StoredBlob] = field(default_factory=dict)
     staged: dict[tuple[str, str], bytes] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    snapshots: dict[tuple[str, str], StoredBlob] = field(default_factory=dict)  # (name, snapshot time)
+    versioning: bool = False  # True: act as an account with blob versioning on
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _clock: Any = field(default_factory=lambda: itertools.count(1))
+
+    def snapshot(self, name: str) -> str:
+        with self._lock:
+            self.requests.append(("snapshot", name))
+            when = f"2026-01-01T00:00:00.{next(self._clock):07d}Z"  # ordered like Azure's snapshot times
+            self.snapshots[(name, when)] = self.blobs[name]
+        return when
+
+    def _version(self, name: str) -> str | None:
+        """As a versioning account does: the blob's previous version is kept by itself."""
+        if not self.versioning:
+            return None
+        when = f"2026-01-01T00:00:00.{next(self._clock):07d}Z"
+        if name in self.blobs:
+            self.snapshots[(name, "v" + when)] = self.blobs[name]
+        return when
 
     def get(self, name: str) -> RemoteBlob | None:
         with self._lock:
@@ -306,7 +358,8 @@ class MemoryBlobStore:
             blob = self.blobs.get(name)
         if blob is None:
             return None
-        return RemoteBlob(len(blob.data), blob.content_md5, stored_mtime(blob.metadata), is_folder_marker(blob.metadata))
+        return RemoteBlob(len(blob.data), blob.content_md5, stored_mtime(blob.metadata), is_folder_marker(blob.metadata),
+                          version_id="current" if self.versioning else None)
 
     def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
         for name in sorted(self.blobs):
@@ -324,12 +377,15 @@ class MemoryBlobStore:
         data = self.blobs[name].data
         return iter([data[i : i + 1024] for i in range(0, len(data), 1024)])
 
-    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
+    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]
+            ) -> str | None:
         if hashlib.md5(data).digest() != md5:
             raise ValueError("Md5Mismatch: the body does not match its Content-MD5")
         with self._lock:
             self.requests.append(("put", name))
+            version = self._version(name)
             self.blobs[name] = StoredBlob(data, md5, content_type, dict(metadata))
+        return version
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None:
         base64.b64decode(block_id, validate=True)
@@ -339,8 +395,10 @@ class MemoryBlobStore:
 
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
-    ) -> None:
+    ) -> str | None:
         with self._lock:
             self.requests.append(("commit", name))
             data = b"".join(self.staged.pop((name, b)) for b in block_ids)
+            version = self._version(name)
             self.blobs[name] = StoredBlob(data, md5, content_type, dict(metadata))
+        return version

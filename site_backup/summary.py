@@ -30,6 +30,7 @@ class BackupSummary(BaseModel):
     files_total: int = 0
     files_uploaded: int = 0
     files_unchanged: int = 0
+    files_changed: int = 0  # uploaded over an earlier blob whose content was kept (snapshot or version)
     files_skipped: int = 0
     files_failed: int = 0
     files_excluded: int = 0
@@ -56,6 +57,7 @@ class BackupSummary(BaseModel):
             ("Destination", self.destination),
             ("Files", f"{self.files_total} total, {self.files_uploaded} {verb}, {self.files_unchanged} unchanged, "
                       f"{self.files_skipped} skipped, {self.files_failed} failed, {self.files_excluded} excluded"),
+            ("Changed", f"{self.files_changed} (uploaded over an earlier blob; its content was kept first)"),
             ("Bytes", f"{human_bytes(self.bytes_total)} total, {human_bytes(self.bytes_uploaded)} {verb}"),
             ("Batches", f"{self.batches} ({self.batches_from_checkpoint} done by an earlier run)"),
             ("Retries", str(self.retries)),
@@ -119,6 +121,7 @@ def summarize(
         s.batches_from_checkpoint += from_checkpoint
         s.files_uploaded += result.files_uploaded
         s.files_unchanged += result.files_unchanged
+        s.files_changed += getattr(result, "files_changed", 0)  # checkpoints from before it was counted
         s.bytes_total += result.bytes_total
         s.bytes_uploaded += result.bytes_uploaded
         s.retries += result.retries
