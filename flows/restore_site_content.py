@@ -25,6 +25,7 @@ from site_backup.summary import RestoreSummary, summarize_restore
 from tasks.prepare_destination import prepare_destination
 from tasks.report import final_state, publish_restore_summary
 from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
+from tasks.history import plan_history_restore
 from tasks.retry import batch_outcome
 
 MiB = 2**20
@@ -40,14 +41,21 @@ def restore_site_content(
     refresh: bool = False,
     files_per_batch: int = 1000,
     mib_per_batch: int = 256,
+    run_id: str | None = None,
+    as_of: str | None = None,
 ) -> RestoreSummary:
-    """Restore every blob under `prefix` in `container` into `target_directory`."""
+    """Restore every blob under `prefix` in `container` into `target_directory`; with
+    `run_id` (or a unique start of it) or `as_of` (ISO 8601 or a date), the tree exactly as
+    that backup run (the last one finished by then) saw it."""
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
     destination, _ = prepare_destination(destination, create=False)
     target, target_identity = prepare_restore_target(target_directory)
     restore_id = open_restore(target_identity, destination)
-    plan = list_backup(destination, files_per_batch, mib_per_batch * MiB)
+    if run_id or as_of:
+        plan = plan_history_restore(destination, run_id, as_of, files_per_batch, mib_per_batch * MiB)
+    else:
+        plan = list_backup(destination, files_per_batch, mib_per_batch * MiB)
     restore = restore_batch.with_options(refresh_cache=True) if refresh else restore_batch
     futures = restore.map(unmapped(target), unmapped(restore_id), plan.batches, unmapped(destination),
                           unmapped(overwrite))

@@ -222,8 +222,17 @@ def build_restore_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("container", metavar="CONTAINER", help="blob container holding the backup")
-    p.add_argument("target", metavar="TARGET", help="folder to restore into (created if missing)")
+    p.add_argument("target", metavar="TARGET", nargs="?", help="folder to restore into (created if missing)")
     p.add_argument("--prefix", default="", help="restore only blobs under this prefix (it is not part of the paths)")
+    history = p.add_argument_group("history")
+    history.add_argument("--list", action="store_true",
+                         help="list the backup runs of this destination (time, run id, files, bytes, outcome); "
+                              "restore nothing")
+    history.add_argument("--run", metavar="ID", help="restore the tree as this backup run saw it (an id from --list, "
+                                                     "or a unique start of it)")
+    history.add_argument("--as-of", metavar="TIME",
+                         help="restore the tree as the last backup finished by TIME saw it (ISO 8601, e.g. "
+                              "2026-11-28T22:15:00Z, or a date: its end; UTC without an offset)")
     p.add_argument("--credentials-block", metavar="NAME", help="saved prefect-azure AzureBlobStorageCredentials block")
     p.add_argument("--overwrite", action="store_true", help="replace files in TARGET that differ from the backup")
     p.add_argument("--refresh", action="store_true", help="ignore the checkpoints of an interrupted restore")
@@ -237,6 +246,14 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
     args = build_restore_parser().parse_args(argv)
     try:
         destination = Destination.checked(args.container, args.prefix, args.credentials_block)
+        if args.list:
+            return list_history(destination, args.json)
+        if args.run and args.as_of:
+            raise ConfigurationError("--run and --as-of both choose a run: give one of them")
+        if not args.target:
+            raise ConfigurationError("no TARGET folder given: name the folder to restore into (or use --list)")
+        if args.run or args.as_of:
+            args.run = choose_run(destination, args.run, args.as_of)
         if os.path.exists(args.target) and not os.path.isdir(args.target):
             raise ConfigurationError(f"target {args.target!r} is not a folder: give a folder to restore into")
     except ConfigurationError as exc:
@@ -244,8 +261,49 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     parameters = dict(container=args.container, target_directory=os.path.abspath(args.target), prefix=args.prefix,
                       credentials_block=args.credentials_block, overwrite=args.overwrite, refresh=args.refresh,
-                      files_per_batch=args.files_per_batch)
+                      files_per_batch=args.files_per_batch, run_id=args.run or None)
     return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
+
+
+def choose_run(destination: Destination, run_id: str | None, as_of: str | None) -> str:
+    """The full id of the run --run or --as-of names; ConfigurationError when none fits."""
+    from .history import list_runs, open_history_store, parse_as_of, pick_run
+
+    if as_of:
+        parse_as_of(as_of)  # a malformed time is refused before any request
+    try:
+        runs = list_runs(open_history_store(destination), destination.prefix)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(f"cannot read the backup history: {redact(str(exc))}") from None
+    return pick_run(runs, run_id, as_of).run_id
+
+
+def list_history(destination: Destination, as_json: bool) -> int:
+    """Print the runs of the destination, oldest first (no flow run: a listing only)."""
+    import json
+
+    from .history import history_container, list_runs, open_history_store
+    from .summary import human_bytes
+
+    try:
+        runs = list_runs(open_history_store(destination), destination.prefix)
+    except Exception as exc:
+        print(f"error: cannot read the backup history: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if as_json:
+        print(json.dumps([r.as_row() for r in runs], indent=2))
+        return 0
+    if not runs:
+        print(f"no backup history for {destination.container}/{destination.prefix} "
+              f"(manifests live in the container {history_container(destination.container)!r})")
+        return 0
+    print(f"{'finished (UTC)':<27}  {'run id':<36}  {'files':>9}  {'bytes':>10}  outcome")
+    for r in runs:
+        print(f"{r.finished.strftime('%Y-%m-%dT%H:%M:%S.%fZ')[:-4] + 'Z':<27}  {r.run_id:<36}  {r.files:>9}  "
+              f"{human_bytes(r.bytes):>10}  {r.outcome}")
+    return 0
 
 
 def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, as_json: bool,

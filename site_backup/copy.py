@@ -81,11 +81,16 @@ class BatchResult:
     failed: list[Problem] = field(default_factory=list)
     transient_failures: int = 0
     root_lost: str = ""  # why the root could no longer be read, when that happened
+    # (path, size, MD5, mtime_ns, version id) of every file backed up: the run manifest's
+    # lines. None in checkpoints written before manifests existed (then they are looked up).
+    entries: list[tuple] | None = None
 
     @classmethod
     def from_outcomes(cls, outcomes: list[FileOutcome]) -> "BatchResult":
-        result = cls()
+        result = cls(entries=[])
         for o in outcomes:
+            if o.status in ("uploaded", "unchanged"):
+                result.entries.append((o.path, o.size, o.md5, o.mtime_ns, o.version_id))
             result.retries += o.changed_retries
             result.bytes_total += o.size
             if o.status == "uploaded":
@@ -109,6 +114,7 @@ class BatchResult:
             files_unchanged=self.files_uploaded + self.files_unchanged,
             bytes_total=self.bytes_total,
             skipped=list(self.skipped),
+            entries=getattr(self, "entries", None),
         )
 
 

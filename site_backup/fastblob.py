@@ -190,6 +190,17 @@ class DirectBlobs:
         return self._send("PUT", container, name, headers, body, on_retry,
                           query={"comp": "blocklist"}).headers.get("x-ms-version-id")
 
+    def commit_new(self, container: str, name: str, block_ids: list[str], md5: bytes, content_type: str,
+                   metadata: dict[str, str], on_retry) -> None:
+        """Put Block List with If-None-Match: *: creates the blob, never replaces one (409
+        BlobAlreadyExists), so what is written once stays as written."""
+        body = ('<?xml version="1.0" encoding="utf-8"?><BlockList>'
+                + "".join(f"<Latest>{b}</Latest>" for b in block_ids) + "</BlockList>").encode()
+        headers = {"Content-Type": "application/xml; charset=utf-8", "If-None-Match": "*",
+                   "x-ms-blob-content-md5": base64.b64encode(md5).decode(), "x-ms-blob-content-type": content_type}
+        headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
+        self._send("PUT", container, name, headers, body, on_retry, query={"comp": "blocklist"})
+
     def snapshot(self, container: str, name: str, on_retry) -> str:
         """Snapshot Blob: a read-only copy of the blob as it is now (content, properties
         and metadata, Content-MD5 included); returns its time, the snapshot's id."""

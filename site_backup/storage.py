@@ -11,7 +11,7 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from .errors import error_code
 
@@ -178,7 +178,88 @@ class RetryLog:
             return ", ".join(f"{reason} x{n}" for reason, n in self.reasons.most_common())
 
 
-class AzureBlobStore:
+class KeptBlob(NamedTuple):
+    """A blob or one of its snapshots or versions: where a run's content may live now."""
+
+    name: str
+    size: int
+    content_md5: bytes | None
+    snapshot: str | None = None  # None for the current blob
+    version_id: str | None = None
+    current: bool = True
+
+
+class HistoryStore:
+    """What history adds to AzureBlobStore: write-once blobs, listings with metadata and
+    with snapshots, reading and deleting one snapshot. Kept apart from the backup's
+    requests: none of this is on a backup's path for each file."""
+
+    def create_container(self) -> bool:
+        """Create the container when it is missing; False when it was there."""
+        if self.signed is not None:
+            return self.signed.create_container(self.container_name, self.retries)
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self.container.create_container()
+        except ResourceExistsError:
+            return False
+        return True
+
+    def commit_new(self, name: str, block_ids: list[str], *, md5: bytes, content_type: str,
+                   metadata: dict[str, str]) -> None:
+        """Put Block List that only creates the blob (refused when it exists)."""
+        if self.signed is not None:
+            self.signed.commit_new(self.container_name, name, block_ids, md5, content_type, metadata, self.retries)
+            return
+        from azure.core import MatchConditions
+        from azure.storage.blob import BlobBlock
+
+        self.container.get_blob_client(name).commit_block_list(
+            [BlobBlock(block_id=b) for b in block_ids], content_settings=_content_settings(md5, content_type),
+            metadata=metadata, match_condition=MatchConditions.IfMissing, retry_hook=self.retries)
+
+    def list_metadata(self, prefix: str) -> Iterator[tuple[str, int, dict[str, str]]]:
+        """(name, size, metadata) of every blob whose name starts with `prefix`."""
+        if self.signed is not None:
+            for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries):
+                yield b.name, b.size, b.metadata
+            return
+        for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
+            yield props.name, props.size, {k.lower(): v for k, v in (props.metadata or {}).items()}
+
+    def list_kept(self, prefix: str, versions: bool = False) -> Iterator[KeptBlob]:
+        """Every blob under `prefix` with its snapshots (and versions, on an account that
+        keeps them), in name order, a blob's snapshots before the blob itself."""
+        include = ["snapshots", "versions"] if versions else ["snapshots"]
+        for props in self.container.list_blobs(name_starts_with=prefix or None, include=include):
+            md5 = props.content_settings.content_md5
+            current = not props.snapshot and (props.is_current_version is not False)
+            yield KeptBlob(props.name, props.size, bytes(md5) if md5 else None, props.snapshot or None,
+                           getattr(props, "version_id", None), current)
+
+    def read_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> Iterator[bytes]:
+        """A snapshot's or version's content (the blob's own without either)."""
+        if snapshot:
+            client = self.container.get_blob_client(name, snapshot=snapshot)
+            return client.download_blob(max_concurrency=4, retry_hook=self.retries).chunks()
+        return self.container.get_blob_client(name).download_blob(
+            max_concurrency=4, version_id=version_id, retry_hook=self.retries).chunks()
+
+    def delete_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> None:
+        """Delete one snapshot or version, or a blob (with no snapshot or version: the blob)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self.container.get_blob_client(name, snapshot=snapshot) if snapshot else \
+            self.container.get_blob_client(name)
+        try:
+            client.delete_blob(version_id=version_id, retry_hook=self.retries) if version_id else \
+                client.delete_blob(retry_hook=self.retries)
+        except ResourceNotFoundError:
+            pass  # already gone: what was wanted
+
+
+class AzureBlobStore(HistoryStore):
     """BlobStore over one container (sync, thread-safe): the direct requests where the
     settings allow them (any sign-in mode, no proxy), the azure-storage-blob ContainerClient
     for the rest, built on first use. Every request reports its retries to `retries`."""
@@ -402,3 +483,44 @@ class MemoryBlobStore:
             version = self._version(name)
             self.blobs[name] = StoredBlob(data, md5, content_type, dict(metadata))
         return version
+
+    # What HistoryStore adds, in memory.
+    def create_container(self) -> bool:
+        return False
+
+    def commit_new(self, name: str, block_ids: list[str], *, md5: bytes, content_type: str,
+                   metadata: dict[str, str]) -> None:
+        with self._lock:
+            if name in self.blobs:
+                raise ValueError(f"BlobAlreadyExists: {name}")
+        self.commit_blocks(name, block_ids, md5=md5, content_type=content_type, metadata=metadata)
+
+    def list_metadata(self, prefix: str) -> Iterator[tuple[str, int, dict[str, str]]]:
+        for name in sorted(self.blobs):
+            if name.startswith(prefix):
+                yield name, len(self.blobs[name].data), dict(self.blobs[name].metadata)
+
+    def list_kept(self, prefix: str, versions: bool = False) -> Iterator[KeptBlob]:
+        kept = []
+        for (name, when), blob in self.snapshots.items():
+            if name.startswith(prefix) and (versions or not when.startswith("v")):
+                version = when[1:] if when.startswith("v") else None
+                kept.append(KeptBlob(name, len(blob.data), blob.content_md5, None if version else when, version,
+                                     False))
+        for name, blob in self.blobs.items():
+            if name.startswith(prefix):
+                kept.append(KeptBlob(name, len(blob.data), blob.content_md5))
+        return iter(sorted(kept, key=lambda k: (k.name, k.current, k.snapshot or k.version_id or "")))
+
+    def read_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> Iterator[bytes]:
+        blob = self.snapshots[(name, snapshot)] if snapshot else \
+            self.snapshots[(name, "v" + version_id)] if version_id else self.blobs[name]
+        return iter([blob.data])
+
+    def delete_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> None:
+        with self._lock:
+            self.requests.append(("delete", name))
+            if snapshot or version_id:
+                self.snapshots.pop((name, snapshot or "v" + version_id), None)
+            else:
+                self.blobs.pop(name, None)
