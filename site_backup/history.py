@@ -41,6 +41,7 @@ from .files import Problem, display_path
 from .remote import RemoteLookup
 from .restore import BlobEntry, RestorePlan, unsafe_name_reason
 
+_json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string, in ASCII
 MiB = 2**20
 MANIFEST_FORMAT = "1"
 MANIFEST_TYPE = "application/gzip"
@@ -118,13 +119,18 @@ class ManifestWriter:
         entries = getattr(result, "entries", None)
         if entries is None:
             entries = self._look_up(result, batch, self.backup_store)
+        lines = []
         for path, size, md5, mtime_ns, version in entries:
-            line = {"p": path, "s": size, "m": base64.b64encode(md5).decode() if md5 else None, "t": mtime_ns}
-            if version:
-                line["v"] = version
-            self._write(line)
+            # One line per file, formatted here and compressed per batch: json.dumps and a
+            # compress call per line cost three times as much. Paths are JSON strings in
+            # ASCII, so names that are not UTF-8 (surrogate escapes) survive as \udcXX.
+            m = f'"{base64.b64encode(md5).decode()}"' if md5 else "null"
+            t = "null" if mtime_ns is None else mtime_ns
+            v = f',"v":{_json_string(version)}' if version else ""
+            lines.append(f'{{"p":{_json_string(path)},"s":{size},"m":{m},"t":{t}{v}}}\n')
             self.files += 1
             self.bytes += size
+        self._feed("".join(lines).encode("ascii"))
 
     def _look_up(self, result: BatchResult, batch: Iterable, store) -> list[tuple]:
         if store is None:
@@ -140,8 +146,10 @@ class ManifestWriter:
         return found
 
     def _write(self, line: dict) -> None:
-        # ensure_ascii: names that are not UTF-8 (surrogate escapes) survive as \udcXX
-        self._buffer += self._zip.compress(json.dumps(line, separators=(",", ":")).encode("ascii") + b"\n")
+        self._feed(json.dumps(line, separators=(",", ":")).encode("ascii") + b"\n")
+
+    def _feed(self, data: bytes) -> None:
+        self._buffer += self._zip.compress(data)
         if len(self._buffer) >= self.block_size:
             self._stage(bytes(self._buffer))
             self._buffer.clear()
