@@ -92,8 +92,8 @@ def backup_site_content(
         listing, results, root=listing.root, destination=destination.describe(), dry_run=dry_run,
         duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,
     )
-    if manifest is not None and summary.outcome != "failed":  # a failed run claims nothing
-        finish_manifest(manifest, summary)
+    if manifest is not None:
+        finish_manifest(manifest, summary)  # none for a failed run: it claims nothing
     publish_summary(summary)
     if summary.outcome == "failed":
         return failed_state(summary)

@@ -12,6 +12,7 @@ import urllib.request
 from .destination import Destination, prepare
 from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
+from .prune import HeldLock
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
 
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # where `make server` puts it
@@ -265,6 +266,42 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
     return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
 
 
+def build_prune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python flows/prune_backups.py",
+        description="Delete backup runs outside a retention policy, and the snapshots only they needed "
+                    "(restic's --keep-* rules; days, weeks and months in UTC).",
+        epilog="Exit codes: 0 done, 1 the prune failed, 2 bad input, or a backup of the destination is running.",
+    )
+    p.add_argument("container", metavar="CONTAINER", help="blob container holding the backup")
+    p.add_argument("--prefix", default="", help="the backup's blob name prefix (default: none)")
+    p.add_argument("--credentials-block", metavar="NAME", help="saved prefect-azure AzureBlobStorageCredentials block")
+    for rule, what in (("last", "the N newest runs"), ("daily", "the newest run of each of the last N days"),
+                       ("weekly", "the newest run of each of the last N weeks"),
+                       ("monthly", "the newest run of each of the last N months")):
+        p.add_argument(f"--keep-{rule}", type=_positive, default=0, metavar="N", help=f"keep {what}")
+    p.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    return p
+
+
+def prune_main(flow, argv: list[str] | None = None) -> int:
+    """Run the prune flow from the command line; returns the exit code."""
+    args = build_prune_parser().parse_args(argv)
+    try:
+        destination = Destination.checked(args.container, args.prefix, args.credentials_block)
+        if not (args.keep_last or args.keep_daily or args.keep_weekly or args.keep_monthly):
+            raise ConfigurationError("no retention policy: give at least one of --keep-last, --keep-daily, "
+                                     "--keep-weekly, --keep-monthly (prune never deletes every run)")
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    parameters = dict(container=args.container, prefix=args.prefix, credentials_block=args.credentials_block,
+                      keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
+                      keep_monthly=args.keep_monthly, dry_run=args.dry_run)
+    return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
+
+
 def choose_run(destination: Destination, run_id: str | None, as_of: str | None) -> str:
     """The full id of the run --run or --as-of names; ConfigurationError when none fits."""
     from .history import list_runs, open_history_store, parse_as_of, pick_run
@@ -330,6 +367,9 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
                 except RunFailed as exc:  # what was done is still reported
                     summary = exc.summary
     except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except HeldLock as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

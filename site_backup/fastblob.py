@@ -201,6 +201,20 @@ class DirectBlobs:
         headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
         self._send("PUT", container, name, headers, body, on_retry, query={"comp": "blocklist"})
 
+    def lease(self, container: str, name: str, action: str, lease_id: str, on_retry, duration: int = 60) -> None:
+        """Lease Blob: `acquire` (as `lease_id`, for `duration` seconds), `renew` or `release`."""
+        headers = {"x-ms-lease-action": action}
+        if action == "acquire":
+            headers.update({"x-ms-proposed-lease-id": lease_id, "x-ms-lease-duration": str(duration)})
+        else:
+            headers["x-ms-lease-id"] = lease_id
+        self._send("PUT", container, name, headers, b"", on_retry, query={"comp": "lease"})
+
+    def delete(self, container: str, name: str, on_retry, lease_id: str | None = None) -> None:
+        """Delete Blob (with its lease's id when it is leased); a missing blob is no error."""
+        self._send("DELETE", container, name, {"x-ms-lease-id": lease_id} if lease_id else {}, b"", on_retry,
+                   missing_ok=True)
+
     def snapshot(self, container: str, name: str, on_retry) -> str:
         """Snapshot Blob: a read-only copy of the blob as it is now (content, properties
         and metadata, Content-MD5 included); returns its time, the snapshot's id."""

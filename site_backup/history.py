@@ -112,6 +112,7 @@ class ManifestWriter:
         self._upload = uuid.uuid4().hex[:16]
         self.files = self.bytes = self.size = 0
         self._record: RunRecord | None = None
+        self.lock = None  # the run's prune.Lease, held until the manifest is written
 
     def add_batch(self, result: BatchResult, batch: Iterable) -> None:
         """The files of one finished batch that were backed up. A checkpoint from before

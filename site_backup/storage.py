@@ -228,6 +228,39 @@ class HistoryStore:
         for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
             yield props.name, props.size, {k.lower(): v for k, v in (props.metadata or {}).items()}
 
+    def lease(self, name: str, action: str, lease_id: str, duration: int = 60) -> None:
+        """Acquire (for `duration` seconds), renew or release the lease `lease_id` on a blob."""
+        if self.signed is not None:
+            self.signed.lease(self.container_name, name, action, lease_id, self.retries, duration)
+            return
+        from azure.storage.blob import BlobLeaseClient
+
+        client = BlobLeaseClient(self.container.get_blob_client(name), lease_id=lease_id)
+        if action == "acquire":
+            client.acquire(lease_duration=duration)
+        else:
+            getattr(client, action)()
+
+    def delete(self, name: str, lease_id: str | None = None) -> None:
+        """Delete a blob (a leased one with its lease id); gone already is no error."""
+        if self.signed is not None:
+            self.signed.delete(self.container_name, name, self.retries, lease_id)
+            return
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.container.delete_blob(name, lease=lease_id, retry_hook=self.retries)
+        except ResourceNotFoundError:
+            pass
+
+    def list_leases(self, prefix: str) -> Iterator[tuple[str, str, int | None]]:
+        """(name, lease state, last modified in ns) of the blobs under `prefix`: `leased`
+        while a lease is held, `expired`, `broken` or `available` otherwise."""
+        for props in self.container.list_blobs(name_starts_with=prefix or None):
+            written = props.last_modified
+            yield props.name, props.lease.state, (
+                calendar.timegm(written.utctimetuple()) * 10**9 if written else None)
+
     def list_kept(self, prefix: str, versions: bool = False) -> Iterator[KeptBlob]:
         """Every blob under `prefix` with its snapshots (and versions, on an account that
         keeps them), in name order, a blob's snapshots before the blob itself."""

@@ -297,3 +297,46 @@ def summarize_restore(refused, results, *, source: str, target: str, duration_se
     s.files_total = s.files_restored + s.files_unchanged + s.files_refused + s.files_failed
     s.outcome = "incomplete" if (s.files_refused or s.files_failed) else "completed"
     return s
+
+
+class PruneSummary(BaseModel):
+    """What a prune did (or, with dry_run, would do)."""
+
+    outcome: str = "completed"
+    dry_run: bool = False
+    destination: str = ""
+    policy: str = ""
+    runs_total: int = 0
+    runs_kept: int = 0
+    manifests_deleted: int = 0
+    snapshots_kept: int = 0
+    snapshots_deleted: int = 0
+    bytes_freed: int = 0
+    stale_locks_removed: int = 0
+    duration_seconds: float = 0.0
+    kept: list[str] = Field(default_factory=list)  # "finished  run id  files  outcome"
+    deleted: list[str] = Field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK
+
+    def to_text(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        rows = [
+            ("Destination", self.destination),
+            ("Policy", self.policy),
+            ("Runs", f"{self.runs_total} total, {self.runs_kept} kept, {self.manifests_deleted} manifests {verb}"),
+            ("Snapshots", f"{self.snapshots_kept} still needed, {self.snapshots_deleted} {verb}"),
+            ("Freed", human_bytes(self.bytes_freed) + (" (dry run: nothing was deleted)" if self.dry_run else "")),
+            ("Duration", f"{self.duration_seconds:.1f} s"),
+        ]
+        lines = [render(rows, ())]
+        for title, runs in (("Kept", self.kept), ("Deleted" if not self.dry_run else "Would delete", self.deleted)):
+            if runs:
+                lines.append(f"{title} ({len(runs)}):")
+                lines.extend(f"  {r}" for r in runs)
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        return f"# Prune {self.outcome}\n\n```\n{self.to_text()}\n```\n"
