@@ -44,8 +44,12 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self) -> "Lease":
-        """Create the lock blob when missing and lease it; HeldLock when another holds it."""
+    def acquire(self, fresh: bool = False) -> "Lease":
+        """Lease the lock blob, creating it (and its container) when missing; HeldLock when
+        another holds it. `fresh`: the blob is known not to exist yet (a run's own lock), so
+        it is made first instead of after a refused lease."""
+        if fresh:
+            self._make()
         for attempt in (0, 1, 2):
             try:
                 self.store.lease(self.name, "acquire", self.lease_id, LEASE_SECONDS)
@@ -56,17 +60,24 @@ class Lease:
                     raise HeldLock(self.name) from None
                 if code not in ("BlobNotFound", "ContainerNotFound") or attempt == 2:
                     raise
-                if code == "ContainerNotFound":
-                    self.store.create_container()
-                try:
-                    self.store.put(self.name, b"", md5=hashlib.md5(b"").digest(), content_type="text/plain",
-                                   metadata={})
-                except Exception as put_exc:  # made and leased meanwhile by another
-                    if error_code(put_exc) not in ("LeaseIdMissing", "LeaseAlreadyPresent"):
-                        raise
+                self._make()
         self._thread = threading.Thread(target=self._renew, name="lock-renew", daemon=True)
         self._thread.start()
         return self
+
+    def _make(self) -> None:
+        for attempt in (0, 1):
+            try:
+                self.store.put(self.name, b"", md5=hashlib.md5(b"").digest(), content_type="text/plain",
+                               metadata={})
+                return
+            except Exception as exc:
+                code = error_code(exc)
+                if code in ("LeaseIdMissing", "LeaseAlreadyPresent"):
+                    return  # made and leased meanwhile by another: the lease says who wins
+                if code != "ContainerNotFound" or attempt == 1:
+                    raise
+                self.store.create_container()  # the first use of this destination's history
 
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_SECONDS):
@@ -91,7 +102,7 @@ class Lease:
 
 def backup_lock(history_store, prefix: str, run_id: str) -> Lease:
     """The lock a backup run holds while it runs (one per run: backups do not exclude each other)."""
-    return Lease(history_store, f"{locks_folder(prefix)}backup-{run_id}").acquire()
+    return Lease(history_store, f"{locks_folder(prefix)}backup-{run_id}").acquire(fresh=True)
 
 
 def running_backups(history_store, prefix: str) -> tuple[list[str], list[str]]:

@@ -11,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from site_backup.destination import Destination, open_store
+from site_backup.errors import describe
 from site_backup.history import ManifestWriter, RunRecord, list_runs, open_history_store, pick_run, plan_run_restore
 from site_backup.prune import backup_lock, describe_run, prune
 from site_backup.restore import RestorePlan
@@ -19,16 +20,27 @@ from tasks.retry import QUICK_RETRIES
 
 
 @task(name="open-manifest", cache_policy=NO_CACHE, persist_result=False)
-def open_manifest(destination: Destination) -> ManifestWriter:
-    """A writer for this run's manifest, named after the flow run (nothing is written yet)."""
+def open_manifest(destination: Destination) -> ManifestWriter | None:
+    """A writer for this run's manifest, named after the flow run, and the run's lock.
+    None, with a warning, when the credentials may not write the history container (a SAS
+    for the backup's container only): the backup itself goes on, without history."""
+    from prefect import get_run_logger
     from prefect.runtime import flow_run
 
     run_id = str(flow_run.id or uuid.uuid4())
     history = open_history_store(destination)
     manifest = ManifestWriter(history, destination.prefix, run_id, dt.datetime.now(dt.timezone.utc),
                               backup_store=open_store(destination))
-    # Held until the manifest is written, so a prune of this destination waits for the run.
-    manifest.lock = backup_lock(history, destination.prefix, run_id)
+    try:
+        # Held until the manifest is written, so a prune of this destination waits for the run.
+        manifest.lock = backup_lock(history, destination.prefix, run_id)
+    except Exception as exc:
+        if getattr(exc, "status_code", None) != 403:
+            raise
+        get_run_logger().warning(
+            "no history for this run: the credentials may not write the container %r (%s); give them "
+            "create and write access to it to keep run manifests", history.container_name, describe(exc))
+        return None
     return manifest
 
 
