@@ -64,12 +64,17 @@ def test_ransomware_first_run_restores_the_original_and_the_latest_the_damage(st
     latest = tmp_path / "latest"
     restore_site_content(container_name, str(latest), run_id=runs[1].run_id)
     assert read_tree(latest) == damaged and tree_times(latest) == damaged_times
+    # recovery in place: over the damaged tree
+    in_place = restore_site_content(container_name, str(root), run_id=runs[0].run_id, overwrite=True)
+    assert in_place.outcome == "completed" and read_tree(root) == original and tree_times(root) == times
     print(f"\nransomware: {len(original)} files, {first.bytes_total} bytes; second run {second_seconds:.2f} s, "
           f"{second.files_changed} changed; restore as of the first run {restore_seconds:.2f} s, "
           f"{restored.bytes_restored} bytes; manifests {[r.manifest_size for r in runs]} bytes")
 
 
-def test_each_of_three_runs_restores_exactly_its_state(storage, checkpoints, container_name, make_tree, tmp_path):
+@pytest.mark.parametrize("prefix", ["", "sites/www"])
+def test_each_of_three_runs_restores_exactly_its_state(storage, checkpoints, container_name, make_tree, tmp_path,
+                                                       prefix):
     root = make_tree({"a.txt": b"one", "keep.txt": b"same", "gone/later.txt": b"deleted in run 3"})
     states = []
     for step in range(3):
@@ -81,12 +86,12 @@ def test_each_of_three_runs_restores_exactly_its_state(storage, checkpoints, con
             (root / "gone/later.txt").unlink()
             (root / "new.txt").write_bytes(b"changed in run 3")
         states.append((read_tree(root), tree_times(root)))
-        backup_site_content(str(root), container=container_name)
-    runs = runs_of(container_name)
+        backup_site_content(str(root), container=container_name, prefix=prefix)
+    runs = runs_of(container_name, prefix)
     assert len(runs) == 3
     for i, run in enumerate(runs):
         target = tmp_path / f"run{i}"
-        summary = restore_site_content(container_name, str(target), run_id=run.run_id[:8])
+        summary = restore_site_content(container_name, str(target), prefix=prefix, run_id=run.run_id[:8])
         assert summary.outcome == "completed"
         assert (read_tree(target), tree_times(target)) == states[i], f"run {i}"
 
