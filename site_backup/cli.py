@@ -231,6 +231,9 @@ def build_restore_parser() -> argparse.ArgumentParser:
                               "restore nothing")
     history.add_argument("--run", metavar="ID", help="restore the tree as this backup run saw it (an id from --list, "
                                                      "or a unique start of it)")
+    history.add_argument("--check", action="store_true",
+                         help="with --run or --as-of: check that every file of that run is still stored (the "
+                              "blob or a snapshot with the recorded size and MD5); restore nothing")
     history.add_argument("--as-of", metavar="TIME",
                          help="restore the tree as the last backup finished by TIME saw it (ISO 8601, e.g. "
                               "2026-11-28T22:15:00Z, or a date: its end; UTC without an offset)")
@@ -251,10 +254,14 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
             return list_history(destination, args.json)
         if args.run and args.as_of:
             raise ConfigurationError("--run and --as-of both choose a run: give one of them")
-        if not args.target:
+        if args.check and not (args.run or args.as_of):
+            raise ConfigurationError("--check needs --run or --as-of: name the run to check")
+        if not args.target and not args.check:
             raise ConfigurationError("no TARGET folder given: name the folder to restore into (or use --list)")
         if args.run or args.as_of:
             args.run = choose_run(destination, args.run, args.as_of)
+        if args.check:
+            return check_history(destination, args.run, args.json)
         if os.path.exists(args.target) and not os.path.isdir(args.target):
             raise ConfigurationError(f"target {args.target!r} is not a folder: give a folder to restore into")
     except ConfigurationError as exc:
@@ -315,6 +322,26 @@ def choose_run(destination: Destination, run_id: str | None, as_of: str | None) 
     except Exception as exc:
         raise ConfigurationError(f"cannot read the backup history: {redact(str(exc))}") from None
     return pick_run(runs, run_id, as_of).run_id
+
+
+def check_history(destination: Destination, run_id: str, as_json: bool) -> int:
+    """Check that a run's content is all still stored; 0 when it is, 1 when some is gone."""
+    import json
+
+    from .destination import open_store
+    from .history import check_run, list_runs, open_history_store, pick_run
+
+    history = open_history_store(destination)
+    run = pick_run(list_runs(history, destination.prefix), run_id)
+    found, missing = check_run(history, run, open_store(destination), destination.prefix)
+    if as_json:
+        print(json.dumps({"run_id": run.run_id, "files": found + len(missing), "stored": found,
+                          "missing": [{"path": p.path, "reason": p.reason} for p in missing]}, indent=2))
+    else:
+        print(f"run {run.run_id}: {found + len(missing)} files, {found} stored, {len(missing)} missing")
+        for p in missing:
+            print(f"  {p.path}  {p.reason}")
+    return EXIT_INCOMPLETE if missing else 0
 
 
 def list_history(destination: Destination, as_json: bool) -> int:

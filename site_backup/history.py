@@ -363,3 +363,10 @@ def _where(candidates: list, size: int, md5: bytes | None, version: str | None) 
         return None
     k = older[0]
     return f"snapshot:{k.snapshot}" if k.snapshot else f"version:{k.version_id}"
+
+
+def check_run(history_store, run: RunRecord, backup_store, prefix: str) -> tuple[int, list[Problem]]:
+    """(files whose content is still stored, the others with why): each file of the run
+    has the blob, a snapshot or a version with its recorded size and Content-MD5."""
+    plan = plan_run_restore(history_store, run, backup_store, prefix, 10**6, 2**62)
+    return plan.files, plan.refused

@@ -213,3 +213,22 @@ def test_rclone_check_still_finds_0_differences_with_snapshots_and_manifests(sto
         check.stderr[-2000:]
     listed = rclone(storage, "lsf", "-R", "--files-only", f"az:{container_name}")
     assert sorted(listed.stdout.split()) == [".site-backup/x", "a.txt", "sub/b.txt"]
+
+
+def test_check_tells_whether_a_runs_content_is_still_stored(storage, checkpoints, container_name, make_tree):
+    root = make_tree({"a.txt": b"one", "b.txt": b"bee"})
+    backup_site_content(str(root), container=container_name)
+    (root / "a.txt").write_bytes(b"two")
+    backup_site_content(str(root), container=container_name)
+    first = runs_of(container_name)[0]
+    env = dict(os.environ, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints))
+    cli = [sys.executable, "flows/restore_site_content.py", container_name, "--check", "--run", first.run_id]
+    ok = subprocess.run(cli, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "2 files, 2 stored, 0 missing" in ok.stdout, ok.stderr
+    container = storage.container(container_name)
+    [snap] = [b for b in container.list_blobs(include=["snapshots"]) if b.snapshot]
+    container.get_blob_client("a.txt", snapshot=snap.snapshot).delete_blob()
+    gone = subprocess.run(cli, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 1 and "2 files, 1 stored, 1 missing" in gone.stdout and "a.txt" in gone.stdout
+    bare = subprocess.run(cli[:4], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and "--check needs --run or --as-of" in bare.stderr
