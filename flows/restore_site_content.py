@@ -22,10 +22,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from site_backup.destination import Destination
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
+from tasks.history import plan_history_restore
 from tasks.prepare_destination import prepare_destination
 from tasks.report import final_state, publish_restore_summary
 from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
-from tasks.history import plan_history_restore
 from tasks.retry import batch_outcome
 
 MiB = 2**20

@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 from urllib.parse import quote
 
 from .copy import BatchResult, blob_name
-from .errors import ConfigurationError, error_code
+from .errors import ConfigurationError, describe, error_code
 from .files import Problem, display_path
 from .remote import RemoteLookup
 from .restore import BlobEntry, RestorePlan, unsafe_name_reason
@@ -113,10 +113,21 @@ class ManifestWriter:
         self.files = self.bytes = self.size = 0
         self._record: RunRecord | None = None
         self.lock = None  # the run's prune.Lease, held until the manifest is written
+        self.broken = ""  # why the manifest could not be written: the backup goes on without it
 
     def add_batch(self, result: BatchResult, batch: Iterable) -> None:
         """The files of one finished batch that were backed up. A checkpoint from before
-        manifests existed has no entries: those files are looked up in the backup."""
+        manifests existed has no entries: those files are looked up in the backup. A
+        storage error here (after the requests' own retries) gives up the manifest, never
+        the backup: `broken` says why."""
+        if self.broken:
+            return
+        try:
+            self._add(result, batch)
+        except Exception as exc:
+            self.broken = describe(exc)
+
+    def _add(self, result: BatchResult, batch: Iterable) -> None:
         entries = getattr(result, "entries", None)
         if entries is None:
             entries = self._look_up(result, batch, self.backup_store)

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from site_backup.destination import Destination, open_store
-from site_backup.errors import describe
+from site_backup.errors import describe, is_transient
 from site_backup.history import ManifestWriter, RunRecord, list_runs, open_history_store, pick_run, plan_run_restore
 from site_backup.prune import backup_lock, describe_run, prune
 from site_backup.restore import RestorePlan
@@ -47,14 +47,27 @@ def open_manifest(destination: Destination) -> ManifestWriter | None:
 @task(name="write-manifest", cache_policy=NO_CACHE, persist_result=False, **QUICK_RETRIES)
 def finish_manifest(manifest: ManifestWriter, summary: BackupSummary) -> RunRecord | None:
     """Commit the run's manifest, with its summary: from now on the run is in the history.
-    A failed run claims nothing: no manifest. Either way the run's lock is released."""
+    A failed run claims nothing: no manifest. A manifest that cannot be written (after
+    the retries) costs the run its history, not its outcome: a warning says why. The
+    run's lock is released at the end either way."""
+    from prefect import get_run_logger
+    from prefect.context import TaskRunContext
+
     try:
-        if summary.outcome == "failed":
-            return None
-        return manifest.finish(summary.model_dump(mode="json"), summary.root, summary.destination,
-                               dt.datetime.now(dt.timezone.utc))
-    finally:
-        manifest.lock.release()
+        if summary.outcome != "failed" and not manifest.broken:
+            record = manifest.finish(summary.model_dump(mode="json"), summary.root, summary.destination,
+                                     dt.datetime.now(dt.timezone.utc))
+            manifest.lock.release()
+            return record
+    except Exception as exc:
+        context = TaskRunContext.get()
+        if is_transient(exc) and context.task_run.run_count <= context.task.retries:
+            raise  # tried again, lock still held
+        manifest.broken = describe(exc)
+    if manifest.broken:
+        get_run_logger().warning("no manifest for this run (its files are backed up): %s", manifest.broken)
+    manifest.lock.release()
+    return None
 
 
 @task(name="prune-history", cache_policy=NO_CACHE)

@@ -232,3 +232,19 @@ def test_check_tells_whether_a_runs_content_is_still_stored(storage, checkpoints
     assert gone.returncode == 1 and "2 files, 1 stored, 1 missing" in gone.stdout and "a.txt" in gone.stdout
     bare = subprocess.run(cli[:4], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120)
     assert bare.returncode == 2 and "--check needs --run or --as-of" in bare.stderr
+
+
+def test_a_manifest_that_cannot_be_written_leaves_the_backup_complete(storage, checkpoints, container_name,
+                                                                      make_tree, monkeypatch):
+    from site_backup.history import ManifestWriter
+
+    def refused(self, data):
+        raise OSError("the history container is unreachable")
+
+    monkeypatch.setattr(ManifestWriter, "_stage", refused)
+    root = make_tree({"a.txt": b"a"})
+    summary = backup_site_content(str(root), container=container_name)
+    assert summary.outcome == "completed" and summary.files_uploaded == 1
+    assert runs_of(container_name) == []
+    history = storage.container(history_container(container_name))
+    assert list(history.list_blobs()) == []  # the run's lock was released too

@@ -127,3 +127,14 @@ def test_plan_takes_current_blob_else_the_earliest_matching_snapshot_else_refuse
     where = {e.path: e.where for b in plan.batches for e in b}
     assert where["a.txt"].startswith("snapshot:") and where["c.txt"] is None
     assert [p.path for p in plan.refused] == ["b.txt"] and "no longer stored" in plan.refused[0].reason
+
+
+def test_a_storage_error_while_staging_gives_up_the_manifest_not_the_backup():
+    class Failing(MemoryBlobStore):
+        def stage_block(self, name, block_id, data):
+            raise OSError("connection reset")
+
+    w = writer(Failing(), block_size=10)
+    w.add_batch(BatchResult(entries=[("a", 1, None, 1, None)] * 50), [])
+    w.add_batch(BatchResult(entries=[("b", 1, None, 1, None)]), [])
+    assert "connection reset" in w.broken and w.files < 51
