@@ -101,8 +101,10 @@ class Lease:
 
 
 def backup_lock(history_store, prefix: str, run_id: str) -> Lease:
-    """The lock a backup run holds while it runs (one per run: backups do not exclude each other)."""
-    return Lease(history_store, f"{locks_folder(prefix)}backup-{run_id}").acquire(fresh=True)
+    """The lock a backup run holds while it runs: one per attempt, so backups do not exclude
+    each other, and a flow run retried after a crash (the same run id) does not wait for
+    the lease its crashed attempt left."""
+    return Lease(history_store, f"{locks_folder(prefix)}backup-{run_id}.{uuid.uuid4().hex[:8]}").acquire(fresh=True)
 
 
 def running_backups(history_store, prefix: str) -> tuple[list[str], list[str]]:
@@ -204,7 +206,7 @@ def prune(history_store, backup_store, prefix: str, *, keep_last=0, keep_daily=0
     try:
         running, stale = running_backups(history_store, prefix)
         if running:
-            ids = ", ".join(n.rsplit("backup-", 1)[-1] for n in running)
+            ids = ", ".join(sorted({n.rsplit("backup-", 1)[-1].rsplit(".", 1)[0] for n in running}))
             raise HeldLock(f"a backup of this destination is running (run {ids}): prune when it has finished; "
                            f"the lock of a run that was killed expires within {LEASE_SECONDS} s")
         runs = list_runs(history_store, prefix)

@@ -130,3 +130,13 @@ def test_a_lock_left_by_a_killed_backup_is_recovered_once_its_lease_expires(stor
     done = prune_backups(container_name, keep_last=1)
     assert done.stale_locks_removed == 1 and done.runs_total == 0  # the killed run wrote no manifest
     assert [b.name for b in history.list_blobs(name_starts_with=locks_folder(""))] == []
+
+
+def test_a_flow_run_retried_after_a_crash_takes_a_lock_of_its_own(storage, container_name):
+    # Prefect's flow-run retry keeps the run id; the crashed attempt's lease is still held.
+    history = open_history_store(Destination.checked(container_name))
+    crashed = backup_lock(history, "", "same-run")
+    crashed._stop.set()  # it stops renewing, as a killed process would
+    retried = backup_lock(history, "", "same-run")
+    retried.release()
+    crashed.release()
