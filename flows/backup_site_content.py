@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the project importable
@@ -26,6 +27,7 @@ from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, stops_on_termination
 from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
+from tasks.history import finish_manifest, open_manifest
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import ProgressArtifact, failed_state, final_state, publish_summary
@@ -100,6 +102,7 @@ def backup_site_content(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )
     destination, empty = prepare_destination(destination, policy=policy)
+    manifest = None if dry_run else open_manifest(destination)  # staged as batches finish, committed at the end
     if checkpoint_block:
         prepare_checkpoints(checkpoint_block)
     options = CopyOptions(
@@ -119,12 +122,18 @@ def backup_site_content(
     results = []
     for future in as_completed(futures):
         batch = batch_of[future]
-        results.append(batch_outcome(future, batch, lambda failed: BatchResult(failed=failed)))
+        result, cached = batch_outcome(future, batch, lambda failed: BatchResult(failed=failed))
+        if manifest is not None:
+            manifest.add_batch(result, batch)
+            result = replace(result, entries=None)  # in the manifest now: memory stays bounded
+        results.append((result, cached))
         shown.advance(len(batch), sum(f.size for f in batch))
     summary = summarize(
         listing, results, root=listing.root, destination=destination.describe(), dry_run=dry_run,
         duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,
     )
+    if manifest is not None:
+        finish_manifest(manifest, summary)  # none for a failed run: it claims nothing
     publish_summary(summary)
     if summary.outcome == "failed":
         return failed_state(summary)

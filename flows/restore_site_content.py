@@ -23,6 +23,7 @@ from site_backup.destination import Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
+from tasks.history import plan_history_restore
 from tasks.prepare_destination import prepare_destination
 from tasks.report import failed_state, final_state, publish_restore_summary
 from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
@@ -44,8 +45,12 @@ def restore_site_content(
     mib_per_batch: int = 256,
     retries: int = 100,
     storage_timeout: float = 60.0,
+    run_id: str | None = None,
+    as_of: str | None = None,
 ) -> RestoreSummary:
-    """Restore every blob under `prefix` in `container` into `target_directory`.
+    """Restore every blob under `prefix` in `container` into `target_directory`; with
+    `run_id` (or a unique start of it) or `as_of` (ISO 8601 or a date), the tree exactly as
+    that backup run (the last one finished by then) saw it.
 
     Args:
         container: Blob container holding the backup.
@@ -64,6 +69,10 @@ def restore_site_content(
             past it the run stops (1 or more).
         storage_timeout: Seconds without a useful answer from storage before the run stops, failed
             (more than 0).
+        run_id: Restore the tree as this backup run saw it: a run id from --list, or a unique
+            start of one; empty for the current blobs.
+        as_of: Restore the tree as the last backup run finished by then saw it: ISO 8601 or a
+            date (the end of that day, UTC); empty for the current blobs.
     """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
@@ -72,7 +81,10 @@ def restore_site_content(
     target, target_identity = prepare_restore_target(target_directory)
     restore_id = open_restore(target_identity, destination)
     try:
-        plan = list_backup(destination, files_per_batch, mib_per_batch * MiB, policy)
+        if run_id or as_of:
+            plan = plan_history_restore(destination, run_id, as_of, files_per_batch, mib_per_batch * MiB)
+        else:
+            plan = list_backup(destination, files_per_batch, mib_per_batch * MiB, policy)
     except (StorageUnavailable, RunStopped) as exc:  # the run ends, with a summary that says why
         summary = RestoreSummary(outcome="failed", error=str(exc), source=destination.describe(), target=target,
                                  duration_seconds=time.monotonic() - started)

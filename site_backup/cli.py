@@ -15,6 +15,7 @@ from .destination import Destination, prepare
 from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
 from .retry import STOP, RetryPolicy, RunStopped, forget_on_stop, on_stop, request_stop, stop_signal
+from .prune import HeldLock
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
 
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # where `make server` puts it
@@ -261,8 +262,20 @@ def build_restore_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("container", metavar="CONTAINER", help="blob container holding the backup")
-    p.add_argument("target", metavar="TARGET", help="folder to restore into (created if missing)")
+    p.add_argument("target", metavar="TARGET", nargs="?", help="folder to restore into (created if missing)")
     p.add_argument("--prefix", default="", help="restore only blobs under this prefix (it is not part of the paths)")
+    history = p.add_argument_group("history")
+    history.add_argument("--list", action="store_true",
+                         help="list the backup runs of this destination (time, run id, files, bytes, outcome); "
+                              "restore nothing")
+    history.add_argument("--run", metavar="ID", help="restore the tree as this backup run saw it (an id from --list, "
+                                                     "or a unique start of it)")
+    history.add_argument("--check", action="store_true",
+                         help="with --run or --as-of: check that every file of that run is still stored (the "
+                              "blob or a snapshot with the recorded size and MD5); restore nothing")
+    history.add_argument("--as-of", metavar="TIME",
+                         help="restore the tree as the last backup finished by TIME saw it (ISO 8601, e.g. "
+                              "2026-11-28T22:15:00Z, or a date: its end; UTC without an offset)")
     p.add_argument("--credentials-block", metavar="NAME", help="saved prefect-azure AzureBlobStorageCredentials block")
     p.add_argument("--overwrite", action="store_true", help="replace files in TARGET that differ from the backup")
     p.add_argument("--refresh", action="store_true", help="ignore the checkpoints of an interrupted restore")
@@ -277,6 +290,18 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
     args = build_restore_parser().parse_args(argv)
     try:
         destination = Destination.checked(args.container, args.prefix, args.credentials_block)
+        if args.list:
+            return list_history(destination, args.json)
+        if args.run and args.as_of:
+            raise ConfigurationError("--run and --as-of both choose a run: give one of them")
+        if args.check and not (args.run or args.as_of):
+            raise ConfigurationError("--check needs --run or --as-of: name the run to check")
+        if not args.target and not args.check:
+            raise ConfigurationError("no TARGET folder given: name the folder to restore into (or use --list)")
+        if args.run or args.as_of:
+            args.run = choose_run(destination, args.run, args.as_of)
+        if args.check:
+            return check_history(destination, args.run, args.json)
         if os.path.exists(args.target) and not os.path.isdir(args.target):
             raise ConfigurationError(f"target {args.target!r} is not a folder: give a folder to restore into")
     except ConfigurationError as exc:
@@ -285,8 +310,106 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
     parameters = dict(container=args.container, target_directory=os.path.abspath(args.target), prefix=args.prefix,
                       credentials_block=args.credentials_block, overwrite=args.overwrite, refresh=args.refresh,
                       files_per_batch=args.files_per_batch, retries=args.retries,
-                      storage_timeout=args.storage_timeout)
+                      storage_timeout=args.storage_timeout,
+                      run_id=args.run or None)
     return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
+
+
+def build_prune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python flows/prune_backups.py",
+        description="Delete backup runs outside a retention policy, and the snapshots only they needed "
+                    "(restic's --keep-* rules; days, weeks and months in UTC).",
+        epilog="Exit codes: 0 done, 1 the prune failed, 2 bad input, or a backup of the destination is running.",
+    )
+    p.add_argument("container", metavar="CONTAINER", help="blob container holding the backup")
+    p.add_argument("--prefix", default="", help="the backup's blob name prefix (default: none)")
+    p.add_argument("--credentials-block", metavar="NAME", help="saved prefect-azure AzureBlobStorageCredentials block")
+    for rule, what in (("last", "the N newest runs"), ("daily", "the newest run of each of the last N days"),
+                       ("weekly", "the newest run of each of the last N weeks"),
+                       ("monthly", "the newest run of each of the last N months")):
+        p.add_argument(f"--keep-{rule}", type=_positive, default=0, metavar="N", help=f"keep {what}")
+    p.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    return p
+
+
+def prune_main(flow, argv: list[str] | None = None) -> int:
+    """Run the prune flow from the command line; returns the exit code."""
+    args = build_prune_parser().parse_args(argv)
+    try:
+        destination = Destination.checked(args.container, args.prefix, args.credentials_block)
+        if not (args.keep_last or args.keep_daily or args.keep_weekly or args.keep_monthly):
+            raise ConfigurationError("no retention policy: give at least one of --keep-last, --keep-daily, "
+                                     "--keep-weekly, --keep-monthly (prune never deletes every run)")
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    parameters = dict(container=args.container, prefix=args.prefix, credentials_block=args.credentials_block,
+                      keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
+                      keep_monthly=args.keep_monthly, dry_run=args.dry_run)
+    return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
+
+
+def choose_run(destination: Destination, run_id: str | None, as_of: str | None) -> str:
+    """The full id of the run --run or --as-of names; ConfigurationError when none fits."""
+    from .history import list_runs, open_history_store, parse_as_of, pick_run
+
+    if as_of:
+        parse_as_of(as_of)  # a malformed time is refused before any request
+    try:
+        runs = list_runs(open_history_store(destination), destination.prefix)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(f"cannot read the backup history: {redact(str(exc))}") from None
+    return pick_run(runs, run_id, as_of).run_id
+
+
+def check_history(destination: Destination, run_id: str, as_json: bool) -> int:
+    """Check that a run's content is all still stored; 0 when it is, 1 when some is gone."""
+    import json
+
+    from .destination import open_store
+    from .history import check_run, list_runs, open_history_store, pick_run
+
+    history = open_history_store(destination)
+    run = pick_run(list_runs(history, destination.prefix), run_id)
+    found, missing = check_run(history, run, open_store(destination), destination.prefix)
+    if as_json:
+        print(json.dumps({"run_id": run.run_id, "files": found + len(missing), "stored": found,
+                          "missing": [{"path": p.path, "reason": p.reason} for p in missing]}, indent=2))
+    else:
+        print(f"run {run.run_id}: {found + len(missing)} files, {found} stored, {len(missing)} missing")
+        for p in missing:
+            print(f"  {p.path}  {p.reason}")
+    return EXIT_INCOMPLETE if missing else 0
+
+
+def list_history(destination: Destination, as_json: bool) -> int:
+    """Print the runs of the destination, oldest first (no flow run: a listing only)."""
+    import json
+
+    from .history import history_container, list_runs, open_history_store
+    from .summary import human_bytes
+
+    try:
+        runs = list_runs(open_history_store(destination), destination.prefix)
+    except Exception as exc:
+        print(f"error: cannot read the backup history: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if as_json:
+        print(json.dumps([r.as_row() for r in runs], indent=2))
+        return 0
+    if not runs:
+        print(f"no backup history for {destination.container}/{destination.prefix} "
+              f"(manifests live in the container {history_container(destination.container)!r})")
+        return 0
+    print(f"{'finished (UTC)':<27}  {'run id':<36}  {'files':>9}  {'bytes':>10}  outcome")
+    for r in runs:
+        print(f"{r.finished.strftime('%Y-%m-%dT%H:%M:%S.%fZ')[:-4] + 'Z':<27}  {r.run_id:<36}  {r.files:>9}  "
+              f"{human_bytes(r.bytes):>10}  {r.outcome}")
+    return 0
 
 
 def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, as_json: bool,
@@ -318,6 +441,9 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
                 except RunFailed as exc:  # what was done is still reported
                     summary = exc.summary
     except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except HeldLock as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, _Stopped, TerminationSignal, RunStopped) as exc:

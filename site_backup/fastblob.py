@@ -1,5 +1,6 @@
 """The requests a backup makes, sent directly over http.client: Create Container, Get
-Container Properties, List Blobs, Put Blob, Get Blob Properties, Put Block, Put Block List.
+Container Properties, List Blobs, Put Blob, Get Blob Properties, Put Block, Put Block List,
+Snapshot Blob.
 Every sign-in mode takes this path: Shared Key (signed here), a SAS (its query appended) and
 Entra ID (a bearer token from an azure-identity credential, refreshed before it expires).
 
@@ -122,6 +123,7 @@ class Listed(NamedTuple):
     size: int
     content_md5: bytes | None
     metadata: dict[str, str]
+    version_id: str | None = None  # on accounts with blob versioning on: the current version
 
 
 class DirectBlobs:
@@ -165,12 +167,13 @@ class DirectBlobs:
             query["marker"] = marker
 
     def put(self, container: str, name: str, data: bytes, md5: bytes, content_type: str, metadata: dict[str, str],
-            on_retry) -> None:
-        """Put Blob: the service checks Content-MD5 on receipt and stores it as the blob's MD5."""
+            on_retry) -> str | None:
+        """Put Blob: the service checks Content-MD5 on receipt and stores it as the blob's MD5.
+        Returns the new version's id on an account with blob versioning on, else None."""
         headers = {"x-ms-blob-type": "BlockBlob", "Content-MD5": base64.b64encode(md5).decode(),
                    "x-ms-blob-content-type": content_type}
         headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
-        self._send("PUT", container, name, headers, data, on_retry)
+        return self._send("PUT", container, name, headers, data, on_retry).headers.get("x-ms-version-id")
 
     def stage_block(self, container: str, name: str, block_id: str, data: bytes, on_retry) -> None:
         """Put Block, with the block's MD5 for the service to check on receipt."""
@@ -178,14 +181,47 @@ class DirectBlobs:
         self._send("PUT", container, name, headers, data, on_retry, query={"comp": "block", "blockid": block_id})
 
     def commit_blocks(self, container: str, name: str, block_ids: list[str], md5: bytes, content_type: str,
-                      metadata: dict[str, str], on_retry) -> None:
-        """Put Block List: the blob appears with these blocks, and `md5` as its stored MD5."""
+                      metadata: dict[str, str], on_retry) -> str | None:
+        """Put Block List: the blob appears with these blocks, and `md5` as its stored MD5.
+        Returns the new version's id on an account with blob versioning on, else None."""
         body = ('<?xml version="1.0" encoding="utf-8"?><BlockList>'
                 + "".join(f"<Latest>{b}</Latest>" for b in block_ids) + "</BlockList>").encode()
         headers = {"Content-Type": "application/xml; charset=utf-8",
                    "x-ms-blob-content-md5": base64.b64encode(md5).decode(), "x-ms-blob-content-type": content_type}
         headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
+        return self._send("PUT", container, name, headers, body, on_retry,
+                          query={"comp": "blocklist"}).headers.get("x-ms-version-id")
+
+    def commit_new(self, container: str, name: str, block_ids: list[str], md5: bytes, content_type: str,
+                   metadata: dict[str, str], on_retry) -> None:
+        """Put Block List with If-None-Match: *: creates the blob, never replaces one (409
+        BlobAlreadyExists), so what is written once stays as written."""
+        body = ('<?xml version="1.0" encoding="utf-8"?><BlockList>'
+                + "".join(f"<Latest>{b}</Latest>" for b in block_ids) + "</BlockList>").encode()
+        headers = {"Content-Type": "application/xml; charset=utf-8", "If-None-Match": "*",
+                   "x-ms-blob-content-md5": base64.b64encode(md5).decode(), "x-ms-blob-content-type": content_type}
+        headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
         self._send("PUT", container, name, headers, body, on_retry, query={"comp": "blocklist"})
+
+    def lease(self, container: str, name: str, action: str, lease_id: str, on_retry, duration: int = 60) -> None:
+        """Lease Blob: `acquire` (as `lease_id`, for `duration` seconds), `renew` or `release`."""
+        headers = {"x-ms-lease-action": action}
+        if action == "acquire":
+            headers.update({"x-ms-proposed-lease-id": lease_id, "x-ms-lease-duration": str(duration)})
+        else:
+            headers["x-ms-lease-id"] = lease_id
+        self._send("PUT", container, name, headers, b"", on_retry, query={"comp": "lease"})
+
+    def delete(self, container: str, name: str, on_retry, lease_id: str | None = None) -> None:
+        """Delete Blob (with its lease's id when it is leased); a missing blob is no error."""
+        self._send("DELETE", container, name, {"x-ms-lease-id": lease_id} if lease_id else {}, b"", on_retry,
+                   missing_ok=True)
+
+    def snapshot(self, container: str, name: str, on_retry) -> str:
+        """Snapshot Blob: a read-only copy of the blob as it is now (content, properties
+        and metadata, Content-MD5 included); returns its time, the snapshot's id."""
+        response = self._send("PUT", container, name, {}, b"", on_retry, query={"comp": "snapshot"})
+        return response.headers["x-ms-snapshot"]
 
     def head(self, container: str, name: str, on_retry):
         """Get Blob Properties: (size, Content-MD5 or None, metadata) or None when absent."""
@@ -368,7 +404,7 @@ def _listed(blob: ElementTree.Element) -> Listed:
     found = blob.find("Metadata")
     metadata = {m.tag.lower(): m.text or "" for m in (found if found is not None else ())}
     return Listed(name, int(blob.findtext("Properties/Content-Length") or 0),
-                  base64.b64decode(md5) if md5 else None, metadata)
+                  base64.b64decode(md5) if md5 else None, metadata, blob.findtext("VersionId") or None)
 
 
 def _error(status: int, code: str, body: bytes):

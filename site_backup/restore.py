@@ -30,6 +30,7 @@ class BlobEntry(NamedTuple):
     name: str
     content_md5: bytes | None
     mtime_ns: int | None
+    where: str | None = None  # an earlier run's content: "snapshot:<time>" or "version:<id>" (history.read_kept)
 
 
 class FolderEntry(NamedTuple):
@@ -282,7 +283,7 @@ def _download_to(dest: str, entry: BlobEntry, download) -> bool:
     try:
         md5, size = hashlib.md5(), 0
         with os.fdopen(fd, "wb") as f:
-            for chunk in download(entry.name):
+            for chunk in (download(entry.name, entry.where) if entry.where else download(entry.name)):
                 md5.update(chunk)
                 size += len(chunk)
                 f.write(chunk)

@@ -6,11 +6,12 @@ import base64
 import calendar
 import functools
 import hashlib
+import itertools
 import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from .errors import error_code
 
@@ -30,6 +31,7 @@ class RemoteBlob:
     mtime_ns: int | None
     folder: bool = False
     last_modified_ns: int | None = None
+    version_id: str | None = None  # listed on accounts with blob versioning on
 
 
 class BlobStore(Protocol):
@@ -37,7 +39,10 @@ class BlobStore(Protocol):
 
     def get(self, name: str) -> RemoteBlob | None: ...
 
-    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None: ...
+    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]
+            ) -> str | None: ...
+
+    def snapshot(self, name: str) -> str: ...
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None: ...
 
@@ -49,7 +54,10 @@ class BlobStore(Protocol):
 
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
-    ) -> None: ...
+    ) -> str | None: ...
+
+    @property
+    def versioning(self) -> bool: ...
 
 
 def format_mtime(mtime_ns: int) -> str:
@@ -174,7 +182,121 @@ class RetryLog:
             return ", ".join(f"{reason} x{n}" for reason, n in self.reasons.most_common())
 
 
-class AzureBlobStore:
+class KeptBlob(NamedTuple):
+    """A blob or one of its snapshots or versions: where a run's content may live now."""
+
+    name: str
+    size: int
+    content_md5: bytes | None
+    snapshot: str | None = None  # None for the current blob
+    version_id: str | None = None
+    current: bool = True
+
+
+class HistoryStore:
+    """What history adds to AzureBlobStore: write-once blobs, listings with metadata and
+    with snapshots, reading and deleting one snapshot. Kept apart from the backup's
+    requests: none of this is on a backup's path for each file."""
+
+    def create_container(self) -> bool:
+        """Create the container when it is missing; False when it was there."""
+        if self.signed is not None:
+            return self.signed.create_container(self.container_name, self.retries)
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self.container.create_container()
+        except ResourceExistsError:
+            return False
+        return True
+
+    def commit_new(self, name: str, block_ids: list[str], *, md5: bytes, content_type: str,
+                   metadata: dict[str, str]) -> None:
+        """Put Block List that only creates the blob (refused when it exists)."""
+        if self.signed is not None:
+            self.signed.commit_new(self.container_name, name, block_ids, md5, content_type, metadata, self.retries)
+            return
+        from azure.core import MatchConditions
+        from azure.storage.blob import BlobBlock
+
+        self.container.get_blob_client(name).commit_block_list(
+            [BlobBlock(block_id=b) for b in block_ids], content_settings=_content_settings(md5, content_type),
+            metadata=metadata, match_condition=MatchConditions.IfMissing, retry_hook=self.retries)
+
+    def list_metadata(self, prefix: str) -> Iterator[tuple[str, int, dict[str, str]]]:
+        """(name, size, metadata) of every blob whose name starts with `prefix`."""
+        if self.signed is not None:
+            for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries):
+                yield b.name, b.size, b.metadata
+            return
+        for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
+            yield props.name, props.size, {k.lower(): v for k, v in (props.metadata or {}).items()}
+
+    def lease(self, name: str, action: str, lease_id: str, duration: int = 60) -> None:
+        """Acquire (for `duration` seconds), renew or release the lease `lease_id` on a blob."""
+        if self.signed is not None:
+            self.signed.lease(self.container_name, name, action, lease_id, self.retries, duration)
+            return
+        from azure.storage.blob import BlobLeaseClient
+
+        client = BlobLeaseClient(self.container.get_blob_client(name), lease_id=lease_id)
+        if action == "acquire":
+            client.acquire(lease_duration=duration)
+        else:
+            getattr(client, action)()
+
+    def delete(self, name: str, lease_id: str | None = None) -> None:
+        """Delete a blob (a leased one with its lease id); gone already is no error."""
+        if self.signed is not None:
+            self.signed.delete(self.container_name, name, self.retries, lease_id)
+            return
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.container.delete_blob(name, lease=lease_id, retry_hook=self.retries)
+        except ResourceNotFoundError:
+            pass
+
+    def list_leases(self, prefix: str) -> Iterator[tuple[str, str, int | None]]:
+        """(name, lease state, last modified in ns) of the blobs under `prefix`: `leased`
+        while a lease is held, `expired`, `broken` or `available` otherwise."""
+        for props in self.container.list_blobs(name_starts_with=prefix or None):
+            written = props.last_modified
+            yield props.name, props.lease.state, (
+                calendar.timegm(written.utctimetuple()) * 10**9 if written else None)
+
+    def list_kept(self, prefix: str, versions: bool = False) -> Iterator[KeptBlob]:
+        """Every blob under `prefix` with its snapshots (and versions, on an account that
+        keeps them), in name order, a blob's snapshots before the blob itself."""
+        include = ["snapshots", "versions"] if versions else ["snapshots"]
+        for props in self.container.list_blobs(name_starts_with=prefix or None, include=include):
+            md5 = props.content_settings.content_md5
+            current = not props.snapshot and (props.is_current_version is not False)
+            yield KeptBlob(props.name, props.size, bytes(md5) if md5 else None, props.snapshot or None,
+                           getattr(props, "version_id", None), current)
+
+    def read_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> Iterator[bytes]:
+        """A snapshot's or version's content (the blob's own without either)."""
+        if snapshot:
+            client = self.container.get_blob_client(name, snapshot=snapshot)
+            return client.download_blob(max_concurrency=4, retry_hook=self.retries).chunks()
+        return self.container.get_blob_client(name).download_blob(
+            max_concurrency=4, version_id=version_id, retry_hook=self.retries).chunks()
+
+    def delete_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> None:
+        """Delete one snapshot or version, or a blob (with no snapshot or version: the blob)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self.container.get_blob_client(name, snapshot=snapshot) if snapshot else \
+            self.container.get_blob_client(name)
+        try:
+            client.delete_blob(version_id=version_id, retry_hook=self.retries) if version_id else \
+                client.delete_blob(retry_hook=self.retries)
+        except ResourceNotFoundError:
+            pass  # already gone: what was wanted
+
+
+class AzureBlobStore(HistoryStore):
     """BlobStore over one container (sync, thread-safe): the direct requests where the
     settings allow them (any sign-in mode, no proxy), the azure-storage-blob ContainerClient
     for the rest, built on first use. Every request reports its retries to `retries`."""
@@ -185,6 +307,27 @@ class AzureBlobStore:
         self._container_client = container_client
         self.retries = retries if retries is not None else RetryLog()
         self.signed = signed  # fastblob.DirectBlobs, when available
+        self._versioning = False
+
+    @property
+    def versioning(self) -> bool:
+        """Whether a write of this run answered with a version id: the account keeps every
+        blob's previous versions by itself (blob versioning on), so no snapshot is needed.
+        Kept on the account's DirectBlobs when there is one, so it is learnt once per run."""
+        return getattr(self.signed, "versioning", False) if self.signed is not None else self._versioning
+
+    def _wrote(self, version_id: str | None) -> str | None:
+        if version_id:
+            if self.signed is not None:
+                self.signed.versioning = True
+            self._versioning = True
+        return version_id
+
+    def snapshot(self, name: str) -> str:
+        """Snapshot Blob: keep the blob's present content; returns the snapshot's time."""
+        if self.signed is not None:
+            return self.signed.snapshot(self.container_name, name, self.retries)
+        return self.container.get_blob_client(name).create_snapshot(retry_hook=self.retries)["snapshot"]
 
     @functools.cached_property
     def container(self):
@@ -219,7 +362,8 @@ class AzureBlobStore:
         files, no subfolders), with size, MD5 and stored mtime."""
         if self.signed is not None:
             for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries, delimiter="/"):
-                yield b.name, RemoteBlob(b.size, b.content_md5, stored_mtime(b.metadata), is_folder_marker(b.metadata))
+                yield b.name, RemoteBlob(b.size, b.content_md5, stored_mtime(b.metadata), is_folder_marker(b.metadata),
+                                         version_id=b.version_id)
             return
         for item in self.container.walk_blobs(name_starts_with=prefix or None, include=["metadata"], delimiter="/"):
             if not item.name.endswith("/") or hasattr(item, "size"):  # BlobPrefix items are subfolders
@@ -233,20 +377,22 @@ class AzureBlobStore:
             budget.check()
             yield chunk
 
-    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
+    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]
+            ) -> str | None:
+        """Put Blob; the new version's id when the account keeps versions, else None."""
         if self.signed is not None:
-            self.signed.put(self.container_name, name, data, md5, content_type, metadata, self.retries)
-            return
+            return self._wrote(self.signed.put(self.container_name, name, data, md5, content_type, metadata,
+                                               self.retries))
         # validate_content sends a transactional Content-MD5 the service checks on receipt;
         # content_md5 is the property stored with the blob.
-        self.container.get_blob_client(name).upload_blob(
+        return self._wrote(self.container.get_blob_client(name).upload_blob(
             data,
             overwrite=True,
             validate_content=True,
             content_settings=_content_settings(md5, content_type),
             metadata=metadata,
             retry_hook=self.retries,
-        )
+        ).get("version_id"))
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None:
         if self.signed is not None:
@@ -258,18 +404,18 @@ class AzureBlobStore:
 
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
-    ) -> None:
+    ) -> str | None:
         if self.signed is not None:
-            self.signed.commit_blocks(self.container_name, name, block_ids, md5, content_type, metadata, self.retries)
-            return
+            return self._wrote(self.signed.commit_blocks(self.container_name, name, block_ids, md5, content_type,
+                                                         metadata, self.retries))
         from azure.storage.blob import BlobBlock
 
-        self.container.get_blob_client(name).commit_block_list(
+        return self._wrote(self.container.get_blob_client(name).commit_block_list(
             [BlobBlock(block_id=b) for b in block_ids],
             content_settings=_content_settings(md5, content_type),
             metadata=metadata,
             retry_hook=self.retries,
-        )
+        ).get("version_id"))
 
 
 def _remote(props) -> RemoteBlob:
@@ -277,7 +423,8 @@ def _remote(props) -> RemoteBlob:
     written = props.last_modified
     return RemoteBlob(props.size, bytes(md5) if md5 else None, stored_mtime(props.metadata),
                       is_folder_marker(props.metadata),
-                      calendar.timegm(written.utctimetuple()) * 10**9 + written.microsecond * 1000 if written else None)
+                      calendar.timegm(written.utctimetuple()) * 10**9 + written.microsecond * 1000 if written else None,
+                      getattr(props, "version_id", None))
 
 
 def _content_settings(md5: bytes, content_type: str):
@@ -302,7 +449,26 @@ class MemoryBlobStore:
     blobs: dict[str, StoredBlob] = field(default_factory=dict)
     staged: dict[tuple[str, str], bytes] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    snapshots: dict[tuple[str, str], StoredBlob] = field(default_factory=dict)  # (name, snapshot time)
+    versioning: bool = False  # True: act as an account with blob versioning on
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _clock: Any = field(default_factory=lambda: itertools.count(1))
+
+    def snapshot(self, name: str) -> str:
+        with self._lock:
+            self.requests.append(("snapshot", name))
+            when = f"2026-01-01T00:00:00.{next(self._clock):07d}Z"  # ordered like Azure's snapshot times
+            self.snapshots[(name, when)] = self.blobs[name]
+        return when
+
+    def _version(self, name: str) -> str | None:
+        """As a versioning account does: the blob's previous version is kept by itself."""
+        if not self.versioning:
+            return None
+        when = f"2026-01-01T00:00:00.{next(self._clock):07d}Z"
+        if name in self.blobs:
+            self.snapshots[(name, "v" + when)] = self.blobs[name]
+        return when
 
     def get(self, name: str) -> RemoteBlob | None:
         with self._lock:
@@ -314,7 +480,8 @@ class MemoryBlobStore:
             blob = self.blobs.get(name)
         if blob is None:
             return None
-        return RemoteBlob(len(blob.data), blob.content_md5, stored_mtime(blob.metadata), is_folder_marker(blob.metadata))
+        return RemoteBlob(len(blob.data), blob.content_md5, stored_mtime(blob.metadata), is_folder_marker(blob.metadata),
+                          version_id="current" if self.versioning else None)
 
     def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
         for name in sorted(self.blobs):
@@ -332,12 +499,15 @@ class MemoryBlobStore:
         data = self.blobs[name].data
         return iter([data[i : i + 1024] for i in range(0, len(data), 1024)])
 
-    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]) -> None:
+    def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]
+            ) -> str | None:
         if hashlib.md5(data).digest() != md5:
             raise ValueError("Md5Mismatch: the body does not match its Content-MD5")
         with self._lock:
             self.requests.append(("put", name))
+            version = self._version(name)
             self.blobs[name] = StoredBlob(data, md5, content_type, dict(metadata))
+        return version
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None:
         base64.b64decode(block_id, validate=True)
@@ -347,8 +517,51 @@ class MemoryBlobStore:
 
     def commit_blocks(
         self, name: str, block_ids: list[str], *, md5: bytes, content_type: str, metadata: dict[str, str]
-    ) -> None:
+    ) -> str | None:
         with self._lock:
             self.requests.append(("commit", name))
             data = b"".join(self.staged.pop((name, b)) for b in block_ids)
+            version = self._version(name)
             self.blobs[name] = StoredBlob(data, md5, content_type, dict(metadata))
+        return version
+
+    # What HistoryStore adds, in memory.
+    def create_container(self) -> bool:
+        return False
+
+    def commit_new(self, name: str, block_ids: list[str], *, md5: bytes, content_type: str,
+                   metadata: dict[str, str]) -> None:
+        with self._lock:
+            if name in self.blobs:
+                raise ValueError(f"BlobAlreadyExists: {name}")
+        self.commit_blocks(name, block_ids, md5=md5, content_type=content_type, metadata=metadata)
+
+    def list_metadata(self, prefix: str) -> Iterator[tuple[str, int, dict[str, str]]]:
+        for name in sorted(self.blobs):
+            if name.startswith(prefix):
+                yield name, len(self.blobs[name].data), dict(self.blobs[name].metadata)
+
+    def list_kept(self, prefix: str, versions: bool = False) -> Iterator[KeptBlob]:
+        kept = []
+        for (name, when), blob in self.snapshots.items():
+            if name.startswith(prefix) and (versions or not when.startswith("v")):
+                version = when[1:] if when.startswith("v") else None
+                kept.append(KeptBlob(name, len(blob.data), blob.content_md5, None if version else when, version,
+                                     False))
+        for name, blob in self.blobs.items():
+            if name.startswith(prefix):
+                kept.append(KeptBlob(name, len(blob.data), blob.content_md5))
+        return iter(sorted(kept, key=lambda k: (k.name, k.current, k.snapshot or k.version_id or "")))
+
+    def read_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> Iterator[bytes]:
+        blob = self.snapshots[(name, snapshot)] if snapshot else \
+            self.snapshots[(name, "v" + version_id)] if version_id else self.blobs[name]
+        return iter([blob.data])
+
+    def delete_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> None:
+        with self._lock:
+            self.requests.append(("delete", name))
+            if snapshot or version_id:
+                self.snapshots.pop((name, snapshot or "v" + version_id), None)
+            else:
+                self.blobs.pop(name, None)

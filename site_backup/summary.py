@@ -31,6 +31,7 @@ class BackupSummary(BaseModel):
     files_total: int = 0
     files_uploaded: int = 0
     files_unchanged: int = 0
+    files_changed: int = 0  # uploaded over an earlier blob whose content was kept (snapshot or version)
     files_skipped: int = 0
     files_failed: int = 0
     files_excluded: int = 0
@@ -68,6 +69,7 @@ class BackupSummary(BaseModel):
             ("Destination", self.destination),
             ("Files", f"{self.files_total} total, {self.files_uploaded} {verb}, {self.files_unchanged} unchanged, "
                       f"{self.files_skipped} skipped, {self.files_failed} failed, {self.files_excluded} excluded"),
+            ("Changed", f"{self.files_changed} (uploaded over an earlier blob; its content was kept first)"),
             ("Bytes", f"{human_bytes(self.bytes_total)} total, {human_bytes(self.bytes_uploaded)} {verb}"),
             ("Batches", f"{self.batches} ({self.batches_from_checkpoint} done by an earlier run)"),
             ("Retries", str(self.retries)),
@@ -144,6 +146,7 @@ def summarize(
         s.batches_from_checkpoint += from_checkpoint
         s.files_uploaded += result.files_uploaded
         s.files_unchanged += result.files_unchanged
+        s.files_changed += getattr(result, "files_changed", 0)  # checkpoints from before it was counted
         s.bytes_total += result.bytes_total
         s.bytes_uploaded += result.bytes_uploaded
         s.retries += result.retries
@@ -337,3 +340,46 @@ def summarize_restore(refused, results, *, source: str, target: str, duration_se
     s.files_total = s.files_restored + s.files_unchanged + s.files_refused + s.files_failed
     s.outcome = "failed" if s.error else "incomplete" if (s.files_refused or s.files_failed) else "completed"
     return s
+
+
+class PruneSummary(BaseModel):
+    """What a prune did (or, with dry_run, would do)."""
+
+    outcome: str = "completed"
+    dry_run: bool = False
+    destination: str = ""
+    policy: str = ""
+    runs_total: int = 0
+    runs_kept: int = 0
+    manifests_deleted: int = 0
+    snapshots_kept: int = 0
+    snapshots_deleted: int = 0
+    bytes_freed: int = 0
+    stale_locks_removed: int = 0
+    duration_seconds: float = 0.0
+    kept: list[str] = Field(default_factory=list)  # "finished  run id  files  outcome"
+    deleted: list[str] = Field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK
+
+    def to_text(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        rows = [
+            ("Destination", self.destination),
+            ("Policy", self.policy),
+            ("Runs", f"{self.runs_total} total, {self.runs_kept} kept, {self.manifests_deleted} manifests {verb}"),
+            ("Snapshots", f"{self.snapshots_kept} still needed, {self.snapshots_deleted} {verb}"),
+            ("Freed", human_bytes(self.bytes_freed) + (" (dry run: nothing was deleted)" if self.dry_run else "")),
+            ("Duration", f"{self.duration_seconds:.1f} s"),
+        ]
+        lines = [render(rows, ())]
+        for title, runs in (("Kept", self.kept), ("Deleted" if not self.dry_run else "Would delete", self.deleted)):
+            if runs:
+                lines.append(f"{title} ({len(runs)}):")
+                lines.extend(f"  {r}" for r in runs)
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        return f"# Prune {self.outcome}\n\n```\n{self.to_text()}\n```\n"

@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from site_backup.destination import Destination, open_store
+from site_backup.history import read_kept
 from site_backup.restore import (
     BlobEntry,
     FolderEntry,
@@ -70,7 +71,8 @@ def restore_checkpoint_key(context, parameters) -> str:
     d: Destination = parameters["destination"]
     return checkpoint_key(
         "restore", ["restore", d.account_url, d.container, d.prefix, parameters["target"], parameters["restore_id"]],
-        (f"{e.name}\0{e.size}\0{(e.content_md5 or b'').hex()}\0{e.mtime_ns}" for e in parameters["batch"]),
+        (f"{e.name}\0{e.size}\0{(e.content_md5 or b'').hex()}\0{e.mtime_ns}\0{e.where or ''}"
+         for e in parameters["batch"]),
     )
 
 
@@ -87,7 +89,7 @@ def restore_batch(target: str, restore_id: str, batch: list[BlobEntry], destinat
     earlier = earlier_attempts(context)
     todo = [e for e in batch if e.path not in earlier.finished]
     store = open_store(destination, run_budget(policy, destination.account_url))
-    outcomes = restore_files(target, todo, store.read, overwrite=overwrite)
+    outcomes = restore_files(target, todo, read_kept(store), overwrite=overwrite)
     earlier.finished.update((o.path, o) for o in outcomes if o.status != "failed")
     by_path = {o.path: o for o in outcomes}
     by_path.update(earlier.finished)

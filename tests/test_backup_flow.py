@@ -135,9 +135,16 @@ def test_sas_connection_string_backs_up(azurite, monkeypatch, checkpoints, conta
     from site_backup.destination import Destination, storage_account
 
     assert (storage_account(Destination(container_name)).signed is not None) == (path == "direct")
-    _account.cache_clear()
     assert summary.files_uploaded == 2 and summary.files_failed == 0, summary.failed
     assert read_container(azurite, container_name) == files
+    # history on the same path: a snapshot before the change, a manifest per run
+    from site_backup.history import list_runs, open_history_store
+
+    (root / "small.txt").write_bytes(b"changed")
+    again = backup_site_content(str(root), container=container_name, single_put_mib=1, block_size_mib=1)
+    assert again.files_changed == 1
+    assert [r.files for r in list_runs(open_history_store(Destination(container_name)), "")] == [2, 2]
+    _account.cache_clear()
     large = azurite.container(container_name).get_blob_client("large.bin")
     assert bytes(large.get_blob_properties().content_settings.content_md5) == hashlib.md5(files["large.bin"]).digest()
     assert len(large.get_block_list()[0]) == 4
@@ -327,6 +334,8 @@ def test_a_root_that_vanishes_mid_run_fails_the_run_and_counts_what_was_uploaded
 
     def put_then_remove_the_root(self, name, data, **kwargs):
         put(self, name, data, **kwargs)
+        if self.container_name != container_name:
+            return  # the run's lock blob in the history container
         with lock:
             puts.append(name)
             if len(puts) == 20:

@@ -1,0 +1,383 @@
+"""History of a backup: one manifest per run, and restoring the tree as a run saw it.
+
+Where history lives: a companion container, `<container>-history` (see history_container),
+never the backup's own container. There a manifest cannot collide with a backed-up file
+(whatever names a tree holds, `.site-backup` included), and the backup's container keeps
+holding exactly the tree: rclone (`rclone check` reports 0 differences), AzCopy, verify and
+restore list it as before, with no filter to remember. Snapshots do not show in a plain
+listing either (List Blobs shows them only with include=snapshots). The prune lock blob
+lives in the companion container too.
+
+A manifest is `runs/<prefix, quoted>/<start time>-<run id>.jsonl.gz`: gzip of JSON lines,
+one per file backed up (`p` path, `s` size, `m` Content-MD5 in base64, `t` mtime in ns,
+`v` the version written when the account keeps versions), then one `{"run": {...}}` line
+with the run's id, times, source and summary. The same facts for listing travel as the
+blob's metadata. It is streamed (staged as blocks while the batches finish) and appears
+only at Put Block List, which creates it and never replaces a blob (If-None-Match: *): a
+run killed before its end leaves no manifest, only uncommitted blocks that Azure discards
+after a week.
+
+Where a file's content lives for an old run: the manifest names the blob and its MD5. The
+current blob, else the earliest snapshot (or version) with that size and MD5, holds it:
+a later run snapshotted the blob before replacing it (copy.keep_previous_content).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import re
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+from urllib.parse import quote
+
+from .copy import BatchResult, blob_name
+from .errors import ConfigurationError, describe, error_code
+from .files import Problem, display_path
+from .remote import RemoteLookup
+from .restore import BlobEntry, RestorePlan, unsafe_name_reason
+
+_json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string, in ASCII
+MiB = 2**20
+MANIFEST_FORMAT = "1"
+MANIFEST_TYPE = "application/gzip"
+
+
+def history_container(container: str) -> str:
+    """The companion container of `container`: `<container>-history`, or, when that would
+    pass Azure's 63 characters, the start of the name, a hash of all of it and `-history`."""
+    name = f"{container}-history"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(container.encode()).hexdigest()[:8]
+    return f"{container[:46].rstrip('-')}-{digest}-history"
+
+
+def runs_folder(prefix: str) -> str:
+    """Where the manifests of one destination prefix go, as one name segment ('/' quoted:
+    prefix 'a' and 'a/b' never share a folder, '' is its own)."""
+    return f"runs/{quote('/' + prefix, safe='')}/"
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One backup run, from its manifest's metadata."""
+
+    run_id: str
+    started: dt.datetime
+    finished: dt.datetime
+    outcome: str
+    files: int
+    bytes: int
+    manifest: str  # blob name in the history container
+    manifest_size: int = 0
+
+    def as_row(self) -> dict:
+        return {"started": iso(self.started), "finished": iso(self.finished), "run_id": self.run_id,
+                "files": self.files, "bytes": self.bytes, "outcome": self.outcome, "manifest": self.manifest,
+                "manifest_bytes": self.manifest_size}
+
+
+class ManifestWriter:
+    """Streams one run's manifest into the history container: lines are gzipped as the
+    batches finish and staged as blocks of about `block_size`, so memory stays at one block
+    whatever the number of files; `finish` commits it, once."""
+
+    def __init__(self, store, prefix: str, run_id: str, started: dt.datetime, block_size: int = 4 * MiB,
+                 backup_store=None):
+        self.store, self.prefix, self.run_id, self.started = store, prefix, run_id, started
+        self.backup_store = backup_store  # to look up files of checkpoints without entries
+        self.name = f"{runs_folder(prefix)}{_stamp(started)}-{run_id}.jsonl.gz"
+        self.block_size = block_size
+        self._zip = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip stream
+        self._buffer = bytearray()
+        self._blocks: list[str] = []
+        self._md5 = hashlib.md5()
+        self._upload = uuid.uuid4().hex[:16]
+        self.files = self.bytes = self.size = 0
+        self._record: RunRecord | None = None
+        self.lock = None  # the run's prune.Lease, held until the manifest is written
+        self.broken = ""  # why the manifest could not be written: the backup goes on without it
+
+    def add_batch(self, result: BatchResult, batch: Iterable) -> None:
+        """The files of one finished batch that were backed up. A checkpoint from before
+        manifests existed has no entries: those files are looked up in the backup. A
+        storage error here (after the requests' own retries) gives up the manifest, never
+        the backup: `broken` says why."""
+        if self.broken:
+            return
+        try:
+            self._add(result, batch)
+        except Exception as exc:
+            self.broken = describe(exc)
+
+    def _add(self, result: BatchResult, batch: Iterable) -> None:
+        entries = getattr(result, "entries", None)
+        if entries is None:
+            entries = self._look_up(result, batch, self.backup_store)
+        lines = []
+        for path, size, md5, mtime_ns, version in entries:
+            # One line per file, formatted here and compressed per batch: json.dumps and a
+            # compress call per line cost three times as much. Paths are JSON strings in
+            # ASCII, so names that are not UTF-8 (surrogate escapes) survive as \udcXX.
+            m = f'"{base64.b64encode(md5).decode()}"' if md5 else "null"
+            t = "null" if mtime_ns is None else mtime_ns
+            v = f',"v":{_json_string(version)}' if version else ""
+            lines.append(f'{{"p":{_json_string(path)},"s":{size},"m":{m},"t":{t}{v}}}\n')
+            self.files += 1
+            self.bytes += size
+        self._feed("".join(lines).encode("ascii"))
+
+    def _look_up(self, result: BatchResult, batch: Iterable, store) -> list[tuple]:
+        if store is None:
+            return []
+        left_out = {p.path for p in list(result.failed) + list(result.skipped)}
+        files = [f for f in batch if display_path(f.path) not in left_out]
+        remote = RemoteLookup(store, (blob_name(self.prefix, f.path) for f in files))
+        found = []
+        for f in files:
+            blob = remote.get(blob_name(self.prefix, f.path))
+            if blob is not None and blob.size == f.size:
+                found.append((f.path, f.size, blob.content_md5, f.mtime_ns, blob.version_id))
+        return found
+
+    def _write(self, line: dict) -> None:
+        self._feed(json.dumps(line, separators=(",", ":")).encode("ascii") + b"\n")
+
+    def _feed(self, data: bytes) -> None:
+        self._buffer += self._zip.compress(data)
+        if len(self._buffer) >= self.block_size:
+            self._stage(bytes(self._buffer))
+            self._buffer.clear()
+
+    def _stage(self, data: bytes) -> None:
+        block_id = base64.b64encode(f"{self._upload}{len(self._blocks):06d}".encode()).decode()
+        try:
+            self.store.stage_block(self.name, block_id, data)
+        except Exception as exc:
+            if error_code(exc) != "ContainerNotFound":
+                raise
+            self.store.create_container()  # the first run with history: made once, here
+            self.store.stage_block(self.name, block_id, data)
+        self._blocks.append(block_id)
+        self._md5.update(data)
+        self.size += len(data)
+
+    def finish(self, summary: dict, source: str, destination: str, finished: dt.datetime) -> RunRecord:
+        """Write the run's own line and commit the manifest; returns its record. Called
+        again after a failed commit (a retry), it commits the same blocks again."""
+        if self._record is not None:
+            self._commit(self._record)
+            return self._record
+        run = {"run_id": self.run_id, "started": iso(self.started), "finished": iso(finished), "source": source,
+               "destination": destination, "prefix": self.prefix, "files": self.files, "bytes": self.bytes,
+               "format": MANIFEST_FORMAT, "summary": summary}
+        self._write({"run": run})
+        self._buffer += self._zip.flush()
+        self._stage(bytes(self._buffer))
+        self._buffer.clear()
+        outcome = summary.get("outcome", "")
+        self._record = RunRecord(self.run_id, self.started, finished, outcome, self.files, self.bytes, self.name,
+                                 self.size)
+        self._commit(self._record)
+        return self._record
+
+    def _commit(self, run: RunRecord) -> None:
+        metadata = {"runid": run.run_id, "started": iso(run.started), "finished": iso(run.finished),
+                    "outcome": run.outcome, "files": str(run.files), "bytes": str(run.bytes),
+                    "format": MANIFEST_FORMAT}
+        try:
+            self.store.commit_new(self.name, self._blocks, md5=self._md5.digest(), content_type=MANIFEST_TYPE,
+                                  metadata=metadata)
+        except Exception as exc:
+            # The name holds this run's id: a blob there is this commit, landed while its
+            # answer was lost.
+            if error_code(exc) != "BlobAlreadyExists" and "BlobAlreadyExists" not in str(exc):
+                raise
+
+
+def open_history_store(destination):
+    """The BlobStore of the destination's companion container."""
+    from dataclasses import replace
+
+    from .destination import open_store
+
+    return open_store(replace(destination, container=history_container(destination.container)))
+
+
+def list_runs(history_store, prefix: str) -> list[RunRecord]:
+    """Every run of this destination that wrote a manifest, oldest first."""
+    runs = []
+    try:
+        for name, size, meta in history_store.list_metadata(runs_folder(prefix)):
+            if not name.endswith(".jsonl.gz") or "runid" not in meta:
+                continue
+            try:
+                runs.append(RunRecord(meta["runid"], parse_iso(meta["started"]), parse_iso(meta["finished"]),
+                                      meta.get("outcome", ""), int(meta.get("files", 0)), int(meta.get("bytes", 0)),
+                                      name, size))
+            except (KeyError, ValueError):
+                continue  # not one of ours
+    except Exception as exc:
+        if error_code(exc) != "ContainerNotFound":
+            raise
+    return sorted(runs, key=lambda r: (r.started, r.run_id))
+
+
+_DATE = re.compile(r"\d{4}-\d\d-\d\d")
+
+
+def parse_as_of(text: str) -> dt.datetime:
+    """A point in time from ISO 8601 (`2026-11-28T22:15:00Z`, `2026-11-28 22:15+01:00`) or a
+    date (`2026-11-28`: the end of that day). Without an offset, UTC."""
+    text = text.strip()
+    try:
+        if _DATE.fullmatch(text):
+            day = dt.date.fromisoformat(text)
+            when = dt.datetime.combine(day, dt.time.max)
+        else:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ConfigurationError(
+            f"--as-of {text!r} is not a date or time: give ISO 8601, e.g. 2026-11-28 or 2026-11-28T22:15:00Z"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def pick_run(runs: list[RunRecord], run_id: str | None = None, as_of: str | None = None) -> RunRecord:
+    """The run `run_id` names (its id or a unique start of it), or the last run finished by
+    `as_of`. Raises ConfigurationError naming the fix when there is none."""
+    if not runs:
+        raise ConfigurationError("this destination has no backup history yet: run a backup first "
+                                 "(history starts with the first backup that writes a manifest)")
+    if run_id:
+        found = [r for r in runs if r.run_id.startswith(run_id.strip().lower())]
+        if len(found) == 1:
+            return found[0]
+        what = "no run" if not found else f"{len(found)} runs"
+        raise ConfigurationError(f"--run {run_id!r} matches {what}: give a run id from --list")
+    when = parse_as_of(as_of or "")
+    before = [r for r in runs if r.finished <= when]
+    if not before:
+        raise ConfigurationError(f"no backup finished by {iso(when)}: the first finished at {iso(runs[0].finished)} "
+                                 f"(see --list)")
+    return before[-1]
+
+
+def read_manifest(history_store, name: str) -> Iterator[dict]:
+    """The lines of a manifest, decompressed as they are downloaded; the last is the run's
+    own (`{"run": ...}`). Raises ValueError when the manifest does not end with it."""
+    unzip = zlib.decompressobj(31)
+    tail = b""
+    last = None
+    for chunk in history_store.read(name):
+        data = tail + unzip.decompress(chunk)
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        for raw in lines:
+            if raw:
+                last = json.loads(raw)
+                yield last
+    data = tail + unzip.flush()
+    for raw in data.split(b"\n"):
+        if raw:
+            last = json.loads(raw)
+            yield last
+    if not (isinstance(last, dict) and "run" in last):
+        raise ValueError(f"manifest {name} is incomplete: it does not end with the run's line")
+
+
+KEPT_PREFIX = ("snapshot:", "version:")
+
+
+def read_kept(store):
+    """A download function for restore: `(name)` reads the blob, `(name, where)` the
+    snapshot (`snapshot:<time>`) or version (`version:<id>`) that holds a run's content."""
+
+    def read(name: str, where: str | None = None):
+        if not where:
+            return store.read(name)
+        kind, _, value = where.partition(":")
+        return store.read_kept(name, snapshot=value) if kind == "snapshot" else store.read_kept(name, version_id=value)
+
+    return read
+
+
+def plan_run_restore(history_store, run: RunRecord, backup_store, prefix: str, max_files: int,
+                     max_bytes: int) -> RestorePlan:
+    """Batches that restore the tree as `run` saw it: every file of its manifest, each from
+    the current blob when that still holds the run's content (same size and MD5), else from
+    the earliest snapshot or version that does. A file whose content is no longer stored,
+    or whose path would leave the target, is refused."""
+    from .files import Batch, make_batches
+
+    plan = RestorePlan()
+    wanted: list[dict] = []
+    versions = False
+    for line in read_manifest(history_store, run.manifest):
+        if "run" in line:
+            continue
+        reason = unsafe_name_reason(line["p"])
+        if reason:
+            plan.refused.append(Problem(display_path(line["p"]), f"refused, would not stay inside the target: {reason}"))
+            continue
+        versions = versions or bool(line.get("v"))
+        wanted.append(line)
+    # What is kept for each blob name: the blob, its snapshots, its versions.
+    kept: dict[str, list] = {}
+    for k in backup_store.list_kept(f"{prefix}/" if prefix else "", versions=versions):
+        kept.setdefault(k.name, []).append(k)
+    entries = []
+    for line in wanted:
+        name = blob_name(prefix, line["p"])
+        md5 = base64.b64decode(line["m"]) if line.get("m") else None
+        where = _where(kept.get(name, []), line["s"], md5, line.get("v"))
+        if where is None:
+            plan.refused.append(Problem(display_path(line["p"]), "its content as of this run is no longer stored "
+                                        "(pruned, or replaced by another tool without a snapshot)"))
+            continue
+        entries.append(BlobEntry(line["p"], line["s"], name, md5, line.get("t"), where or None))
+    plan.batches = [Batch(b) for b in make_batches(entries, max_files, max_bytes)]
+    return plan
+
+
+def _where(candidates: list, size: int, md5: bytes | None, version: str | None) -> str | None:
+    """'' for the current blob, 'snapshot:<t>' or 'version:<id>', or None when nothing
+    kept has this content."""
+    if version and any(k.version_id == version for k in candidates):
+        return f"version:{version}"
+    current = [k for k in candidates if k.current and not k.snapshot]
+    if any(k.size == size and (md5 is None or k.content_md5 == md5) for k in current):
+        return ""
+    if md5 is None:
+        return None  # without an MD5 an older copy cannot be told apart
+    older = sorted((k for k in candidates if not (k.current and not k.snapshot)
+                    and k.size == size and k.content_md5 == md5),
+                   key=lambda k: k.snapshot or k.version_id or "")
+    if not older:
+        return None
+    k = older[0]
+    return f"snapshot:{k.snapshot}" if k.snapshot else f"version:{k.version_id}"
+
+
+def check_run(history_store, run: RunRecord, backup_store, prefix: str) -> tuple[int, list[Problem]]:
+    """(files whose content is still stored, the others with why): each file of the run
+    has the blob, a snapshot or a version with its recorded size and Content-MD5."""
+    plan = plan_run_restore(history_store, run, backup_store, prefix, 10**6, 2**62)
+    return plan.files, plan.refused
