@@ -120,6 +120,10 @@ class LatencyProxy:
         self._process.start()
         self.port = ports.get()
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def count(self) -> int:
         """Requests received so far."""
         return self._requests.value

@@ -178,6 +178,16 @@ class Storage:
     azurite_url: str  # Azurite itself, for set-up requests that are not measured
     cert: Path | None = None
     proxy: object = None  # the latency proxy, which counts requests
+    pids: tuple = ()  # Azurite's process and the proxy's, whose CPU a run costs
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the storage side has used so far."""
+        total = 0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
 
 
 def connection_string(url: str) -> str:
@@ -213,6 +223,7 @@ class Run:
     cpu: float | None = None  # user + system seconds of the tool's process
     requests: int | None = None  # as counted by the latency proxy
     load: float | None = None  # the machine's 1-minute load average when the run started
+    storage_cpu: float | None = None  # CPU seconds of Azurite and the proxy during the run
 
 
 def measure(args, env, log: Path) -> tuple[float, float, float, int, str]:
@@ -291,14 +302,14 @@ def start_storage(scenario: str, ctx) -> tuple[Storage, list]:
     if scenario == "local":
         azurite = start_azurite()
         url = f"http://127.0.0.1:{azurite.port}/{ACCOUNT}"
-        return Storage(url, url), [azurite]
+        return Storage(url, url, pids=(azurite.proc.pid,)), [azurite]
     from bench.latency import LatencyProxy
 
     cert, key = ctx["tls"]
     azurite = start_azurite((cert, key))
     proxy = LatencyProxy(azurite.port, cert, key, ctx["latency_ms"] / 1000)
     storage = Storage(f"https://127.0.0.1:{proxy.port}/{ACCOUNT}", f"https://127.0.0.1:{azurite.port}/{ACCOUNT}",
-                      cert, proxy)
+                      cert, proxy, (azurite.proc.pid, proxy.pid))
     return storage, [azurite, proxy]
 
 
@@ -326,10 +337,11 @@ def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
             if ctx["settle"] and (waited := wait_quiet(timeout=ctx["settle"])) > 2:
                 print(f"  (waited {waited:.0f} s for the machine to go quiet)", flush=True)
             load = os.getloadavg()[0]
-            before = storage.proxy.count() if storage.proxy else None
+            before, storage_before = storage.proxy.count() if storage.proxy else None, storage.cpu()
             wall, rss, cpu, code, out = measure(args, env, log)
+            time.sleep(0.2)  # the last answers leave the proxy and Azurite
             run = Run(tree, mode, tool, rnd, round(wall, 2), round(rss, 1), code == 0, scenario=scenario,
-                      cpu=round(cpu, 2), load=round(load, 2))
+                      cpu=round(cpu, 2), load=round(load, 2), storage_cpu=round(storage.cpu() - storage_before, 2))
             if storage.proxy:
                 run.requests = storage.proxy.count() - before
             if tool.startswith("flow") and code == 0:
@@ -340,7 +352,7 @@ def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
                 run.note = log.with_suffix(".err").read_text()[-300:]
             runs.append(run)
             print(f"  {scenario:7} {tree:6} {mode:7} {tool:15} round {rnd}: {wall:7.2f} s  {rss:6.0f} MiB"
-                  f"  cpu {cpu:6.2f} s{'' if run.requests is None else f'  {run.requests:6d} requests'}"
+                  f"  cpu {cpu:6.2f} s  storage cpu {run.storage_cpu:5.2f} s{'' if run.requests is None else f'  {run.requests:6d} requests'}"
                   f"  load {load:.1f}{'' if code == 0 else '  FAILED ' + run.note[-120:]}", flush=True)
     finally:
         for service in services:
@@ -356,8 +368,8 @@ def median(values):
 
 def machine(rounds: int) -> str:
     return (f"Machine: {platform.machine()}, {os.cpu_count()} cores, {_mem_gib()} GiB, Python "
-            f"{platform.python_version()}, {_azurite_version()}; {rounds} round(s), tools alternated, a fresh "
-            f"in-memory Azurite per run; medians. {datetime.now(timezone.utc):%Y-%m-%d}.")
+            f"{platform.python_version()}, {_azurite_version()}; {rounds} round(s), tools alternated (each round "
+            f"starting with the next), a fresh in-memory Azurite per run; medians. {datetime.now(timezone.utc):%Y-%m-%d}.")
 
 
 def _load(runs: list[Run]) -> str:
@@ -430,10 +442,11 @@ def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str
         f"Storage {latency_ms:g} ms away (a proxy delays every request), HTTPS for every tool. `flow` signs in with "
         f"the account key, `flow-sas` with an account SAS, `flow-entra` with Entra ID (DefaultAzureCredential, a "
         f"managed identity); `refresh` is a no-change run with `--refresh` (no local checkpoints). *requests* as "
-        f"counted by the proxy, *CPU s* of the tool's process." + _load(runs),
+        f"counted by the proxy, *CPU s* of the tool's process, *storage CPU s* of Azurite and the proxy (both "
+        f"on the same 2 cores)." + _load(runs),
         "",
-        "| tree | run | tool | wall s | × rclone | × key | requests | CPU s | peak RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tree | run | tool | wall s | × rclone | × key | requests | CPU s | storage CPU s | peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     checks = []
     at = f"at {latency_ms:g} ms"
@@ -453,6 +466,7 @@ def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str
                     f"| {tree} | {mode} | {tool} | {wall:.2f} | {_ratio(wall, peer)} | "
                     f"{_ratio(wall, med.get('flow')) if tool.startswith('flow') else ''} | "
                     f"{'' if requests is None else f'{requests:.0f}'} | {median([r.cpu for r in mine]):.2f} | "
+                    f"{_num(median([r.storage_cpu for r in mine if r.storage_cpu is not None]))} | "
                     f"{median([r.rss_mib for r in mine]):.0f} |"
                 )
             key = med.get("flow")
@@ -473,6 +487,10 @@ def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str
     if failed:
         lines += ["", f"{len(failed)} run(s) failed: " + "; ".join(f"{r.tool} {r.tree} {r.mode}" for r in failed)]
     return "\n".join(lines) + "\n", checks
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _ratio(value, base):
@@ -568,7 +586,10 @@ def main(argv=None) -> int:
         for rnd in range(1, args.rounds + 1):
             for scenario in scenarios:
                 for tree, (root, _, _) in trees.items():
-                    for tool in tools:
+                    # Each round starts with another tool: the first run after a tree change
+                    # (or after AzCopy's CPU-heavy runs) should not always be the same tool's.
+                    shift = (rnd - 1) % len(tools)
+                    for tool in tools[shift:] + tools[:shift]:
                         if scenario == "local" and tool in ("flow-sas", "flow-entra"):
                             continue  # sign-in modes are compared where they matter, over HTTPS
                         if scenario == "latency" and (tree == "many" or tool in ("sdk", "flow-ephemeral")):
