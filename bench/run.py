@@ -606,7 +606,7 @@ def main(argv=None) -> int:
     table, checks = report(runs, trees, args.rounds)
     latency_table, latency_checks = latency_report(runs, trees, args.latency_ms)
     checks += latency_checks
-    text = "\n".join(part for part in (machine(args.rounds), table, latency_table) if part)
+    text = "\n\n".join(part for part in (machine(args.rounds), table, latency_table) if part)
     (out / "bench.md").write_text(text + "\n" + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {line}"
                                                            for line, ok in checks) + "\n")
     (out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
