@@ -1,9 +1,13 @@
 """Benchmark the backup flow against rclone, AzCopy and a plain azure-storage-blob upload,
 side by side on the same storage (a fresh in-memory Azurite for every measured run).
 
-    python bench/run.py [--rounds 3] [--trees mixed,small,many] [--tools flow,rclone,...] [--smoke]
+    python bench/run.py [--rounds 3] [--scenarios local,latency] [--latency-ms 25]
+                        [--trees mixed,small,many] [--tools flow,rclone,...] [--smoke]
 
-Writes bench/results/bench.md (the table) and bench/results/bench.png (the chart), and
+Scenarios: *local* is storage 0 ms away over HTTP with an account key; *latency* is storage
+over HTTPS behind a proxy adding a delay to every request, for the flow with an account
+key, a SAS and Entra ID (a managed-identity token), rclone and AzCopy (bench/latency.py).
+Writes bench/results/bench.md (the tables) and bench/results/bench.png (the chart), and
 checks the performance targets. `make bench` installs the peers and runs it."""
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))  # bench.latency reuses the tests' fault proxy
 DATA = PROJECT / "bench" / ".data"
 RESULTS = PROJECT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
 AZURITE = PROJECT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
 AZCOPY = PROJECT / ".tools" / "node_modules" / "@azure-tools" / "azcopy-linux" / "dist" / "bin" / "azcopy_linux_amd64"
+ACCOUNT = "devstoreaccount1"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 MiB = 2**20
 
@@ -135,10 +141,12 @@ def wait_quiet(busy_cores: float = 0.15, timeout: float = 60) -> float:
     return time.monotonic() - started
 
 
-def start_azurite() -> Service:
+def start_azurite(tls: tuple[Path, Path] | None = None) -> Service:
+    """A fresh in-memory Azurite; with (cert, key), over HTTPS and accepting Entra ID tokens."""
     port = free_port()
+    https = ["--oauth", "basic", "--cert", str(tls[0]), "--key", str(tls[1])] if tls else []
     svc = Service([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-                   "--skipApiVersionCheck", "--disableTelemetry", "--silent"], port=port)
+                   "--skipApiVersionCheck", "--disableTelemetry", "--silent", *https], port=port)
     wait_port(port)
     return svc
 
@@ -163,9 +171,38 @@ def start_prefect_server(home: Path) -> tuple[Service, str]:
             time.sleep(0.5)
 
 
-def connection_string(port: int) -> str:
-    return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+@dataclass
+class Storage:
+    """Where the tools send their requests, and the certificate to trust (HTTPS only)."""
+    url: str  # blob endpoint, account included
+    azurite_url: str  # Azurite itself, for set-up requests that are not measured
+    cert: Path | None = None
+    proxy: object = None  # the latency proxy, which counts requests
+    pids: tuple = ()  # Azurite's process and the proxy's, whose CPU a run costs
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the storage side has used so far."""
+        total = 0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+
+def connection_string(url: str) -> str:
+    return (f"DefaultEndpointsProtocol={url.split(':')[0]};AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint={url};")
+
+
+def account_sas() -> str:
+    """A SAS for the whole account with the permissions a backup needs (read, add, create,
+    write, list on containers and blobs)."""
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    return generate_account_sas(ACCOUNT, KEY, ResourceTypes(container=True, object=True),
+                                AccountSasPermissions(read=True, add=True, create=True, write=True, list=True),
+                                expiry=datetime.now(timezone.utc) + timedelta(hours=6))
 
 
 # ---- tools -------------------------------------------------------------------------------
@@ -182,51 +219,66 @@ class Run:
     task_runs: int | None = None
     copy_seconds: float | None = None
     note: str = ""
+    scenario: str = "local"
+    cpu: float | None = None  # user + system seconds of the tool's process
+    requests: int | None = None  # as counted by the latency proxy
+    load: float | None = None  # the machine's 1-minute load average when the run started
+    storage_cpu: float | None = None  # CPU seconds of Azurite and the proxy during the run
 
 
-def measure(args, env, log: Path) -> tuple[float, float, int, str]:
-    """Run a command; (wall seconds, peak RSS MiB of that process, exit code, stdout)."""
+def measure(args, env, log: Path) -> tuple[float, float, float, int, str]:
+    """Run a command; (wall seconds, peak RSS MiB and CPU seconds of that process, exit code, stdout)."""
     with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(args, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024, proc.returncode, log.read_text()
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, proc.returncode, log.read_text()
 
 
-def tool_command(tool, root, container, port, mode, ctx) -> tuple[list[str], dict]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AZURE_", "RCLONE_"))}
-    cs = connection_string(port)
-    if tool in ("flow", "flow-ephemeral"):
-        env.update(AZURE_STORAGE_CONNECTION_STRING=cs, PREFECT_LOGGING_LEVEL="WARNING",
+def tool_command(tool, root, container, storage: Storage, mode, ctx) -> tuple[list[str], dict]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "AZURE_", "RCLONE_", "IDENTITY_", "MSI_", "SSL_CERT_", "REQUESTS_CA"))}
+    cs = connection_string(storage.url)
+    if tool.startswith("flow"):
+        env.update(PREFECT_LOGGING_LEVEL="WARNING",
                    PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(ctx["tmp"] / f"checkpoints-{container}"))
-        if tool == "flow":
-            env["PREFECT_API_URL"] = ctx["api_url"]
+        if tool == "flow-sas":
+            env["AZURE_STORAGE_CONNECTION_STRING"] = f"BlobEndpoint={storage.url};SharedAccessSignature={account_sas()}"
+        elif tool == "flow-entra":  # DefaultAzureCredential finds the managed identity
+            env.update(AZURE_STORAGE_ACCOUNT_URL=storage.url, **ctx["identity"].environment())
         else:
-            env.update(PREFECT_HOME=str(ctx["ephemeral_home"]), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            env["AZURE_STORAGE_CONNECTION_STRING"] = cs
+        if storage.cert:
+            env["REQUESTS_CA_BUNDLE"] = str(storage.cert)
+        if tool == "flow-ephemeral":  # make the CLI skip a local server at 4200 if one runs
+            env.update(PREFECT_HOME=str(ctx["ephemeral_home"]), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                       PREFECT_API_URL="")
+        else:
+            env["PREFECT_API_URL"] = ctx["api_url"]
         args = [sys.executable, str(PROJECT / "flows" / "backup_site_content.py"), str(root), "--container",
                 container, "--json", "--no-progress"]
-        if tool == "flow-ephemeral":  # make the CLI skip a local server at 4200 if one runs
-            env["PREFECT_API_URL"] = ""
-        return args + (["--dry-run"] if mode == "dry-run" else []), env
+        return args + {"dry-run": ["--dry-run"], "refresh": ["--refresh"]}.get(mode, []), env
     if tool == "rclone":
-        env.update(RCLONE_CONFIG_AZ_TYPE="azureblob", RCLONE_CONFIG_AZ_ACCOUNT="devstoreaccount1",
-                   RCLONE_CONFIG_AZ_KEY=KEY, RCLONE_CONFIG_AZ_ENDPOINT=f"http://127.0.0.1:{port}/devstoreaccount1")
+        env.update(RCLONE_CONFIG_AZ_TYPE="azureblob", RCLONE_CONFIG_AZ_ACCOUNT=ACCOUNT,
+                   RCLONE_CONFIG_AZ_KEY=KEY, RCLONE_CONFIG_AZ_ENDPOINT=storage.url)
         args = [str(VENV_BIN / "rclone"), "copy", str(root), f"az:{container}", "--transfers", "16"]
+        args += ["--ca-cert", str(storage.cert)] if storage.cert else []
         return args + (["--dry-run"] if mode == "dry-run" else []), env
     if tool == "azcopy":
         from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-        sas = generate_container_sas("devstoreaccount1", container, account_key=KEY,
+        sas = generate_container_sas(ACCOUNT, container, account_key=KEY,
                                      permission=ContainerSasPermissions(read=True, write=True, list=True, add=True,
                                                                         create=True),
                                      expiry=datetime.now(timezone.utc) + timedelta(hours=2))
         env.update(AZCOPY_LOG_LOCATION=str(ctx["tmp"] / "azcopy-logs"), AZCOPY_JOB_PLAN_LOCATION=str(
             ctx["tmp"] / "azcopy-plans"), AZCOPY_DISABLE_SYSLOG="true")
-        url = f"http://127.0.0.1:{port}/devstoreaccount1/{container}?{sas}"
-        return [str(AZCOPY), "copy", f"{root}/*", url, "--recursive", "--from-to", "LocalBlob", "--put-md5",
-                "--overwrite", "ifSourceNewer", "--log-level", "ERROR"], env
+        if storage.cert:  # Go reads it for its trusted roots
+            env["SSL_CERT_FILE"] = str(storage.cert)
+        return [str(AZCOPY), "copy", f"{root}/*", f"{storage.url}/{container}?{sas}", "--recursive", "--from-to",
+                "LocalBlob", "--put-md5", "--overwrite", "ifSourceNewer", "--log-level", "ERROR"], env
     if tool == "sdk":
         env["AZURE_STORAGE_CONNECTION_STRING"] = cs
         return [sys.executable, str(PROJECT / "bench" / "sdk_floor.py"), str(root), container], env
@@ -237,29 +289,61 @@ def available(tool: str) -> bool:
     return {"rclone": (VENV_BIN / "rclone").exists(), "azcopy": AZCOPY.exists()}.get(tool, True)
 
 
-def make_container(port: int, name: str) -> None:
+def make_container(storage: Storage, name: str) -> None:
     from azure.storage.blob import BlobServiceClient
 
-    BlobServiceClient.from_connection_string(connection_string(port)).create_container(name)
+    verify = str(storage.cert) if storage.cert else True
+    BlobServiceClient.from_connection_string(connection_string(storage.azurite_url),
+                                             connection_verify=verify).create_container(name)
 
 
-def one(tool, tree, root, rnd, modes, ctx) -> list[Run]:
-    """Fresh Azurite; the full run, then the no-change re-run (or a dry run alone)."""
-    azurite = start_azurite()
+def start_storage(scenario: str, ctx) -> tuple[Storage, list]:
+    """Fresh storage for one measured unit; (storage, what to stop afterwards)."""
+    if scenario == "local":
+        azurite = start_azurite()
+        url = f"http://127.0.0.1:{azurite.port}/{ACCOUNT}"
+        return Storage(url, url, pids=(azurite.proc.pid,)), [azurite]
+    from bench.latency import LatencyProxy
+
+    cert, key = ctx["tls"]
+    azurite = start_azurite((cert, key))
+    proxy = LatencyProxy(azurite.port, cert, key, ctx["latency_ms"] / 1000)
+    storage = Storage(f"https://127.0.0.1:{proxy.port}/{ACCOUNT}", f"https://127.0.0.1:{azurite.port}/{ACCOUNT}",
+                      cert, proxy, (azurite.proc.pid, proxy.pid))
+    return storage, [azurite, proxy]
+
+
+def modes_for(scenario: str, tree: str, tool: str) -> list[str]:
+    if tree == "many":
+        return ["dry-run"]
+    if tool == "sdk":
+        return ["full"]  # the floor has no incremental mode
+    if scenario == "latency" and tool.startswith("flow"):
+        return ["full", "rerun", "refresh"]  # refresh: a no-change run without local checkpoints
+    return ["full", "rerun"]
+
+
+def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
+    """Fresh storage; the full run, then the no-change runs (or a dry run alone)."""
+    storage, services = start_storage(scenario, ctx)
     container = f"bench-{uuid.uuid4().hex[:12]}"
-    if tool == "azcopy":
-        make_container(azurite.port, container)
     runs = []
     try:
-        for mode in modes:
-            if mode == "rerun" and tool == "sdk":
-                continue  # the floor has no incremental mode
-            args, env = tool_command(tool, root, container, azurite.port, mode, ctx)
-            log = ctx["tmp"] / f"{tool}-{tree}-{mode}-{rnd}.log"
-            if ctx["settle"] and (waited := wait_quiet()) > 2:
+        if tool in ("azcopy", "flow-sas"):  # their SAS may not create containers
+            make_container(storage, container)
+        for mode in modes_for(scenario, tree, tool) if tree != "warm-up" else ["full"]:
+            args, env = tool_command(tool, root, container, storage, mode, ctx)
+            log = ctx["tmp"] / f"{scenario}-{tool}-{tree}-{mode}-{rnd}.log"
+            if ctx["settle"] and (waited := wait_quiet(timeout=ctx["settle"])) > 2:
                 print(f"  (waited {waited:.0f} s for the machine to go quiet)", flush=True)
-            wall, rss, code, out = measure(args, env, log)
-            run = Run(tree, mode, tool, rnd, round(wall, 2), round(rss, 1), code == 0)
+            load = os.getloadavg()[0]
+            before, storage_before = storage.proxy.count() if storage.proxy else None, storage.cpu()
+            wall, rss, cpu, code, out = measure(args, env, log)
+            time.sleep(0.2)  # the last answers leave the proxy and Azurite
+            run = Run(tree, mode, tool, rnd, round(wall, 2), round(rss, 1), code == 0, scenario=scenario,
+                      cpu=round(cpu, 2), load=round(load, 2), storage_cpu=round(storage.cpu() - storage_before, 2))
+            if storage.proxy:
+                run.requests = storage.proxy.count() - before
             if tool.startswith("flow") and code == 0:
                 summary = json.loads(out)
                 run.task_runs = summary["batches"] + 2
@@ -267,10 +351,12 @@ def one(tool, tree, root, rnd, modes, ctx) -> list[Run]:
             if code != 0:
                 run.note = log.with_suffix(".err").read_text()[-300:]
             runs.append(run)
-            print(f"  {tree:6} {mode:7} {tool:15} round {rnd}: {wall:7.2f} s  {rss:6.0f} MiB"
-                  f"{'' if code == 0 else '  FAILED ' + run.note[-120:]}", flush=True)
+            print(f"  {scenario:7} {tree:6} {mode:7} {tool:15} round {rnd}: {wall:7.2f} s  {rss:6.0f} MiB"
+                  f"  cpu {cpu:6.2f} s  storage cpu {run.storage_cpu:5.2f} s{'' if run.requests is None else f'  {run.requests:6d} requests'}"
+                  f"  load {load:.1f}{'' if code == 0 else '  FAILED ' + run.note[-120:]}", flush=True)
     finally:
-        azurite.stop()
+        for service in services:
+            service.stop()
     return runs
 
 
@@ -280,12 +366,25 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def machine(rounds: int) -> str:
+    return (f"Machine: {platform.machine()}, {os.cpu_count()} cores, {_mem_gib()} GiB, Python "
+            f"{platform.python_version()}, {_azurite_version()}; {rounds} round(s), tools alternated (each round "
+            f"starting with the next), a fresh in-memory Azurite per run; medians. {datetime.now(timezone.utc):%Y-%m-%d}.")
+
+
+def _load(runs: list[Run]) -> str:
+    loads = [r.load for r in runs if r.load is not None]
+    return f" Load average (1 min) at the start of a run: median {median(loads):.1f}, max {max(loads):.1f}." \
+        if loads else ""
+
+
 def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
-    """The markdown table and the list of target checks (text, passed)."""
+    """The markdown table of the local scenario and its target checks (text, passed)."""
+    runs = [r for r in runs if r.scenario == "local"]
+    if not runs:
+        return "", []
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {_mem_gib()} GiB, Python {platform.python_version()}, "
-        f"{_azurite_version()}; {rounds} round(s), tools alternated, a fresh in-memory Azurite per run; "
-        f"medians. {datetime.now(timezone.utc):%Y-%m-%d}.",
+        "Storage 0 ms away over HTTP, account key." + _load(runs),
         "",
         "| tree | run | tool | wall s | × rclone | × SDK | files/s | MiB/s | peak RSS MiB | task runs | orchestration s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -334,6 +433,66 @@ def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
     return "\n".join(lines) + "\n", checks
 
 
+def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str, list[str]]:
+    """The markdown table of the latency scenario and its target checks (text, passed)."""
+    runs = [r for r in runs if r.scenario == "latency"]
+    if not runs:
+        return "", []
+    lines = [
+        f"Storage {latency_ms:g} ms away (a proxy delays every request), HTTPS for every tool. `flow` signs in with "
+        f"the account key, `flow-sas` with an account SAS, `flow-entra` with Entra ID (DefaultAzureCredential, a "
+        f"managed identity); `refresh` is a no-change run with `--refresh` (no local checkpoints). *requests* as "
+        f"counted by the proxy, *CPU s* of the tool's process, *storage CPU s* of Azurite and the proxy (both "
+        f"on the same 2 cores)." + _load(runs),
+        "",
+        "| tree | run | tool | wall s | × rclone | × key | requests | CPU s | storage CPU s | peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    checks = []
+    at = f"at {latency_ms:g} ms"
+    for tree, (_, files, size) in trees.items():
+        rclone = {m: median([r.wall for r in runs if (r.tree, r.mode, r.tool) == (tree, m, "rclone") and r.ok])
+                  for m in ("full", "rerun")}
+        for mode in ("full", "rerun", "refresh"):
+            here = [r for r in runs if r.tree == tree and r.mode == mode and r.ok]
+            if not here:
+                continue
+            med = {t: median([r.wall for r in here if r.tool == t]) for t in dict.fromkeys(r.tool for r in here)}
+            peer = rclone["full" if mode == "full" else "rerun"]
+            for tool, wall in med.items():
+                mine = [r for r in here if r.tool == tool]
+                requests = median([r.requests for r in mine if r.requests is not None])
+                lines.append(
+                    f"| {tree} | {mode} | {tool} | {wall:.2f} | {_ratio(wall, peer)} | "
+                    f"{_ratio(wall, med.get('flow')) if tool.startswith('flow') else ''} | "
+                    f"{'' if requests is None else f'{requests:.0f}'} | {median([r.cpu for r in mine]):.2f} | "
+                    f"{_num(median([r.storage_cpu for r in mine if r.storage_cpu is not None]))} | "
+                    f"{median([r.rss_mib for r in mine]):.0f} |"
+                )
+            key = med.get("flow")
+            if key is None:
+                continue
+            if peer and tree in ("mixed", "small"):
+                if mode == "full":
+                    checks.append((f"{tree} full {at}: flow {key:.1f} s <= 1.0 x rclone {peer:.1f} s", key <= peer))
+                else:
+                    what = "no-change run" if mode == "rerun" else "no-change run with --refresh"
+                    checks.append((f"{tree} {what} {at}: flow {key:.1f} s <= rclone {peer:.1f} s + 3 s",
+                                   key <= peer + 3))
+            for tool in ("flow-sas", "flow-entra"):
+                if med.get(tool) is not None and tree in ("mixed", "small"):
+                    checks.append((f"{tree} {mode} {at}: {tool} {med[tool]:.2f} s within 15% of the account key's "
+                                   f"{key:.2f} s ({med[tool] / key - 1:+.0%})", abs(med[tool] / key - 1) <= 0.15))
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        lines += ["", f"{len(failed)} run(s) failed: " + "; ".join(f"{r.tool} {r.tree} {r.mode}" for r in failed)]
+    return "\n".join(lines) + "\n", checks
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def _ratio(value, base):
     return f"{value / base:.2f}" if base else ""
 
@@ -359,17 +518,18 @@ def chart(runs: list[Run], path: Path) -> None:
     except ImportError:
         print("(matplotlib not installed: no chart; `pip install -e '.[bench]'`)")
         return
-    groups = [(t, m) for t in dict.fromkeys(r.tree for r in runs) for m in ("full", "rerun", "dry-run")
-              if any(r.tree == t and r.mode == m and r.ok for r in runs)]
+    groups = [(s, t, m) for s in dict.fromkeys(r.scenario for r in runs) for t in dict.fromkeys(r.tree for r in runs)
+              for m in ("full", "rerun", "refresh", "dry-run")
+              if any((r.scenario, r.tree, r.mode) == (s, t, m) and r.ok for r in runs)]
     tools = list(dict.fromkeys(r.tool for r in runs))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
     width = 0.8 / max(1, len(tools))
     for i, tool in enumerate(tools):
-        values = [median([r.wall for r in runs if (r.tree, r.mode, r.tool) == (t, m, tool) and r.ok]) or 0
-                  for t, m in groups]
+        values = [median([r.wall for r in runs if (r.scenario, r.tree, r.mode, r.tool) == (s, t, m, tool) and r.ok])
+                  or 0 for s, t, m in groups]
         ax.bar([g + i * width for g in range(len(groups))], values, width, label=tool)
     ax.set_xticks([g + width * (len(tools) - 1) / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{t}\n{m}" for t, m in groups])
+    ax.set_xticklabels([f"{t}\n{m}" + ("" if s == "local" else f"\n{s}") for s, t, m in groups])
     ax.set_ylabel("median wall time, s (lower is better)")
     ax.legend()
     fig.tight_layout()
@@ -380,12 +540,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--trees", default="mixed,small,many")
-    p.add_argument("--tools", default="flow,flow-ephemeral,rclone,azcopy,sdk")
-    p.add_argument("--smoke", action="store_true", help="one round on a tiny tree, flow and SDK floor only (CI)")
+    p.add_argument("--tools", default="flow,flow-ephemeral,flow-sas,flow-entra,rclone,azcopy,sdk")
+    p.add_argument("--scenarios", default="local,latency",
+                   help="local: storage 0 ms away; latency: HTTPS with --latency-ms added to every request")
+    p.add_argument("--latency-ms", type=float, default=25)
+    p.add_argument("--smoke", action="store_true",
+                   help="one round on a tiny tree: flow and SDK floor locally, flow and flow-entra with latency (CI)")
+    p.add_argument("--settle", type=float, default=60,
+                   help="wait up to this many seconds before each run for the machine to go quiet")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     if args.smoke:
-        args.rounds, args.trees, args.tools = 1, "tiny", "flow,sdk"
+        args.rounds, args.trees, args.tools, args.scenarios = 1, "tiny", "flow,sdk,flow-entra", "local,latency"
+    scenarios = args.scenarios.split(",")
+    if set(scenarios) - {"local", "latency"}:
+        raise SystemExit(f"unknown scenario in {args.scenarios!r}: use local, latency or both")
     tools = [t for t in args.tools.split(",") if available(t) or print(f"({t} not installed: skipped)")]
     if "flow-ephemeral" in tools and _listening(4200):
         print("warning: a Prefect server listens on 127.0.0.1:4200, so 'flow-ephemeral' would use it instead of a "
@@ -399,33 +568,52 @@ def main(argv=None) -> int:
         trees[name] = make_tree(name)
     tmp = Path(tempfile.mkdtemp(prefix="site-backup-bench-"))
     server, api_url = start_prefect_server(tmp / "server-home")
-    ctx = {"tmp": tmp, "api_url": api_url, "ephemeral_home": tmp / "ephemeral-home", "settle": not args.smoke}
+    ctx = {"tmp": tmp, "api_url": api_url, "ephemeral_home": tmp / "ephemeral-home", "settle": 0 if args.smoke else args.settle,
+           "latency_ms": args.latency_ms}
     runs: list[Run] = []
+    identity = None
     try:
+        if "latency" in scenarios:
+            from bench.latency import TokenEndpoint, self_signed_certificate
+
+            ctx["tls"] = self_signed_certificate(tmp / "tls")
+            ctx["identity"] = identity = TokenEndpoint().__enter__()
         warm = make_tree("tiny")[0] if "tiny" not in trees else trees["tiny"][0]
         for tool in {"flow", "flow-ephemeral"} & set(tools):
             # Not measured: a server's first flow and task runs are slower (its database is
             # new, its routes cold); a deployed server has long been past them.
-            one(tool, "warm-up", warm, 0, ["full"], ctx)
+            one(tool, "warm-up", warm, 0, ctx)
         for rnd in range(1, args.rounds + 1):
-            for tree, (root, _, _) in trees.items():
-                modes = ["dry-run"] if tree == "many" else ["full", "rerun"]
-                for tool in tools:
-                    if tree == "many" and tool not in ("flow", "rclone"):
-                        continue
-                    if tool == "flow-ephemeral" and rnd > 1 and not args.smoke:
-                        continue  # reported for scale, one round is enough
-                    runs += one(tool, tree, root, rnd, modes, ctx)
+            for scenario in scenarios:
+                for tree, (root, _, _) in trees.items():
+                    # Each round starts with another tool: the first run after a tree change
+                    # (or after AzCopy's CPU-heavy runs) should not always be the same tool's.
+                    shift = (rnd - 1) % len(tools)
+                    for tool in tools[shift:] + tools[:shift]:
+                        if scenario == "local" and tool in ("flow-sas", "flow-entra"):
+                            continue  # sign-in modes are compared where they matter, over HTTPS
+                        if scenario == "latency" and (tree == "many" or tool in ("sdk", "flow-ephemeral")):
+                            continue
+                        if tree == "many" and tool not in ("flow", "rclone"):
+                            continue
+                        if tool == "flow-ephemeral" and rnd > 1 and not args.smoke:
+                            continue  # reported for scale, one round is enough
+                        runs += one(tool, tree, root, rnd, ctx, scenario)
     finally:
         server.stop()
+        if identity:
+            identity.__exit__(None, None, None)
     table, checks = report(runs, trees, args.rounds)
-    (out / "bench.md").write_text(table + "\n" + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}"
-                                                            for text, ok in checks) + "\n")
+    latency_table, latency_checks = latency_report(runs, trees, args.latency_ms)
+    checks += latency_checks
+    text = "\n\n".join(part for part in (machine(args.rounds), table, latency_table) if part)
+    (out / "bench.md").write_text(text + "\n" + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {line}"
+                                                           for line, ok in checks) + "\n")
     (out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
     chart(runs, out / "bench.png")
-    print("\n" + table)
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}: {text}")
+    print("\n" + text)
+    for line, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}: {line}")
     print(f"\nwritten: {out / 'bench.md'}, {out / 'bench.png'}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0 if all(r.ok for r in runs) else 1

@@ -8,9 +8,14 @@ import sys
 from tests.conftest import PROJECT
 
 
-def test_bench_smoke_measures_the_flow_and_the_sdk_floor(tmp_path):
+def test_bench_smoke_measures_the_flow_the_sdk_floor_and_entra_id_behind_latency(tmp_path):
     done = subprocess.run([sys.executable, str(PROJECT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = (tmp_path / "bench.md").read_text()
     assert "| tiny | full | flow |" in table and "| tiny | full | sdk |" in table and "| tiny | rerun | flow |" in table
+    # the latency scenario: every run through the proxy over HTTPS, Entra ID included
+    for mode in ("full", "rerun", "refresh"):
+        for tool in ("flow", "flow-entra"):
+            assert f"| tiny | {mode} | {tool} |" in table, table
+    assert "FAILED" not in done.stdout

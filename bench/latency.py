@@ -1,0 +1,177 @@
+"""Storage as users live with it, for the benchmark's latency scenario: an HTTPS Azurite that
+also accepts Entra ID tokens (`--oauth basic`), reached through the project's fault proxy
+adding a fixed delay to every request, and a managed-identity token endpoint, so the flow
+signs in with DefaultAzureCredential exactly as on an Azure VM or App Service.
+
+Every tool and every sign-in mode goes through TLS here (real Azure is HTTPS only), so the
+Entra ID, SAS and account-key runs differ in their sign-in alone. The proxy ends TLS and
+opens it again towards Azurite, which checks the bearer tokens itself."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ipaddress
+import json
+import multiprocessing
+import ssl
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+
+from tests.faultproxy import FaultProxy
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key: (cert.pem, key.pem)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def storage_token(lifetime: int = 3600) -> tuple[str, int]:
+    """An Entra ID access token for Azure Storage as Azurite's `--oauth basic` checks it
+    (audience, issuer, not-before, expiry; never the signature), and its expiry."""
+
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {"aud": "https://storage.azure.com", "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000000/",
+              "nbf": now - 60, "iat": now - 60, "exp": now + lifetime, "oid": str(uuid.uuid4())}
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.", now + lifetime
+
+
+class TokenEndpoint:
+    """A managed-identity endpoint as App Service provides one (IDENTITY_ENDPOINT and
+    IDENTITY_HEADER): azure-identity's DefaultAzureCredential asks it for storage tokens."""
+
+    SECRET = "bench"
+
+    def __enter__(self) -> "TokenEndpoint":
+        self.tokens = 0
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.headers.get("X-IDENTITY-HEADER") != TokenEndpoint.SECRET:
+                    self.send_error(401)
+                    return
+                token, expires = storage_token()
+                endpoint.tokens += 1
+                body = json.dumps({"access_token": token, "expires_on": str(expires), "token_type": "Bearer",
+                                   "resource": "https://storage.azure.com"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def environment(self) -> dict[str, str]:
+        return {"IDENTITY_ENDPOINT": f"http://127.0.0.1:{self._server.server_port}/msi/token",
+                "IDENTITY_HEADER": self.SECRET}
+
+
+class LatencyProxy:
+    """The proxy in a process of its own: it holds request bodies in memory (64 MiB ones
+    too), which in the benchmark's process would count in every measured child's peak RSS
+    (a child started with vfork inherits its parent's high-water mark)."""
+
+    def __init__(self, upstream_port: int, cert: Path, key: Path, latency: float):
+        context = multiprocessing.get_context("fork")
+        self._requests = context.Value("q", 0)
+        self._stop = context.Event()
+        ports = context.SimpleQueue()
+        self._process = context.Process(target=_serve_proxy, daemon=True,
+                                        args=(upstream_port, cert, key, latency, self._requests, self._stop, ports))
+        self._process.start()
+        self.port = ports.get()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def count(self) -> int:
+        """Requests received so far."""
+        return self._requests.value
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._process.join(30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def _serve_proxy(upstream_port, cert, key, latency, requests, stop, ports) -> None:
+    with TlsLatencyProxy(upstream_port, cert, key, latency, requests) as proxy:
+        ports.put(proxy.port)
+        stop.wait()
+
+
+class TlsLatencyProxy(FaultProxy):
+    """The fault proxy (its `latency`) speaking HTTPS on both sides: TLS ends at the proxy, so
+    it can delay and count requests, and starts again towards Azurite."""
+
+    def __init__(self, upstream_port: int, cert: Path, key: Path, latency: float, requests):
+        super().__init__(upstream_port)
+        self.upstream = f"https://127.0.0.1:{upstream_port}"
+        self.latency = latency
+        self.shared_requests = requests  # a multiprocessing.Value the benchmark reads
+        self._server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._server_tls.load_cert_chain(cert, key)
+        self._client_tls = ssl.create_default_context(cafile=str(cert))
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self.shared_requests.get_lock():
+            self.shared_requests.value += 1
+        return await super()._handle(request)
+
+    async def _serve(self) -> None:  # FaultProxy._serve with TLS on both sides
+        self._stop = asyncio.Event()
+        self._session = ClientSession(connector=TCPConnector(limit=100, ssl=self._client_tls),
+                                      auto_decompress=False, timeout=ClientTimeout(total=300))
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._server_tls)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+        await self._session.close()
