@@ -18,6 +18,7 @@ if __name__ == "__main__":
 from prefect import flow
 
 from site_backup.destination import Destination
+from site_backup.retry import RetryPolicy
 from site_backup.summary import PruneSummary
 from tasks.history import prune_history
 from tasks.prepare_destination import prepare_destination
@@ -33,12 +34,31 @@ def prune_backups(
     keep_weekly: int = 0,
     keep_monthly: int = 0,
     dry_run: bool = False,
+    retries: int = 100,
+    storage_timeout: float = 60.0,
 ) -> PruneSummary:
     """Keep the runs the policy selects (restic's --keep-* rules); delete the other runs'
     manifests and every snapshot no kept run needs. Never a current blob; never while a
-    backup of the same destination runs."""
+    backup of the same destination runs.
+
+    Args:
+        container: Blob container holding the backup.
+        prefix: The backup's blob-name prefix; empty for none.
+        credentials_block: Name of a saved prefect-azure AzureBlobStorageCredentials block; empty to
+            use the worker's environment or the local Azurite.
+        keep_last: Keep the N newest runs.
+        keep_daily: Keep the newest run of each of the last N days (UTC).
+        keep_weekly: Keep the newest run of each of the last N weeks.
+        keep_monthly: Keep the newest run of each of the last N months.
+        dry_run: Say what would be deleted; delete nothing.
+        retries: Storage requests the run may try again in total (each success earns half one back);
+            past it the run stops (1 or more).
+        storage_timeout: Seconds without a useful answer from storage before the run stops, failed
+            (more than 0).
+    """
     destination = Destination.checked(container, prefix, credentials_block)
-    destination, _ = prepare_destination(destination, create=False)
+    policy = RetryPolicy.checked(retries, storage_timeout)
+    destination, _ = prepare_destination(destination, create=False, policy=policy)
     return prune_history(destination, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run)
 
 

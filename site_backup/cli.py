@@ -331,6 +331,7 @@ def build_prune_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--keep-{rule}", type=_positive, default=0, metavar="N", help=f"keep {what}")
     p.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_patience_options(p)
     return p
 
 
@@ -347,7 +348,8 @@ def prune_main(flow, argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     parameters = dict(container=args.container, prefix=args.prefix, credentials_block=args.credentials_block,
                       keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
-                      keep_monthly=args.keep_monthly, dry_run=args.dry_run)
+                      keep_monthly=args.keep_monthly, dry_run=args.dry_run, retries=args.retries,
+                      storage_timeout=args.storage_timeout)
     return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
 
 

@@ -158,7 +158,8 @@ def test_progress_description_is_in_human_units(monkeypatch):
 
 @pytest.mark.parametrize("module,name", [("flows.backup_site_content", "backup_site_content"),
                                          ("flows.verify_backup", "verify_backup"),
-                                         ("flows.restore_site_content", "restore_site_content")])
+                                         ("flows.restore_site_content", "restore_site_content"),
+                                         ("flows.prune_backups", "prune_backups")])
 def test_every_flow_parameter_has_a_description_for_the_ui_form(module, name):
     import importlib
 

@@ -130,7 +130,7 @@ def test_verify_and_restore_are_deployed_and_the_block_is_the_configured_storage
 
     async def read(client):
         return {flow: await client.read_deployment_by_name(f"{flow}/local")
-                for flow in ("backup-site-content", "verify-backup", "restore-site-content")}
+                for flow in ("backup-site-content", "verify-backup", "restore-site-content", "prune-backups")}
 
     deployments = client_call(stack, read)
     assert all(d.work_pool_name == "site-backup" for d in deployments.values())
