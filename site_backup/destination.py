@@ -353,7 +353,7 @@ def prepare(destination: Destination, create: bool = True, policy: RetryPolicy =
     try:
         if account.signed is not None:
             if create:
-                account.signed.create_container(destination.container, RetryLog(budget))
+                _may_refuse(lambda: account.signed.create_container(destination.container, RetryLog(budget)))
             generation = _generation(lambda: account.signed.container_etag(destination.container, RetryLog(budget)))
             first = account.signed.first_blob(destination.container, prefix, RetryLog(budget))
         else:
@@ -362,7 +362,7 @@ def prepare(destination: Destination, create: bool = True, policy: RetryPolicy =
             container = account.client_for(budget).get_container_client(destination.container)
             if create:
                 try:
-                    container.create_container()
+                    _may_refuse(container.create_container)
                 except ResourceExistsError:
                     pass
             generation = _generation(lambda: container.get_container_properties().etag)
@@ -373,6 +373,16 @@ def prepare(destination: Destination, create: bool = True, policy: RetryPolicy =
             raise
         raise problem from None
     return replace(destination, generation=generation), first is None
+
+
+def _may_refuse(create_container: Callable[[], Any]) -> None:
+    """Create the container, unless the credentials may not (a SAS for one container, a
+    role on the container only): then the listing that follows says whether it exists."""
+    try:
+        create_container()
+    except Exception as exc:
+        if getattr(exc, "status_code", None) != 403:
+            raise
 
 
 def _generation(container_etag: Callable[[], str]) -> str:

@@ -349,3 +349,30 @@ def test_a_root_that_vanishes_mid_run_fails_the_run_and_counts_what_was_uploaded
     assert "root directory" in summary["error"] and "vanished" in summary["error"]
     assert summary["files_uploaded"] == len(puts) >= 20 and summary["files_skipped"] == 0
     assert summary["files_uploaded"] + summary["files_failed"] == len(files)
+
+
+def test_a_container_scoped_sas_backs_up_into_its_existing_container(azurite, monkeypatch, checkpoints, container_name,
+                                                                     make_tree):
+    # Such a SAS may not create containers nor read their properties: the backup goes on,
+    # guarded by the empty-prefix rule; another container is refused as the credentials' fault.
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from site_backup.destination import AZURITE_ACCOUNT, AZURITE_KEY, _account
+
+    azurite.container(container_name).create_container()
+    sas = generate_container_sas(AZURITE_ACCOUNT, container_name, AZURITE_KEY,
+                                 permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
+                                                                    list=True),
+                                 expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"BlobEndpoint={azurite.blob_url};SharedAccessSignature={sas}")
+    _account.cache_clear()
+    root = make_tree(SITE)
+    summary = backup_site_content(str(root), container=container_name)
+    assert (summary.outcome, summary.files_uploaded) == ("completed", len(SITE))
+    assert read_container(azurite, container_name) == SITE
+    assert backup_site_content(str(root), container=container_name, refresh=True).files_unchanged == len(SITE)
+    with pytest.raises(ConfigurationError, match="rejected the credentials"):
+        backup_site_content(str(root), container="another-container")
+    _account.cache_clear()
