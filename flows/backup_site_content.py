@@ -102,7 +102,7 @@ def backup_site_content(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )
     destination, empty = prepare_destination(destination, policy=policy)
-    manifest = None if dry_run else open_manifest(destination)  # staged as batches finish, committed at the end
+    manifest = None if dry_run else open_manifest(destination, policy)  # staged as batches finish, committed at the end
     if checkpoint_block:
         prepare_checkpoints(checkpoint_block)
     options = CopyOptions(

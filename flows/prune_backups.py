@@ -59,7 +59,7 @@ def prune_backups(
     destination = Destination.checked(container, prefix, credentials_block)
     policy = RetryPolicy.checked(retries, storage_timeout)
     destination, _ = prepare_destination(destination, create=False, policy=policy)
-    return prune_history(destination, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run)
+    return prune_history(destination, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, policy)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,8 @@ def restore_site_content(
     restore_id = open_restore(target_identity, destination)
     try:
         if run_id or as_of:
-            plan = plan_history_restore(destination, run_id, as_of, files_per_batch, mib_per_batch * MiB)
+            plan = plan_history_restore(destination, run_id, as_of, files_per_batch, mib_per_batch * MiB,
+                                        policy)
         else:
             plan = list_backup(destination, files_per_batch, mib_per_batch * MiB, policy)
     except (StorageUnavailable, RunStopped) as exc:  # the run ends, with a summary that says why

@@ -212,13 +212,14 @@ class ManifestWriter:
                 raise
 
 
-def open_history_store(destination):
-    """The BlobStore of the destination's companion container."""
+def open_history_store(destination, budget=None):
+    """The BlobStore of the destination's companion container; `budget` (the run's)
+    decides its retries, as for the backup's own requests."""
     from dataclasses import replace
 
     from .destination import open_store
 
-    return open_store(replace(destination, container=history_container(destination.container)))
+    return open_store(replace(destination, container=history_container(destination.container)), budget)
 
 
 def list_runs(history_store, prefix: str) -> list[RunRecord]:

@@ -11,15 +11,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from site_backup.destination import Destination, open_store
+from site_backup.retry import RetryPolicy
 from site_backup.errors import describe
 from site_backup.history import ManifestWriter, RunRecord, list_runs, open_history_store, pick_run, plan_run_restore
 from site_backup.prune import backup_lock, describe_run, prune
 from site_backup.restore import RestorePlan
 from site_backup.summary import BackupSummary, PruneSummary
+from tasks.retry import run_budget
 
 
 @task(name="open-manifest", cache_policy=NO_CACHE, persist_result=False)
-def open_manifest(destination: Destination) -> ManifestWriter | None:
+def open_manifest(destination: Destination, policy: RetryPolicy = RetryPolicy()) -> ManifestWriter | None:
     """A writer for this run's manifest, named after the flow run, and the run's lock.
     None, with a warning, when the credentials may not write the history container (a SAS
     for the backup's container only): the backup itself goes on, without history."""
@@ -27,9 +29,10 @@ def open_manifest(destination: Destination) -> ManifestWriter | None:
     from prefect.runtime import flow_run
 
     run_id = str(flow_run.id or uuid.uuid4())
-    history = open_history_store(destination)
+    budget = run_budget(policy, destination.account_url)  # storage that stops answering ends the run here too
+    history = open_history_store(destination, budget)
     manifest = ManifestWriter(history, destination.prefix, run_id, dt.datetime.now(dt.timezone.utc),
-                              backup_store=open_store(destination))
+                              backup_store=open_store(destination, budget))
     try:
         # Held until the manifest is written, so a prune of this destination waits for the run.
         manifest.lock = backup_lock(history, destination.prefix, run_id)
@@ -66,10 +69,11 @@ def finish_manifest(manifest: ManifestWriter, summary: BackupSummary) -> RunReco
 
 @task(name="prune-history", cache_policy=NO_CACHE)
 def prune_history(destination: Destination, keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int,
-                  dry_run: bool) -> PruneSummary:
+                  dry_run: bool, policy: RetryPolicy = RetryPolicy()) -> PruneSummary:
     """Apply the retention policy to the destination's runs and snapshots."""
     started = time.monotonic()
-    plan, stale = prune(open_history_store(destination), open_store(destination), destination.prefix,
+    budget = run_budget(policy, destination.account_url)
+    plan, stale = prune(open_history_store(destination, budget), open_store(destination, budget), destination.prefix,
                         keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
                         keep_monthly=keep_monthly, dry_run=dry_run)
     policy = ", ".join(f"--keep-{name} {n}" for name, n in (("last", keep_last), ("daily", keep_daily),
@@ -85,8 +89,9 @@ def prune_history(destination: Destination, keep_last: int, keep_daily: int, kee
 
 @task(name="plan-run-restore", cache_policy=NO_CACHE)
 def plan_history_restore(destination: Destination, run_id: str | None, as_of: str | None, max_files: int,
-                         max_bytes: int) -> RestorePlan:
+                         max_bytes: int, policy: RetryPolicy = RetryPolicy()) -> RestorePlan:
     """The files of the chosen run, each from where its content is kept now."""
-    history = open_history_store(destination)
+    budget = run_budget(policy, destination.account_url)
+    history = open_history_store(destination, budget)
     run = pick_run(list_runs(history, destination.prefix), run_id, as_of)
-    return plan_run_restore(history, run, open_store(destination), destination.prefix, max_files, max_bytes)
+    return plan_run_restore(history, run, open_store(destination, budget), destination.prefix, max_files, max_bytes)
