@@ -194,7 +194,7 @@ def copy_batch(
     never exceptions. Files in `done` (finished by an earlier attempt) are not redone."""
     done = done or {}
     # What the destination holds, one listing per folder, only for files that need it.
-    remote = RemoteLookup(store, (blob_name(prefix, f.path) for f in batch if f.path not in done)) \
+    remote = RemoteLookup(store, (blob_name(prefix, f.path) for f in batch if f.path not in done)).prefetch() \
         if options.check_remote else None
 
     def one(entry: FileEntry) -> FileOutcome:

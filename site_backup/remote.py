@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import defaultdict
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable
 
 from .storage import BlobStore, RemoteBlob
@@ -32,6 +32,26 @@ class RemoteLookup:
         self._lock = threading.Lock()
         self._listings: dict[str, Future] = {}
 
+    def prefetch(self, at_once: int = 8) -> "RemoteLookup":
+        """Start listing every folder now, a few at a time: a file then waits for its own
+        folder's listing only, not for those of every folder before it (with storage 25 ms
+        away and many small folders, one after another added up to seconds a batch)."""
+        with self._lock:
+            todo = {folder: Future() for folder in self._groups if folder not in self._listings}
+            self._listings.update(todo)
+        if todo:
+            pool = ThreadPoolExecutor(max_workers=min(at_once, len(todo)), thread_name_prefix="list")
+            for folder, future in todo.items():
+                pool.submit(self._fill, folder, future)
+            pool.shutdown(wait=False)
+        return self
+
+    def _fill(self, folder: str, future: Future) -> None:
+        try:
+            future.set_result(self._list(folder, self._groups[folder]))
+        except BaseException as exc:  # every file of the folder sees the same error
+            future.set_exception(exc)
+
     def get(self, name: str) -> RemoteBlob | None:
         """The blob called `name`, or None when there is none."""
         folder = _folder(name)
@@ -41,10 +61,8 @@ class RemoteLookup:
             if mine:
                 future = self._listings[folder] = Future()
         if mine:
-            try:
-                future.set_result(self._list(folder, self._groups.get(folder) or {name}))
-            except BaseException as exc:  # every file of the folder sees the same error
-                future.set_exception(exc)
+            self._groups.setdefault(folder, {name})
+            self._fill(folder, future)
         found, complete = future.result()
         if name in found:
             return found[name]

@@ -103,7 +103,9 @@ def test_dry_run_sends_nothing(make_tree):
 
 class ChangingStore(MemoryBlobStore):
     """Appends to the file each time the copy looks the blob up: after the file was opened
-    and stat'ed, before it is read, which is the window a live writer hits."""
+    and stat'ed, before it is read, which is the window a live writer hits. (A batch's
+    folder listings start before any file is opened: the look-up in that window is the
+    batch's RemoteLookup.get, see `lookups_change_the_file`.)"""
 
     def __init__(self, path, times):
         super().__init__()
@@ -119,13 +121,22 @@ class ChangingStore(MemoryBlobStore):
         self._append()
         return super().get(name)
 
-    def list_folder(self, prefix):
-        self._append()  # the first look-up of a batch lists the folder instead
-        return super().list_folder(prefix)
+
+@pytest.fixture
+def lookups_change_the_file(monkeypatch):
+    from site_backup.remote import RemoteLookup
+
+    original = RemoteLookup.get
+
+    def get(self, name):
+        self.store._append()
+        return original(self, name)
+
+    monkeypatch.setattr(RemoteLookup, "get", get)
 
 
 @pytest.mark.parametrize("block_size", [2**20, 16])
-def test_file_changing_once_is_read_again(make_tree, block_size):
+def test_file_changing_once_is_read_again(make_tree, block_size, lookups_change_the_file):
     root = make_tree({"log.txt": b"line\n" * 100})
     store = ChangingStore(root / "log.txt", times=1)
     [outcome] = run(root, store, single_put_size=block_size, block_size=block_size)
@@ -134,7 +145,7 @@ def test_file_changing_once_is_read_again(make_tree, block_size):
 
 
 @pytest.mark.parametrize("block_size", [2**20, 16])
-def test_file_that_keeps_changing_fails_and_is_never_recorded(make_tree, block_size):
+def test_file_that_keeps_changing_fails_and_is_never_recorded(make_tree, block_size, lookups_change_the_file):
     root = make_tree({"log.txt": b"line\n" * 100})
     store = ChangingStore(root / "log.txt", times=5)
     [outcome] = run(root, store, single_put_size=block_size, block_size=block_size)
@@ -827,3 +838,29 @@ def test_a_failed_listing_fails_the_files_of_that_folder_only(make_tree):
     failing = Failing(blobs=dict(store.blobs))
     outcomes = {o.path: o.status for o in run(root, failing)}
     assert outcomes == {"ok/a.txt": "unchanged", "bad/b.txt": "failed"}
+
+
+def test_a_batch_lists_its_folders_at_once_not_one_after_another(make_tree):
+    files = {f"d{i:02d}/f.txt": b"x" for i in range(12)}
+    root = make_tree(files)
+    store = MemoryBlobStore()
+    run(root, store)
+
+    class SlowListing(MemoryBlobStore):
+        def __init__(self, blobs):
+            super().__init__(blobs=blobs)
+            self.in_flight = self.most = 0
+
+        def list_folder(self, prefix):
+            with self._lock:
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+            time.sleep(0.1)
+            with self._lock:
+                self.in_flight -= 1
+            return super().list_folder(prefix)
+
+    slow = SlowListing(dict(store.blobs))
+    started = time.monotonic()
+    assert by_status(run(root, slow, files_in_flight=1)) == {"unchanged": set(files)}
+    assert slow.most == 8 and time.monotonic() - started < 0.8  # 12 listings of 0.1 s, 8 at a time
