@@ -30,7 +30,7 @@ from tasks.copy_batch import with_checkpoints
 from tasks.history import finish_manifest, open_manifest
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
-from tasks.report import ProgressArtifact, failed_state, final_state, publish_summary
+from tasks.report import ProgressArtifact, announce_backup, failed_state, final_state, publish_summary
 from tasks.retry import batch_outcome
 
 MiB = 2**20
@@ -111,6 +111,7 @@ def backup_site_content(
         blocks_in_flight=blocks_in_flight, root_id=listing.root_id,
     )
     files_total, bytes_total = listing.files, listing.bytes  # each is a pass over the listing
+    announce_backup(listing, destination, dry_run=dry_run, empty=empty)
     progress.reset(files_total, bytes_total)
     # An empty prefix holds none of what earlier checkpoints describe: make new ones.
     copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days)

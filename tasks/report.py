@@ -69,10 +69,28 @@ def failed_state(summary):
     return Failed(data=RunFailed(summary), message=summary.error)
 
 
+def announce_backup(listing, destination, *, dry_run: bool, empty: bool) -> None:
+    """One log line saying what this run will back up, before any copy starts."""
+    from prefect import get_run_logger
+
+    get_run_logger().info(
+        "%s %s (%d files, %s, in %d batches; %d skipped, %d excluded) to %s%s",
+        "Dry run of" if dry_run else "Backing up", listing.root, listing.files, human_bytes(listing.bytes),
+        len(listing.batches), len(listing.skipped) + len(listing.failed), listing.excluded, destination.describe(),
+        " (empty: no comparison needed)" if empty else "")
+
+
 def publish_summary(summary: BackupSummary) -> None:
     """The summary as a markdown artifact on the flow run, and the files that were skipped
-    or failed as a table artifact when there are any."""
+    or failed as a table artifact when there are any; its outcome as one log line."""
+    from prefect import get_run_logger
+
     verb = "would upload" if summary.dry_run else "uploaded"
+    get_run_logger().info(
+        "Backup %s: %d files, %d %s (%s), %d unchanged, %d skipped, %d failed in %.1f s%s",
+        summary.outcome, summary.files_total, summary.files_uploaded, verb, human_bytes(summary.bytes_uploaded),
+        summary.files_unchanged, summary.files_skipped, summary.files_failed, summary.duration_seconds,
+        f": {summary.error}" if summary.error else "")
     create_markdown_artifact(
         markdown=summary.to_markdown(),
         key="backup-summary",
