@@ -4,8 +4,6 @@ Functions fan-out/fan-in sample E2_BackupSiteContent.
     python flows/backup_site_content.py ROOT [--container C] [--prefix P] [--json] ...
 """
 
-from __future__ import annotations
-
 import gc
 import sys
 import time
@@ -22,7 +20,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.copy import BatchResult, CopyOptions
-from site_backup.destination import Destination
+from site_backup.destination import ContainerName, Destination
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, stops_on_termination
 from site_backup.summary import BackupSummary, summarize
@@ -40,7 +38,7 @@ MiB = 2**20
 @stops_on_termination
 def backup_site_content(
     root_directory: str,
-    container: str = "backups",
+    container: ContainerName = "backups",
     prefix: str = "",
     credentials_block: str | None = None,
     include: list[str] | None = None,

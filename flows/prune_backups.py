@@ -4,8 +4,6 @@
         [--keep-weekly W] [--keep-monthly M] [--dry-run] [--json]
 """
 
-from __future__ import annotations
-
 import gc
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ if __name__ == "__main__":
 
 from prefect import flow
 
-from site_backup.destination import Destination
+from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy
 from site_backup.summary import PruneSummary
 from tasks.history import prune_history
@@ -26,7 +24,7 @@ from tasks.prepare_destination import prepare_destination
 
 @flow(name="prune-backups", persist_result=True)
 def prune_backups(
-    container: str = "backups",
+    container: ContainerName = "backups",
     prefix: str = "",
     credentials_block: str | None = None,
     keep_last: int = 0,

@@ -4,8 +4,6 @@ backup_site_content.
     python flows/restore_site_content.py CONTAINER TARGET [--prefix P] [--json] ...
 """
 
-from __future__ import annotations
-
 import gc
 import sys
 import time
@@ -19,7 +17,7 @@ if __name__ == "__main__":
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from site_backup.destination import Destination
+from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
@@ -35,7 +33,7 @@ MiB = 2**20
 @flow(name="restore-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
 @stops_on_termination
 def restore_site_content(
-    container: str,
+    container: ContainerName,
     target_directory: str,
     prefix: str = "",
     credentials_block: str | None = None,

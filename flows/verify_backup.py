@@ -3,15 +3,13 @@
     python flows/backup_site_content.py ROOT --verify [--container C] [--prefix P] [--json]
 """
 
-from __future__ import annotations
-
 import time
 
 from prefect import flow, unmapped
 from prefect.utilities.annotations import quote
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from site_backup.destination import Destination
+from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.summary import VerifySummary, summarize_verify
 from site_backup.verify import extra_blobs
@@ -27,7 +25,7 @@ MiB = 2**20
 @stops_on_termination
 def verify_backup(
     root_directory: str,
-    container: str = "backups",
+    container: ContainerName = "backups",
     prefix: str = "",
     credentials_block: str | None = None,
     include: list[str] | None = None,

@@ -10,7 +10,9 @@ import threading
 import weakref
 from urllib.parse import urlsplit
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
+
+from pydantic import Field
 
 from .errors import ConfigurationError, describe, redact
 from .retry import RetryPolicy, StorageBudget, StorageUnavailable, sdk_retry_policy
@@ -23,6 +25,10 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 AZURITE_URL = f"http://127.0.0.1:{os.environ.get('AZURITE_PORT') or 10000}/devstoreaccount1"
 
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+# The same rule without look-ahead, for JSON Schema and pydantic (whose regex engine has
+# none): the Prefect UI's form checks a container name with it before a run is created.
+CONTAINER_PATTERN = r"^[a-z0-9](?:-?[a-z0-9])*$"
+ContainerName = Annotated[str, Field(pattern=CONTAINER_PATTERN, min_length=3, max_length=63)]
 
 
 def azurite_connection_string(blob_url: str | None = None) -> str:

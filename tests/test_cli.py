@@ -169,3 +169,16 @@ def test_every_flow_parameter_has_a_description_for_the_ui_form(module, name):
     properties = parameter_schema(flow.fn).model_dump_for_openapi()["properties"]
     missing = [p for p, spec in properties.items() if not spec.get("description")]
     assert not missing, f"{name}: no description for {missing}"
+    from site_backup.destination import CONTAINER_PATTERN
+
+    assert (properties["container"]["pattern"], properties["container"]["maxLength"]) == (CONTAINER_PATTERN, 63)
+
+
+def test_a_bad_container_name_is_refused_before_the_flow_runs(prefect_server):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.backup_site_content import backup_site_content
+
+    for name in ("Bad_Name", "ab", "a--b", "-ab", "x" * 64):
+        with pytest.raises(ParameterTypeError, match="container"):
+            backup_site_content("/nonexistent", container=name)

@@ -138,6 +138,7 @@ def test_verify_and_restore_are_deployed_and_the_block_is_the_configured_storage
     for name, deployment in deployments.items():  # what the UI's custom-run form shows
         properties = deployment.parameter_openapi_schema["properties"]
         assert all(spec.get("description") for spec in properties.values()), name
+        assert properties["container"]["pattern"] and properties["container"]["maxLength"] == 63, name
     # The block holds what this environment is configured for, not a fixed 127.0.0.1:10000.
     with temporary_settings(updates={PREFECT_API_URL: stack["api_url"]}):
         block = AzureBlobStorageCredentials.load("site-backup-storage")
