@@ -574,7 +574,8 @@ def main(argv=None) -> int:
     identity = None
     try:
         if "latency" in scenarios:
-            from bench.latency import TokenEndpoint, self_signed_certificate
+            from bench.latency import TokenEndpoint
+            from tests.azurite_auth import self_signed_certificate
 
             ctx["tls"] = self_signed_certificate(tmp / "tls")
             ctx["identity"] = identity = TokenEndpoint().__enter__()

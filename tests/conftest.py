@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.azurite_auth import self_signed_certificate, unsigned_storage_token
+
 PROJECT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = PROJECT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
 
@@ -90,47 +92,6 @@ def azurite():
         yield Azurite(port, url, azurite_connection_string(url))
     finally:
         stop_process(proc)
-
-
-def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 that is its own CA, and its key: (cert.pem, key.pem)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=6))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
-def unsigned_storage_token(lifetime: int = 3600) -> tuple[str, int]:
-    """An Entra ID access token for Azure Storage as Azurite's `--oauth basic` checks it
-    (audience, issuer, not-before, expiry; never the signature), and its expiry."""
-    import base64
-    import json
-
-    def part(value: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
-
-    now = int(time.time())
-    claims = {"aud": "https://storage.azure.com", "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000000/",
-              "nbf": now - 60, "iat": now - 60, "exp": now + lifetime, "oid": str(uuid.uuid4())}
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.", now + lifetime
 
 
 class TestTokenCredential:

@@ -661,7 +661,7 @@ def test_signed_requests_over_https_trust_the_given_ca_bundle_only(tmp_path):
 
     from site_backup.destination import StorageSettings
     from site_backup.fastblob import Connections, _NotConnected
-    from tests.conftest import self_signed_certificate
+    from tests.azurite_auth import self_signed_certificate
 
     self_signed_certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

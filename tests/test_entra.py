@@ -9,6 +9,7 @@ import os
 from flows.backup_site_content import backup_site_content
 from flows.verify_backup import verify_backup
 from flows.restore_site_content import restore_site_content
+from tests.azurite_auth import unsigned_storage_token
 from tests.conftest import TestTokenCredential, read_tree
 
 SITE = {"index.html": b"<html>home</html>", "img/logo.png": os.urandom(30_000), "big/archive.bin": os.urandom(3 * 2**20),
@@ -44,7 +45,7 @@ def test_a_rejected_token_is_a_configuration_error(entra_storage, checkpoints, m
 
     class Expired(TestTokenCredential):
         def get_token(self, *scopes, **kwargs):
-            token, _ = __import__("tests.conftest", fromlist=["x"]).unsigned_storage_token(lifetime=-600)
+            token, _ = unsigned_storage_token(lifetime=-600)
             return AccessToken(token, 0)
 
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", Expired)
