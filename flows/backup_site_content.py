@@ -89,7 +89,7 @@ def backup_site_content(
         block_size_mib: Size of one block of a large file, in MiB (1 or more).
         blocks_in_flight: Blocks of one large file sent at once (1 or more).
         retries: Storage requests the run may try again in total (each success earns half one back);
-            past it the run stops (1 or more).
+            past it the run stops (0 or more).
         storage_timeout: Seconds without a useful answer from storage before the run stops, failed
             (more than 0).
     """

@@ -50,7 +50,7 @@ def prune_backups(
         keep_monthly: Keep the newest run of each of the last N months.
         dry_run: Say what would be deleted; delete nothing.
         retries: Storage requests the run may try again in total (each success earns half one back);
-            past it the run stops (1 or more).
+            past it the run stops (0 or more).
         storage_timeout: Seconds without a useful answer from storage before the run stops, failed
             (more than 0).
     """

@@ -64,7 +64,7 @@ def restore_site_content(
         files_per_batch: Most files one restore task handles (1 or more).
         mib_per_batch: About how many MiB one restore task handles (1 or more).
         retries: Storage requests the run may try again in total (each success earns half one back);
-            past it the run stops (1 or more).
+            past it the run stops (0 or more).
         storage_timeout: Seconds without a useful answer from storage before the run stops, failed
             (more than 0).
         run_id: Restore the tree as this backup run saw it: a run id from --list, or a unique

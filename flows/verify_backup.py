@@ -55,7 +55,7 @@ def verify_backup(
         files_per_batch: Most files one verify task checks (1 or more).
         mib_per_batch: About how many MiB one verify task reads (1 or more).
         retries: Storage requests the run may try again in total (each success earns half one back);
-            past it the run stops (1 or more).
+            past it the run stops (0 or more).
         storage_timeout: Seconds without a useful answer from storage before the run stops, failed
             (more than 0).
     """

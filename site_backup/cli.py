@@ -84,14 +84,22 @@ def add_patience_options(p: argparse.ArgumentParser) -> None:
                             f"(default {RetryPolicy.storage_timeout:g})")
 
 
-def _not_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
-    return value
+def _whole_number(minimum: int):
+    """An argparse type: a whole number of at least `minimum`, else a message saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of {minimum} or more")
+        return value
+
+    return parse
+
+
+_not_negative, _positive = _whole_number(0), _whole_number(1)
 
 
 def _seconds(text: str) -> float:
@@ -103,15 +111,6 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
     return value
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return value
 
 
 def flow_parameters(args: argparse.Namespace) -> dict:
