@@ -371,7 +371,7 @@ def check_history(destination: Destination, run_id: str, as_json: bool) -> int:
     """Check that a run's content is all still stored; 0 when it is, 1 when some is gone."""
     import json
 
-    from .destination import open_store
+    from .accounts import open_store
     from .history import check_run, list_runs, open_history_store, pick_run
 
     history = open_history_store(destination)

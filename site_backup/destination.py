@@ -1,43 +1,25 @@
-"""Where backups go: container and prefix, credentials, and a ready client."""
+"""Where backups go: the container and prefix, checked, and the pre-flight that makes the
+container ready (the credentials are in credentials.py, the clients in accounts.py)."""
 
 from __future__ import annotations
 
-import base64
-import functools
-import os
 import re
-import threading
-import weakref
-from urllib.parse import urlsplit
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Callable
 
 from pydantic import Field
 
-from .errors import ConfigurationError, describe, redact
-from .retry import RetryPolicy, StorageBudget, StorageUnavailable, sdk_retry_policy
-from .storage import AzureBlobStore, RetryLog
-
-# Azurite's well-known development account: public, documented, and only valid on an emulator.
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-# Where `make azurite` starts it (AZURITE_PORT moves it).
-AZURITE_URL = f"http://127.0.0.1:{os.environ.get('AZURITE_PORT') or 10000}/devstoreaccount1"
+from .accounts import blob_service_client, storage_account
+from .credentials import block_credentials
+from .errors import ConfigurationError, describe
+from .retry import RetryPolicy, StorageBudget, StorageUnavailable
+from .storage import RetryLog
 
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 # The same rule without look-ahead, for JSON Schema and pydantic (whose regex engine has
 # none): the Prefect UI's form checks a container name with it before a run is created.
 CONTAINER_PATTERN = r"^[a-z0-9](?:-?[a-z0-9])*$"
 ContainerName = Annotated[str, Field(pattern=CONTAINER_PATTERN, min_length=3, max_length=63)]
-
-
-def azurite_connection_string(blob_url: str | None = None) -> str:
-    """The connection string of Azurite's development account at `blob_url`."""
-    blob_url = blob_url or AZURITE_URL
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
-        f"AccountKey={AZURITE_KEY};BlobEndpoint={blob_url};"
-    )
 
 
 @dataclass(frozen=True)
@@ -99,249 +81,6 @@ def normalize_prefix(prefix: str) -> str:
             f"254 segments, so the prefix may have at most {MAX_PREFIX_SEGMENTS} folders: shorten it"
         )
     return prefix
-
-
-@dataclass(frozen=True)
-class StorageSettings:
-    """How many connections to keep per account. Retries and timeouts are the run's
-    (site_backup/retry.py), the same for the direct requests and the SDK."""
-
-    pool_size: int = 64
-
-
-def _credentials(credentials_block: str | None):
-    """Return (connection string or None, account URL or None, credential or None, source)."""
-    if credentials_block:
-        return _from_block(credentials_block)
-    if os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
-        return os.environ["AZURE_STORAGE_CONNECTION_STRING"], None, None, "AZURE_STORAGE_CONNECTION_STRING"
-    if os.environ.get("AZURE_STORAGE_ACCOUNT_URL"):
-        from azure.identity import DefaultAzureCredential
-
-        url = os.environ["AZURE_STORAGE_ACCOUNT_URL"]
-        return None, url, DefaultAzureCredential(), "AZURE_STORAGE_ACCOUNT_URL with DefaultAzureCredential"
-    return azurite_connection_string(), None, None, "the local Azurite default"
-
-
-def _from_block(name: str):
-    # Imported here: prefect_azure takes seconds to import and most runs never need it.
-    from prefect_azure.credentials import AzureBlobStorageCredentials
-
-    try:
-        block = AzureBlobStorageCredentials.load(name)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"no Azure Blob Storage Credentials block named {name!r}: create it in the Prefect UI "
-            f"(Blocks) or with `make deploy`, or leave out --credentials-block"
-        ) from exc
-    return _from_credentials(block, f"credentials block {name!r}")
-
-
-def _from_credentials(block, source: str):
-    """Connection details from a prefect-azure AzureBlobStorageCredentials block."""
-    if block.connection_string is not None:
-        return block.connection_string.get_secret_value(), None, None, source
-    if block.client_id and block.tenant_id and block.client_secret:
-        from azure.identity import ClientSecretCredential
-
-        credential = ClientSecretCredential(block.tenant_id, block.client_id, block.client_secret.get_secret_value())
-        return None, block.account_url, credential, source
-    from azure.identity import DefaultAzureCredential
-
-    return None, block.account_url, DefaultAzureCredential(), source
-
-
-_session_lock = threading.Lock()
-_PROXY_VARIABLES = [v for name in ("http_proxy", "https_proxy", "all_proxy") for v in (name, name.upper())]
-
-
-# The Blob service version the direct requests ask for: one Azure and Azurite 3.35+
-# both accept (the SDK asks for its newest, which Azurite accepts only with --skipApiVersionCheck).
-SIGNED_API_VERSION = "2025-11-05"
-
-
-class StorageAccount:
-    """A storage account as configured: its blob endpoint, where the settings came from, the
-    direct requests (`signed`, any sign-in mode, None behind a proxy), and the SDK client,
-    built on first use (a backup never needs it, and importing the SDK is a fixed cost)."""
-
-    def __init__(self, url: str, source: str, signed, build: Callable[[Any], Any]):
-        self.url, self.source, self.signed = url, source, signed
-        self._build, self._lock = build, threading.Lock()
-        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def client_for(self, budget: StorageBudget):
-        """The SDK's BlobServiceClient whose retries `budget` decides (one per run; they
-        share their connections)."""
-        with self._lock:
-            if budget not in self._clients:
-                self._clients[budget] = self._build(budget)
-            return self._clients[budget]
-
-
-@functools.lru_cache(maxsize=8)
-def _account(credentials_block, env_key, settings: StorageSettings) -> StorageAccount:
-    conn_str, account_url, credential, source = _credentials(credentials_block)
-    try:
-        return _connect(conn_str, account_url, credential, source, settings)
-    except ValueError as exc:  # the SDK's and ours: a malformed setting, never a network problem
-        raise ConfigurationError(
-            f"the storage settings from {source} are not valid ({redact(str(exc))}): "
-            f"check the connection string or account URL"
-        ) from None
-
-
-def _connect(conn_str, account_url, credential, source: str, settings: StorageSettings) -> StorageAccount:
-    if account_url:
-        check_endpoint(account_url)
-    proxied = any(os.environ.get(v) for v in _PROXY_VARIABLES)
-    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
-
-    session = []  # one requests session for every client of this account, made on first use
-
-    def build(budget: StorageBudget):
-        import requests
-        from azure.core.pipeline.transport import RequestsTransport
-
-        with _session_lock:
-            if not session:
-                made = requests.Session()
-                if not proxied:
-                    # requests reads every environment variable on every request to look for proxies:
-                    # about 0.5 ms of CPU per blob here. Without proxy settings, read them once instead.
-                    made.trust_env = False
-                    made.verify = ca_bundle or True
-                adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size)
-                made.mount("http://", adapter)
-                made.mount("https://", adapter)
-                session.append(made)
-        return _blob_service(
-            conn_str, account_url, credential,
-            # The transport passes its own verify setting with every request, over the session's.
-            transport=RequestsTransport(session=session[0], session_owner=False, connection_verify=ca_bundle or True),
-            retry_policy=sdk_retry_policy(budget),
-            connection_timeout=budget.connect_timeout(),
-            read_timeout=budget.policy.storage_timeout,
-        )
-
-    # Behind a proxy the SDK sends everything (it reads the proxy settings).
-    direct = None if proxied else direct_access(conn_str, account_url, credential)
-    if direct is None:
-        url = build(StorageBudget()).primary_endpoint.split("?")[0].rstrip("/")
-        return StorageAccount(url, source, None, build)
-    from .fastblob import DirectBlobs
-
-    url, auth = direct
-    return StorageAccount(url, source, DirectBlobs(url, auth, SIGNED_API_VERSION, settings, ca_bundle=ca_bundle),
-                          build)
-
-
-def direct_access(conn_str: str | None, account_url: str | None, credential):
-    """(blob endpoint, authorization) for the direct requests, from the same settings the
-    SDK is given: an account key, a SAS (in a connection string or the account URL) or a
-    token credential (Entra ID). None for settings only the SDK understands."""
-    from .fastblob import Bearer, Sas, SharedKey
-
-    if conn_str:
-        keyed = shared_key_account(conn_str)
-        if keyed:
-            url, name, key = keyed
-            return url, SharedKey(name, key)
-        sas = sas_account(conn_str)
-        return (sas[0], Sas(sas[1])) if sas else None
-    if not account_url:
-        return None
-    url, _, query = account_url.partition("?")
-    if "sig=" in query:
-        return check_endpoint(url.rstrip("/")), Sas(query)
-    if credential is not None and hasattr(credential, "get_token"):
-        if urlsplit(url).scheme != "https":
-            raise ValueError(f"account URL {url!r} is not https://, and Entra ID tokens are only sent over https")
-        return check_endpoint(url.rstrip("/")), Bearer(credential)
-    return None
-
-
-def _fields(conn_str: str) -> dict[str, str]:
-    fields = {}
-    for part in conn_str.split(";"):  # as the SDK reads it: names in any case, nothing trimmed
-        name, sep, value = part.partition("=")
-        if sep:
-            fields[name.lower()] = value
-    return fields
-
-
-def sas_account(conn_str: str) -> tuple[str, str] | None:
-    """(blob endpoint, SAS token) from a connection string with a SharedAccessSignature."""
-    fields = _fields(conn_str)
-    token = fields.get("sharedaccesssignature")
-    if not token or "usedevelopmentstorage" in fields:
-        return None
-    url = fields.get("blobendpoint") or (
-        f"{fields.get('defaultendpointsprotocol', 'https')}://{fields.get('accountname')}.blob."
-        f"{fields.get('endpointsuffix', 'core.windows.net')}" if fields.get("accountname") else None)
-    return (check_endpoint(url.rstrip("/")), token) if url else None
-
-
-def shared_key_account(conn_str: str | None) -> tuple[str, str, str] | None:
-    """(blob endpoint, account name, account key) from a connection string that has an
-    account key (and no SAS token), else None. The endpoint is the one the SDK would use."""
-    if not conn_str:
-        return None
-    fields = _fields(conn_str)
-    account, key = fields.get("accountname"), fields.get("accountkey")
-    if not account or not key or "sharedaccesssignature" in fields or "usedevelopmentstorage" in fields:
-        return None
-    try:
-        base64.b64decode(key, validate=True)
-    except ValueError:
-        raise ValueError("the account key is not valid base64: copy it again from the storage account's "
-                         "Access keys") from None
-    url = fields.get("blobendpoint") or (
-        f"{fields.get('defaultendpointsprotocol', 'https')}://{account}.blob."
-        f"{fields.get('endpointsuffix', 'core.windows.net')}"
-    )
-    return check_endpoint(url.rstrip("/")), account, key
-
-
-def check_endpoint(url: str) -> str:
-    """`url` if it is a usable blob endpoint, else ValueError naming what is wrong."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"blob endpoint {url!r} is not an http:// or https:// address")
-    try:
-        parts.port
-    except ValueError:
-        port = parts.netloc.rpartition(":")[2]
-        raise ValueError(f"the port {port!r} of blob endpoint {url!r} is not a number") from None
-    return url
-
-
-def _blob_service(conn_str, account_url, credential, **options):
-    from azure.storage.blob import BlobServiceClient
-
-    if conn_str:
-        return BlobServiceClient.from_connection_string(conn_str, **options)
-    return BlobServiceClient(account_url, credential=credential, **options)
-
-
-def _env_key() -> tuple:
-    """What the client cache depends on besides the block name: the storage settings."""
-    return os.environ.get("AZURE_STORAGE_CONNECTION_STRING"), os.environ.get("AZURE_STORAGE_ACCOUNT_URL"), AZURITE_URL
-
-
-def storage_account(destination: Destination, settings: StorageSettings = StorageSettings()) -> StorageAccount:
-    """The destination's storage account (one per process and settings, shared by threads)."""
-    return _account(destination.credentials_block, _env_key(), settings)
-
-
-def open_store(destination: Destination, budget: StorageBudget | None = None) -> AzureBlobStore:
-    """A BlobStore for the destination's container, with its own retry count; `budget`
-    (the run's) decides its retries, else a fresh one with the default policy."""
-    account = storage_account(destination)
-    budget = budget if budget is not None else StorageBudget(RetryPolicy(), account.url)
-    return AzureBlobStore(destination.container,
-                          lambda: account.client_for(budget).get_container_client(destination.container),
-                          retries=RetryLog(budget), signed=account.signed)
 
 
 def prepare(destination: Destination, create: bool = True, policy: RetryPolicy = RetryPolicy()
@@ -452,8 +191,8 @@ def prepare_checkpoint_store(block_name: str) -> str:
             f"no Azure Blob Storage Container block named {block_name!r}: create one in the Prefect UI (Blocks) "
             f"with the container and folder for checkpoints, or leave out --checkpoint-block"
         ) from None
-    conn_str, account_url, credential, source = _from_credentials(block.credentials, f"checkpoint block {block_name!r}")
-    client = _blob_service(conn_str, account_url, credential, retry_total=1)
+    conn_str, account_url, credential, source = block_credentials(block.credentials, f"checkpoint block {block_name!r}")
+    client = blob_service_client(conn_str, account_url, credential, retry_total=1)
     try:
         client.get_container_client(block.container_name).create_container()
     except ResourceExistsError:

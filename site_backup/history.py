@@ -217,7 +217,7 @@ def open_history_store(destination, budget=None):
     decides its retries, as for the backup's own requests."""
     from dataclasses import replace
 
-    from .destination import open_store
+    from .accounts import open_store
 
     return open_store(replace(destination, container=history_container(destination.container)), budget)
 

@@ -7,8 +7,9 @@ from datetime import timedelta
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
+from site_backup.accounts import open_store
 from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files
-from site_backup.destination import Destination, open_store
+from site_backup.destination import Destination
 from site_backup.files import FileEntry
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy

@@ -10,7 +10,8 @@ import uuid
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from site_backup.destination import Destination, open_store
+from site_backup.accounts import open_store
+from site_backup.destination import Destination
 from site_backup.retry import RetryPolicy
 from site_backup.errors import describe
 from site_backup.history import ManifestWriter, RunRecord, list_runs, open_history_store, pick_run, plan_run_restore

@@ -7,7 +7,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from site_backup.destination import Destination, open_store
+from site_backup.accounts import open_store
+from site_backup.destination import Destination
 from site_backup.history import read_kept
 from site_backup.restore import (
     BlobEntry,

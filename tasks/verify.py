@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from site_backup.destination import Destination, open_store
+from site_backup.accounts import open_store
+from site_backup.destination import Destination
 from site_backup.files import FileEntry
 from site_backup.storage import RemoteBlob
 from site_backup.verify import VerifyResult, remote_blobs, verify_batch as verify_files

@@ -78,7 +78,7 @@ def azurite():
     """A fresh in-memory Azurite blob service on a free port, for the whole session."""
     if not AZURITE_BIN.exists():
         pytest.fail(f"Azurite is not installed at {AZURITE_BIN}: run `make setup`")
-    from site_backup.destination import azurite_connection_string
+    from site_backup.credentials import azurite_connection_string
 
     port = free_port()
     proc = start_process(
@@ -138,7 +138,7 @@ def entra_storage(azurite_oauth, monkeypatch):
     which hands out tokens the HTTPS Azurite accepts."""
     import azure.identity
 
-    from site_backup.destination import _account
+    from site_backup.accounts import _account
 
     url, cert = azurite_oauth
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)

@@ -119,7 +119,8 @@ def test_sas_connection_string_backs_up(azurite, monkeypatch, checkpoints, conta
 
     from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
-    from site_backup.destination import AZURITE_ACCOUNT, AZURITE_KEY, _account
+    from site_backup.accounts import _account
+    from site_backup.credentials import AZURITE_ACCOUNT, AZURITE_KEY
 
     sas = generate_account_sas(AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(service=True, container=True, object=True),
                                AccountSasPermissions(read=True, write=True, list=True, create=True, add=True),
@@ -132,7 +133,8 @@ def test_sas_connection_string_backs_up(azurite, monkeypatch, checkpoints, conta
     files = {"small.txt": b"small", "large.bin": os.urandom(3 * 2**20 + 5)}
     root = make_tree(files)
     summary = backup_site_content(str(root), container=container_name, single_put_mib=1, block_size_mib=1)
-    from site_backup.destination import Destination, storage_account
+    from site_backup.accounts import storage_account
+    from site_backup.destination import Destination
 
     assert (storage_account(Destination(container_name)).signed is not None) == (path == "direct")
     assert summary.files_uploaded == 2 and summary.files_failed == 0, summary.failed
@@ -201,7 +203,7 @@ def test_include_exclude_and_refresh(storage, checkpoints, container_name, make_
 
 
 def test_unreachable_storage_is_a_configuration_error(monkeypatch, checkpoints, make_tree):
-    from site_backup.destination import azurite_connection_string
+    from site_backup.credentials import azurite_connection_string
     from tests.conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
@@ -359,7 +361,8 @@ def test_a_container_scoped_sas_backs_up_into_its_existing_container(azurite, mo
 
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-    from site_backup.destination import AZURITE_ACCOUNT, AZURITE_KEY, _account
+    from site_backup.accounts import _account
+    from site_backup.credentials import AZURITE_ACCOUNT, AZURITE_KEY
 
     azurite.container(container_name).create_container()
     sas = generate_container_sas(AZURITE_ACCOUNT, container_name, AZURITE_KEY,

@@ -89,7 +89,7 @@ def test_command_line_unreachable_storage_exits_2_and_says_how_to_start_azurite(
     # check at a closed port instead so a developer's own Azurite does not interfere.
     port = free_port()
     url = f"http://127.0.0.1:{port}/devstoreaccount1"
-    from site_backup.destination import azurite_connection_string
+    from site_backup.credentials import azurite_connection_string
 
     done = run_cli([str(tmp_path)], {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(url),
                                      "PREFECT_API_URL": prefect_server})
@@ -99,10 +99,10 @@ def test_command_line_unreachable_storage_exits_2_and_says_how_to_start_azurite(
 
 
 def test_default_destination_message_names_make_azurite(prefect_server, tmp_path, monkeypatch):
-    from site_backup import destination
+    from site_backup import credentials, destination
 
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
-    monkeypatch.setattr(destination, "AZURITE_URL", f"http://127.0.0.1:{free_port()}/devstoreaccount1")
+    monkeypatch.setattr(credentials, "AZURITE_URL", f"http://127.0.0.1:{free_port()}/devstoreaccount1")
     with pytest.raises(destination.ConfigurationError, match="make azurite"):
         destination.prepare(destination.Destination("backups"))
 

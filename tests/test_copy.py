@@ -451,17 +451,19 @@ def test_losing_the_commit_race_to_another_run_is_not_a_failure(make_tree):
 
 
 def test_direct_signed_path_is_used_with_an_account_key_and_not_behind_a_proxy(monkeypatch):
-    from site_backup import destination
+    from site_backup import accounts
+    from site_backup.credentials import azurite_connection_string
+    from site_backup.destination import Destination
 
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", destination.azurite_connection_string())
-    for name in destination._PROXY_VARIABLES:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string())
+    for name in accounts._PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    destination._account.cache_clear()
-    assert destination.open_store(destination.Destination("c")).signed is not None
+    accounts._account.cache_clear()
+    assert accounts.open_store(Destination("c")).signed is not None
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    destination._account.cache_clear()
-    assert destination.open_store(destination.Destination("c")).signed is None
-    destination._account.cache_clear()
+    accounts._account.cache_clear()
+    assert accounts.open_store(Destination("c")).signed is None
+    accounts._account.cache_clear()
 
 
 @pytest.mark.parametrize("conn_str", [
@@ -474,7 +476,7 @@ def test_direct_signed_path_is_used_with_an_account_key_and_not_behind_a_proxy(m
 def test_direct_requests_go_where_the_sdk_would(conn_str):
     from azure.storage.blob import BlobServiceClient
 
-    from site_backup.destination import shared_key_account
+    from site_backup.credentials import shared_key_account
 
     url, account, key = shared_key_account(conn_str)
     sdk = BlobServiceClient.from_connection_string(conn_str)
@@ -488,7 +490,7 @@ def test_direct_requests_go_where_the_sdk_would(conn_str):
 def test_a_sas_connection_string_takes_the_direct_path_where_the_sdk_would_go(conn_str):
     from azure.storage.blob import BlobServiceClient
 
-    from site_backup.destination import direct_access
+    from site_backup.accounts import direct_access
     from site_backup.fastblob import Sas
 
     url, auth = direct_access(conn_str, None, None)
@@ -498,7 +500,7 @@ def test_a_sas_connection_string_takes_the_direct_path_where_the_sdk_would_go(co
 
 
 def test_account_urls_take_the_direct_path_with_a_sas_or_a_token_credential():
-    from site_backup.destination import direct_access
+    from site_backup.accounts import direct_access
     from site_backup.fastblob import Bearer, Sas
 
     url, auth = direct_access(None, "https://acct.blob.core.windows.net/?sv=2025&sig=x", None)
@@ -515,7 +517,7 @@ def test_account_urls_take_the_direct_path_with_a_sas_or_a_token_credential():
     None,
 ])
 def test_settings_only_the_sdk_understands_go_through_the_sdk(conn_str):
-    from site_backup.destination import direct_access
+    from site_backup.accounts import direct_access
 
     assert direct_access(conn_str, None, None) is None
 
@@ -549,7 +551,7 @@ def _sdk_authorization(method, url, headers):
     from azure.core.rest import HttpRequest
     from azure.storage.blob._shared.authentication import SharedKeyCredentialPolicy
 
-    from site_backup.destination import AZURITE_ACCOUNT, AZURITE_KEY
+    from site_backup.credentials import AZURITE_ACCOUNT, AZURITE_KEY
 
     request = PipelineRequest(HttpRequest(method, url, headers=dict(headers)), PipelineContext(None))
     SharedKeyCredentialPolicy(AZURITE_ACCOUNT, AZURITE_KEY).on_request(request)
@@ -562,7 +564,7 @@ def test_shared_key_signatures_equal_the_sdks_on_generated_requests():
     import random
     from urllib.parse import quote
 
-    from site_backup.destination import AZURITE_ACCOUNT, AZURITE_KEY
+    from site_backup.credentials import AZURITE_ACCOUNT, AZURITE_KEY
     from site_backup.fastblob import SharedKey
 
     rnd = random.Random(7)
@@ -588,7 +590,7 @@ def test_shared_key_signatures_equal_the_sdks_on_generated_requests():
 
 
 def test_an_account_key_that_is_not_base64_is_named_not_sent():
-    from site_backup.destination import shared_key_account
+    from site_backup.credentials import shared_key_account
 
     with pytest.raises(ValueError, match="account key is not valid base64") as info:
         shared_key_account("AccountName=acct;AccountKey=not base64!")
@@ -639,7 +641,7 @@ def _blob_like_server(ssl_context=None):
 
 
 def test_signed_requests_reuse_connections_and_replace_ones_the_server_closed():
-    from site_backup.destination import StorageSettings
+    from site_backup.accounts import StorageSettings
     from site_backup.fastblob import Connections
 
     server = _blob_like_server()
@@ -659,7 +661,7 @@ def test_signed_requests_reuse_connections_and_replace_ones_the_server_closed():
 def test_signed_requests_over_https_trust_the_given_ca_bundle_only(tmp_path):
     import ssl
 
-    from site_backup.destination import StorageSettings
+    from site_backup.accounts import StorageSettings
     from site_backup.fastblob import Connections, _NotConnected
     from tests.azurite_auth import self_signed_certificate
 
@@ -751,7 +753,7 @@ def _listing_server(pages: dict[str, bytes]):
 
 
 def test_listing_follows_next_marker_past_short_and_empty_pages():
-    from site_backup.destination import StorageSettings
+    from site_backup.accounts import StorageSettings
     from site_backup.fastblob import DirectBlobs, Sas
     from site_backup.storage import RetryLog
 
@@ -780,7 +782,7 @@ def test_listing_follows_next_marker_past_short_and_empty_pages():
 def test_idle_connections_work_with_descriptors_above_1024():
     import resource
 
-    from site_backup.destination import StorageSettings
+    from site_backup.accounts import StorageSettings
     from site_backup.fastblob import Connections
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

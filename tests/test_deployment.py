@@ -227,7 +227,7 @@ def flow_run_processes(flow_run_id: str) -> list[int]:
 
 
 def test_a_crashed_deployment_run_resumes_with_flow_run_retry(stack, make_tree, tmp_path, container_name):
-    from site_backup.destination import azurite_connection_string
+    from site_backup.credentials import azurite_connection_string
     from tests.faultproxy import FaultProxy
 
     files = {f"d{i % 7}/f{i:03d}.txt": f"file {i} ".encode() * (10 + i) for i in range(300)}

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from flows.backup_site_content import backup_site_content
-from site_backup.destination import azurite_connection_string
+from site_backup.credentials import azurite_connection_string
 from tests.conftest import PROJECT, read_container, start_process, stop_process
 from tests.faultproxy import FaultProxy
 

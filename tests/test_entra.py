@@ -18,7 +18,8 @@ SITE = {"index.html": b"<html>home</html>", "img/logo.png": os.urandom(30_000), 
 
 def test_backup_rerun_verify_and_restore_with_an_entra_id_token(entra_storage, checkpoints, container_name, make_tree,
                                                                  tmp_path):
-    from site_backup.destination import Destination, storage_account
+    from site_backup.accounts import storage_account
+    from site_backup.destination import Destination
     from site_backup.fastblob import Bearer
 
     root = make_tree(SITE)
@@ -40,7 +41,7 @@ def test_a_rejected_token_is_a_configuration_error(entra_storage, checkpoints, m
     import pytest
     from azure.core.credentials import AccessToken
 
-    from site_backup.destination import _account
+    from site_backup.accounts import _account
     from site_backup.errors import ConfigurationError
 
     class Expired(TestTokenCredential):

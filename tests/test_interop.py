@@ -17,7 +17,7 @@ from flows.backup_site_content import backup_site_content
 from flows.restore_site_content import restore_site_content
 from flows.verify_backup import verify_backup
 from site_backup.content_types import content_type
-from site_backup.destination import azurite_connection_string
+from site_backup.credentials import azurite_connection_string
 from site_backup.names import encode_path
 from tests.conftest import PROJECT, read_tree
 from tests.test_hostile_names import HOSTILE_NAMES

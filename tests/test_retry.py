@@ -19,7 +19,8 @@ import pytest
 from flows.backup_site_content import backup_site_content
 from flows.restore_site_content import restore_site_content
 from flows.verify_backup import verify_backup
-from site_backup.destination import AZURITE_ACCOUNT, AZURITE_KEY, _account, azurite_connection_string
+from site_backup.accounts import _account
+from site_backup.credentials import AZURITE_ACCOUNT, AZURITE_KEY, azurite_connection_string
 from site_backup.retry import (
     PER_REQUEST,
     STOP,
@@ -196,7 +197,7 @@ def test_storage_that_stops_reading_a_large_upload_is_found_within_the_timeout()
 
 
 def _settings():
-    from site_backup.destination import StorageSettings
+    from site_backup.accounts import StorageSettings
 
     return StorageSettings()
 
@@ -332,7 +333,8 @@ def sign_in(request, azurite, monkeypatch, tmp_path):
 
 def test_503s_and_dropped_connections_are_absorbed_in_every_sign_in_mode(sign_in, azurite, checkpoints, make_tree,
                                                                          container_name):
-    from site_backup.destination import Destination, storage_account
+    from site_backup.accounts import storage_account
+    from site_backup.destination import Destination
     from site_backup.fastblob import Bearer, Sas, SharedKey
 
     mode, proxy = sign_in
