@@ -27,9 +27,9 @@ from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
 from tasks.history import finish_manifest, open_manifest
 from tasks.list_files import list_files
+from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import ProgressArtifact, announce_backup, failed_state, final_state, publish_summary
-from tasks.retry import batch_outcome
 
 MiB = 2**20
 

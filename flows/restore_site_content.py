@@ -22,10 +22,10 @@ from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
 from tasks.history import plan_history_restore
+from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_destination
 from tasks.report import failed_state, final_state, publish_restore_summary
 from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
-from tasks.retry import batch_outcome
 
 MiB = 2**20
 

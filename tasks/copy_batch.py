@@ -13,7 +13,9 @@ from site_backup.destination import Destination
 from site_backup.files import FileEntry
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy
-from tasks.retry import BATCH_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt, run_budget
+from tasks.checkpoints import checkpoint_key
+from tasks.outcomes import BatchIncomplete
+from tasks.retry import BATCH_RETRIES, earlier_attempts, end_attempt, run_budget
 
 
 def batch_checkpoint_key(context, parameters) -> str | None:

@@ -22,7 +22,9 @@ from site_backup.restore import (
     restore_folders as make_folders,
 )
 from site_backup.retry import RetryPolicy
-from tasks.retry import BATCH_RETRIES, BatchIncomplete, checkpoint_key, earlier_attempts, end_attempt, run_budget
+from tasks.checkpoints import checkpoint_key
+from tasks.outcomes import BatchIncomplete
+from tasks.retry import BATCH_RETRIES, earlier_attempts, end_attempt, run_budget
 
 
 @task(name="list-backup", cache_policy=NO_CACHE)
