@@ -30,15 +30,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT))  # bench.latency reuses the tests' fault proxy
+sys.path.insert(0, str(PROJECT))  # the project's constants, and the tests' fault proxy (bench.latency)
+
+from site_backup.credentials import AZURITE_ACCOUNT as ACCOUNT, AZURITE_KEY as KEY  # noqa: E402
+from site_backup.units import MiB  # noqa: E402
+
 DATA = PROJECT / "bench" / ".data"
 RESULTS = PROJECT / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
 AZURITE = PROJECT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
 AZCOPY = PROJECT / ".tools" / "node_modules" / "@azure-tools" / "azcopy-linux" / "dist" / "bin" / "azcopy_linux_amd64"
-ACCOUNT = "devstoreaccount1"
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-MiB = 2**20
 
 
 # ---- trees -------------------------------------------------------------------------------

@@ -24,14 +24,13 @@ from site_backup.destination import ContainerName, Destination
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, stops_on_termination
 from site_backup.summary import BackupSummary, summarize
+from site_backup.units import MiB
 from tasks.copy_batch import with_checkpoints
 from tasks.history import finish_manifest, open_manifest
 from tasks.list_files import list_files
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import ProgressArtifact, announce_backup, failed_state, final_state, publish_summary
-
-MiB = 2**20
 
 
 @flow(name="backup-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)

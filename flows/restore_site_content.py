@@ -21,13 +21,12 @@ from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
+from site_backup.units import MiB
 from tasks.history import plan_history_restore
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_destination
 from tasks.report import failed_state, final_state, publish_restore_summary
 from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
-
-MiB = 2**20
 
 
 @flow(name="restore-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)

@@ -12,13 +12,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.summary import VerifySummary, summarize_verify
+from site_backup.units import MiB
 from site_backup.verify import extra_blobs
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_destination
 from tasks.report import failed_state, final_state, publish_verify_summary
 from tasks.verify import list_blobs, verify_batch
-
-MiB = 2**20
 
 
 @flow(name="verify-backup", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)

@@ -392,7 +392,7 @@ def list_history(destination: Destination, as_json: bool) -> int:
     import json
 
     from .history import history_container, list_runs, open_history_store
-    from .summary import human_bytes
+    from .units import human_bytes
 
     try:
         runs = list_runs(open_history_store(destination), destination.prefix)

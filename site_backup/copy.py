@@ -25,8 +25,7 @@ from .names import encode_path
 from .remote import RemoteLookup
 from .retry import STOP, RunStopped, StorageUnavailable, stopped_error
 from .storage import MTIME_KEY, BlobStore, RemoteBlob, format_mtime
-
-MiB = 2**20
+from .units import MiB
 MAX_BLOCKS = 50_000  # Azure's limit of committed blocks per blob
 
 # Files above the block size but within the single-put size are held whole in memory while

@@ -31,6 +31,7 @@ from xml.etree import ElementTree
 from . import __version__
 from .errors import TRANSIENT_STATUSES
 from .retry import StorageBudget, on_stop
+from .units import MiB
 
 # Headers that take part in a Shared Key signature, in signing order.
 _SIGNED = ("content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
@@ -290,7 +291,7 @@ class Response:
         self.status, self.reason, self.headers, self.data = status, reason, headers, data
 
 
-_PIECE = 2**20  # a body above this goes out in pieces of it
+_PIECE = MiB  # a body above this goes out in pieces of it
 
 
 def _pieces(conn, body: bytes, budget):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Iterable, Iterator, NamedTuple
 
 from .errors import ConfigurationError
+from .units import MiB
 
 
 class FileEntry(NamedTuple):
@@ -404,7 +405,7 @@ def list_batches(
     exclude: Iterable[str] = (),
     follow_symlinks: bool = False,
     max_files: int = 1000,
-    max_bytes: int = 256 * 2**20,
+    max_bytes: int = 256 * MiB,
 ) -> FileListing:
     """Walk `root` and return its files as batches, heaviest first, plus what was skipped
     or failed."""

@@ -40,9 +40,9 @@ from .errors import ConfigurationError, describe, error_code
 from .files import Problem, display_path
 from .remote import RemoteLookup
 from .restore import BlobEntry, RestorePlan, unsafe_name_reason
+from .units import MiB
 
 _json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string, in ASCII
-MiB = 2**20
 MANIFEST_FORMAT = "1"
 MANIFEST_TYPE = "application/gzip"
 

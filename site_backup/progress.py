@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from .units import MiB
+
 
 class Progress:
     """Thread-safe running totals for one process."""
@@ -33,10 +35,10 @@ class Progress:
         """One line for a terminal: files, bytes and throughput so far."""
         with self._lock:
             elapsed = max(time.monotonic() - self.started, 1e-9)
-            mib = self.bytes_uploaded / 2**20
+            mib = self.bytes_uploaded / MiB
             return (
                 f"{self.files_done}/{self.files_expected} files, "
-                f"{self.bytes_done / 2**20:.1f}/{self.bytes_expected / 2**20:.1f} MiB checked, "
+                f"{self.bytes_done / MiB:.1f}/{self.bytes_expected / MiB:.1f} MiB checked, "
                 f"{mib:.1f} MiB sent ({mib / elapsed:.1f} MiB/s, {self.files_done / elapsed:.0f} files/s)"
             )
 

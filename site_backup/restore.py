@@ -17,8 +17,7 @@ from .files import Problem, display_path
 from .names import decode_path
 from .retry import STOP, RunStopped, StorageUnavailable, stopped_error
 from .storage import RemoteBlob
-
-MiB = 2**20
+from .units import MiB
 TEMP_NAME_BYTES = 200  # of the file's name kept in its temporary name (".<name>.<8 hex>.part" <= 255 bytes)
 
 

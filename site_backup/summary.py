@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from .copy import BatchResult
 from .files import FileListing, display_path
+from .units import MiB, human_bytes
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -74,7 +75,7 @@ class BackupSummary(BaseModel):
             ("Batches", f"{self.batches} ({self.batches_from_checkpoint} done by an earlier run)"),
             ("Retries", str(self.retries)),
             ("Duration", f"{self.duration_seconds:.1f} s ({self.files_total / secs:.0f} files/s, "
-                         f"{self.bytes_uploaded / 2**20 / secs:.1f} MiB/s {verb})"),
+                         f"{self.bytes_uploaded / MiB / secs:.1f} MiB/s {verb})"),
             ("Outcome", self.outcome + (" (dry run: nothing was uploaded)" if self.dry_run else "")),
         ]
         if self.error:
@@ -110,14 +111,6 @@ def render_markdown(title: str, rows: list[tuple[str, str]], sections, limit: in
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ").replace("`", "'")
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def summarize(
@@ -313,7 +306,7 @@ class RestoreSummary(BaseModel):
             ("Bytes", f"{human_bytes(self.bytes_total)} total, {human_bytes(self.bytes_restored)} restored"),
             ("Unverified", f"{len(self.unverified)} (blobs without a Content-MD5)"),
             ("Batches", f"{self.batches} ({self.batches_from_checkpoint} done by an earlier run)"),
-            ("Duration", f"{self.duration_seconds:.1f} s ({self.bytes_restored / 2**20 / secs:.1f} MiB/s)"),
+            ("Duration", f"{self.duration_seconds:.1f} s ({self.bytes_restored / MiB / secs:.1f} MiB/s)"),
             ("Outcome", self.outcome),
         ]
         return rows + ([("Error", self.error)] if self.error else [])

@@ -12,8 +12,7 @@ from .copy import blob_name
 from .files import FileEntry, Problem, display_path
 from .names import decode_path
 from .storage import BlobStore, RemoteBlob
-
-MiB = 2**20
+from .units import MiB
 
 
 @dataclass

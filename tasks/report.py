@@ -13,7 +13,8 @@ from prefect.artifacts import (
 
 from prefect.states import Completed, Failed
 
-from site_backup.summary import BackupSummary, RestoreSummary, RunFailed, VerifySummary, human_bytes
+from site_backup.summary import BackupSummary, RestoreSummary, RunFailed, VerifySummary
+from site_backup.units import human_bytes
 
 
 class ProgressArtifact:

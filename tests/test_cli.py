@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from site_backup.cli import build_parser, main
+from site_backup.credentials import AZURITE_KEY
 from site_backup.summary import BackupSummary, FileProblem
 from tests.conftest import PROJECT, free_port, read_container
 
@@ -107,7 +108,7 @@ def test_default_destination_message_names_make_azurite(prefect_server, tmp_path
         destination.prepare(destination.Destination("backups"))
 
 
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+KEY = AZURITE_KEY
 
 
 @pytest.mark.parametrize(
