@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Callable, NamedTuple
 
+from .checksums import md5_and_size
 from .content_types import content_type as content_type_of
 from .errors import FileChangedError, describe, error_code
 from .files import FileEntry, Problem, display_path, root_problem, special_file_reason
@@ -404,11 +405,8 @@ def _check_reads_the_same(f, before: os.stat_result, data: bytes) -> None:
 def _check_hashes_the_same(f, before: os.stat_result, md5_digest: bytes) -> None:
     """Read the file again and compare its MD5 with the one taken while uploading."""
     f.seek(0)
-    md5, total = hashlib.md5(), 0
-    for chunk in iter(lambda: f.read(MiB), b""):
-        md5.update(chunk)
-        total += len(chunk)
-    if md5.digest() != md5_digest:
+    md5, total = md5_and_size(f)
+    if md5 != md5_digest:
         raise FileChangedError()
     _check_unchanged(f, before, total)
 
@@ -420,11 +418,9 @@ def _matches_remote(remote, f, st) -> bool:
         return True
     if remote.content_md5 is None:
         return False
-    md5 = hashlib.md5()
-    for chunk in iter(lambda: f.read(MiB), b""):
-        md5.update(chunk)
+    md5, _ = md5_and_size(f)
     f.seek(0)
-    return md5.digest() == remote.content_md5
+    return md5 == remote.content_md5
 
 
 def _check_unchanged(f, before: os.stat_result, bytes_read: int) -> None:

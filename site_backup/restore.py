@@ -12,12 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple
 
+from .checksums import file_md5
 from .errors import ConfigurationError, describe, error_code
 from .files import Problem, display_path
 from .names import decode_path
 from .retry import STOP, RunStopped, StorageUnavailable, stopped_error
 from .storage import RemoteBlob
-from .units import MiB
+
 TEMP_NAME_BYTES = 200  # of the file's name kept in its temporary name (".<name>.<8 hex>.part" <= 255 bytes)
 
 
@@ -266,11 +267,7 @@ def _same(dest: str, st: os.stat_result, entry: BlobEntry) -> bool:
         return True
     if entry.content_md5 is None:
         return False
-    md5 = hashlib.md5()
-    with open(dest, "rb", buffering=0) as f:
-        for chunk in iter(lambda: f.read(MiB), b""):
-            md5.update(chunk)
-    return md5.digest() == entry.content_md5
+    return file_md5(dest) == entry.content_md5
 
 
 def _download_to(dest: str, entry: BlobEntry, download) -> bool:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from .checksums import file_md5
 from .copy import blob_name
 from .files import FileEntry, Problem, display_path
 from .names import decode_path
 from .storage import BlobStore, RemoteBlob
-from .units import MiB
 
 
 @dataclass
@@ -30,14 +29,6 @@ def remote_blobs(store: BlobStore, prefix: str) -> dict[str, RemoteBlob]:
     """Every file's blob under the prefix, by name: one listing instead of a request per
     file. Folder markers (other tools' blobs for folders) are no file's and no extra."""
     return {name: blob for name, blob in store.list(f"{prefix}/" if prefix else "") if not blob.folder}
-
-
-def file_md5(path: str) -> bytes:
-    md5 = hashlib.md5()
-    with open(path, "rb", buffering=0) as f:
-        for chunk in iter(lambda: f.read(MiB), b""):
-            md5.update(chunk)
-    return md5.digest()
 
 
 def verify_batch(root: str, batch: list[FileEntry], remote: Mapping[str, RemoteBlob], prefix: str,
