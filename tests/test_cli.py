@@ -183,3 +183,86 @@ def test_a_bad_container_name_is_refused_before_the_flow_runs(prefect_server):
     for name in ("Bad_Name", "ab", "a--b", "-ab", "x" * 64):
         with pytest.raises(ParameterTypeError, match="container"):
             backup_site_content("/nonexistent", container=name)
+
+
+def run_cli_on_a_terminal(args, env_extra, timeout=300) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the command line with stderr on a pseudo-terminal (160 columns), as from a shell;
+    returns the finished process (stdout captured) and everything written to the terminal."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "COLUMNS", "LINES", "NO_COLOR")}
+    env.update(TERM="xterm-256color", **env_extra)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    proc = subprocess.Popen([sys.executable, SCRIPT, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=slave, env=env, text=True)
+    os.close(slave)
+    raw = b""
+    try:
+        while select.select([master], [], [], timeout)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            raw += chunk
+        stdout, _ = proc.communicate(timeout=timeout)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, ""), raw.decode("utf-8", "replace")
+
+
+def terminal_rows(raw: str) -> list[str]:
+    """The rows a terminal shows after `raw`: enough of one to follow carriage returns, line
+    feeds, erasing a line and moving the cursor up (colours and other sequences ignored)."""
+    import re
+
+    raw = re.sub(r"\x1b\][^\x07\x1b]*(\x07|\x1b\\)", "", raw)  # hyperlinks and titles
+    rows, row, col = [""], 0, 0
+    for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|\r|\n|[^\x1b\r\n]+|\x1b", raw):
+        if token == "\n":
+            row, col = row + 1, 0
+            rows += [""] * (row + 1 - len(rows))
+        elif token == "\r":
+            col = 0
+        elif token.startswith("\x1b["):
+            command, arg = token[-1], token[2:-1]
+            if command == "K":
+                rows[row] = "" if arg == "2" else rows[row][:col]
+            elif command == "A":
+                row = max(0, row - int(arg or 1))
+        elif token != "\x1b":
+            line = rows[row].ljust(col)
+            rows[row] = line[:col] + token + line[col + len(token):]
+            col += len(token)
+    return rows
+
+
+def test_progress_line_on_a_terminal_stays_below_the_log_lines_and_goes_away(storage, prefect_server, make_tree,
+                                                                              container_name):
+    # Prefect's log lines go to the same terminal as the progress line: each must be a row of
+    # its own, and the line must be gone when the summary prints. (The hand-written line left
+    # a log line written between two redraws glued to the progress text.)
+    root = make_tree({f"d{i % 7}/f{i}.txt": os.urandom(2000) for i in range(400)})
+    env = {"AZURE_STORAGE_CONNECTION_STRING": storage.connection_string, "PREFECT_API_URL": prefect_server,
+           "PREFECT_LOGGING_LEVEL": "INFO"}
+    done, raw = run_cli_on_a_terminal([str(root), "--container", container_name], env)
+    assert done.returncode == 0, raw
+    assert "MiB checked" in raw, raw  # the line was drawn
+    rows = terminal_rows(raw)
+    logs = [r for r in rows if " | INFO " in r]
+    assert any("Finished in state Completed" in r for r in logs), rows
+    assert not [r for r in logs if "MiB checked" in r], rows
+    assert not [r for r in rows if "MiB checked" in r], rows  # transient: erased at the end
+    assert "400 total, 400 uploaded" in done.stdout
+
+    quiet, raw = run_cli_on_a_terminal([str(root), "--container", container_name, "--no-progress"], env)
+    assert quiet.returncode == 0 and "MiB checked" not in raw, raw
