@@ -130,8 +130,8 @@ def _busy_jiffies() -> int:
 
 def wait_quiet(busy_cores: float = 0.15, timeout: float = 60) -> float:
     """Wait until the machine is nearly idle; return the seconds waited. The Prefect server
-    digests a run's events after the run ends (after the 318 task runs of the *many* dry
-    run: 6 s at one full core), and a run measured meanwhile shares the 2 cores with it."""
+    digests a run's events after the run ends (seconds of CPU after a run with hundreds of
+    task runs), and a run measured meanwhile would share the cores with it."""
     started = time.monotonic()
     hz = os.sysconf("SC_CLK_TCK")
     while time.monotonic() - started < timeout:

@@ -13,7 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 if __name__ == "__main__":
-    gc.disable()  # importing Prefect makes ~10^6 objects, none garbage: 0.15 s of collections; on again in run_flow
+    gc.disable()  # importing Prefect makes ~10^6 objects, none garbage; on again in run_flow
 
 from prefect import flow, unmapped
 from prefect.futures import as_completed

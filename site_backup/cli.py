@@ -150,7 +150,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
 def prefect_settings_for_this_run() -> tuple[dict, str]:
     """Use the configured Prefect server; else one running at the local default address
     (`make server`); else Prefect's temporary server, with a start-up timeout long
-    enough for its first start (database set-up took 33 s here, past the 20 s default)."""
+    enough for its first start (setting up its database can take longer than the 20 s default)."""
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
@@ -177,7 +177,7 @@ def prefect_settings_for_this_run() -> tuple[dict, str]:
 def _quick_exit_settings() -> dict:
     """No flow-run heartbeats for a run started here, unless the environment asks for them.
     Prefect's heartbeat thread sleeps in 1 s steps and the run waits for it to notice the
-    end, which added 0-1 s (0.8 s measured) to every run; a run from a terminal has a person
+    end, which adds up to 1 s to every run; a run from a terminal has a person
     watching it, and deployments (run by a worker, not by this function) keep heartbeats."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
@@ -455,8 +455,8 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
     from prefect.settings import temporary_settings
 
     # Everything imported so far (Prefect, pydantic, the SDK) lives until exit: keep it out of
-    # the collector's full passes during the run, and out of the final ones at exit
-    # (0.25 s of a 1.1 s start-to-exit without a flow, measured).
+    # the collector's full passes during the run, and out of the final ones at exit, which
+    # would otherwise be a sizeable share of a short run.
     gc.freeze()
     gc.enable()  # the command-line entry points turn it off while importing
     policy = RetryPolicy(parameters["retries"], parameters["storage_timeout"])

@@ -208,8 +208,8 @@ def copy_batch(
     if options.listing_suffices:
         return list(map(one, batch))  # no I/O at all: threads would only add overhead
     # Files above the block size jump the queue, largest first, whichever batch they are in:
-    # queued behind another batch's 930 small files, the mixed tree's 64 MiB files started
-    # 0.9 s late. Smaller files keep batch order, so batches finish (and are checkpointed)
+    # queued behind another batch's many small files they would start late and finish last.
+    # Smaller files keep batch order, so batches finish (and are checkpointed)
     # one after another rather than all near the end, which is what a crash would cost.
     pool = file_pool(options.files_in_flight)
     order = sorted(range(len(batch)), key=lambda i: batch[i].size, reverse=True)
@@ -315,8 +315,8 @@ def _copy_once(root, entry, store, prefix, options, attempt, remote=None) -> Fil
         if size <= options.block_size:
             md5, version = _put_whole(f, before, store, name, content_type, metadata, reread, keep_previous)
         elif size <= options.single_put_size:
-            # One request: one MD5 pass instead of two (the blob's and each block's), which
-            # made a backup of 4 x 64 MiB files 0.35 s of CPU cheaper on 2 cores.
+            # One request: one MD5 pass over the data instead of two (the blob's and each
+            # block's), so less CPU for the same upload.
             with _whole_large_files:
                 md5, version = _put_whole(f, before, store, name, content_type, metadata, reread, keep_previous)
         else:

@@ -259,7 +259,7 @@ class DirectBlobs:
             finally:
                 budget.end()
             if failure is not None:
-                # Imported on failure only: azure.core costs 20 ms, before the first upload.
+                # Imported on failure only: importing azure.core up front would delay every first upload.
                 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
                 kind = ServiceRequestError if isinstance(failure, _NotConnected) else ServiceResponseError

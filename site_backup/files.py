@@ -416,8 +416,8 @@ def list_batches(
     return listing
 
 
-# On Azurite a request costs the storage about as much time as 256 KiB of data (1.1 ms for a
-# small Put Blob, 1.2 s for 256 MiB in blocks, measured); on Azure the ratio is similar.
+# A request costs the storage about as much time as 256 KiB of data: measured on Azurite
+# (docs/performance.md), and on Azure the ratio is similar.
 REQUEST_COST_BYTES = 256 * 1024
 
 

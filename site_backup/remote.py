@@ -1,6 +1,6 @@
 """What the destination holds for one batch: one listing per folder instead of a request
-per file. With storage 25 ms away, a request per file made a no-change run without
-checkpoints take as long as a full backup; a listing answers up to 5,000 names at once."""
+per file. With storage far away a request per file would make a no-change run without
+checkpoints take about as long as a full backup; a listing answers up to 5,000 names at once."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ class RemoteLookup:
 
     def prefetch(self, at_once: int = 8) -> "RemoteLookup":
         """Start listing every folder now, a few at a time: a file then waits for its own
-        folder's listing only, not for those of every folder before it (with storage 25 ms
-        away and many small folders, one after another added up to seconds a batch)."""
+        folder's listing only, not for those of every folder before it (with storage far
+        away and many small folders, one after another adds up to seconds a batch)."""
         with self._lock:
             todo = {folder: Future() for folder in self._groups if folder not in self._listings}
             self._listings.update(todo)

@@ -331,7 +331,8 @@ class AzureBlobStore(HistoryStore):
 
     @functools.cached_property
     def container(self):
-        """The SDK's ContainerClient (importing the SDK takes 0.17 s: only when needed)."""
+        """The SDK's ContainerClient, made when first needed: importing the SDK is a fixed
+        cost that a backup over the direct requests never pays."""
         return self._container_client()
 
     def get(self, name: str) -> RemoteBlob | None:
