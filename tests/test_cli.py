@@ -266,3 +266,17 @@ def test_progress_line_on_a_terminal_stays_below_the_log_lines_and_goes_away(sto
 
     quiet, raw = run_cli_on_a_terminal([str(root), "--container", container_name, "--no-progress"], env)
     assert quiet.returncode == 0 and "MiB checked" not in raw, raw
+
+
+def test_list_blobs_script_prints_size_md5_and_name(storage, container_name):
+    import base64
+    import hashlib
+
+    storage.container(container_name).create_container()
+    storage.container(container_name).upload_blob("a/b.txt", b"hello")
+    done = subprocess.run([sys.executable, str(PROJECT / "scripts" / "list-blobs"), container_name], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": storage.connection_string})
+    assert done.returncode == 0, done.stderr
+    md5 = base64.b64encode(hashlib.md5(b"hello").digest()).decode()
+    assert done.stdout.splitlines()[1].split() == ["5", md5, "a/b.txt"], done.stdout
