@@ -220,6 +220,9 @@ class _ProgressLine:
                                 redirect_stdout=False)  # stdout is the summary's, maybe a pipe or a file
             self.task = self.display.add_task(progress.line(), total=None)
             self.display.start()
+            # rich hides the cursor while it draws and shows it again on stop; a run that ends
+            # by os._exit (a second signal, the grace timeout) never stops it, so keep it shown.
+            self.display.console.show_cursor(True)
             self.drawer = threading.Thread(target=self._loop, daemon=True)
             self.drawer.start()
         return self

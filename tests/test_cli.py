@@ -263,6 +263,9 @@ def test_progress_line_on_a_terminal_stays_below_the_log_lines_and_goes_away(sto
     assert not [r for r in logs if "MiB checked" in r], rows
     assert not [r for r in rows if "MiB checked" in r], rows  # transient: erased at the end
     assert "400 total, 400 uploaded" in done.stdout
+    # rich hides the cursor when the line starts; it must be shown again at once, not only at
+    # the end, which a run ended by os._exit (second signal, grace timeout) never reaches.
+    assert raw.index("\x1b[?25h") < raw.index("Beginning flow run"), raw
 
     quiet, raw = run_cli_on_a_terminal([str(root), "--container", container_name, "--no-progress"], env)
     assert quiet.returncode == 0 and "MiB checked" not in raw, raw
