@@ -21,6 +21,7 @@ from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
+from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import plan_history_restore
 from tasks.prepare_destination import prepare_destination
 from tasks.report import failed_state, final_state, publish_restore_summary
@@ -31,6 +32,7 @@ MiB = 2**20
 
 
 @flow(name="restore-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@flow_fails_on_configuration_error
 @stops_on_termination
 def restore_site_content(
     container: ContainerName,
