@@ -61,7 +61,7 @@ run: setup azurite server
 	  $(VENV)/bin/python flows/backup_site_content.py "$(ROOT)" --container "$(CONTAINER)"
 	@echo
 	@echo "List the blobs: $(VENV)/bin/python scripts/list-blobs $(CONTAINER)"
-	@echo "Runs, logs and the summary artifact: http://127.0.0.1:4200 (Prefect UI). Stop services: make stop"
+	@echo "Runs, logs and the summary artifact: http://127.0.0.1:$${PREFECT_PORT:-4200} (Prefect UI). Stop services: make stop"
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

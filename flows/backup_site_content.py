@@ -26,6 +26,7 @@ from site_backup.retry import RetryPolicy, stops_on_termination
 from site_backup.summary import BackupSummary, summarize
 from site_backup.units import MiB
 from tasks.copy_batch import with_checkpoints
+from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import finish_manifest, open_manifest
 from tasks.list_files import list_files
 from tasks.outcomes import batch_outcome
@@ -34,6 +35,7 @@ from tasks.report import ProgressArtifact, announce_backup, failed_state, final_
 
 
 @flow(name="backup-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@flow_fails_on_configuration_error
 @stops_on_termination
 def backup_site_content(
     root_directory: str,

@@ -18,11 +18,13 @@ from prefect import flow
 from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy
 from site_backup.summary import PruneSummary
+from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import prune_history
 from tasks.prepare_destination import prepare_destination
 
 
 @flow(name="prune-backups", persist_result=True)
+@flow_fails_on_configuration_error
 def prune_backups(
     container: ContainerName = "backups",
     prefix: str = "",

@@ -22,6 +22,7 @@ from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops
 from site_backup.restore import RestoreBatchResult
 from site_backup.summary import RestoreSummary, summarize_restore
 from site_backup.units import MiB
+from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import plan_history_restore
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_destination
@@ -30,6 +31,7 @@ from tasks.restore import close_restore, list_backup, open_restore, prepare_rest
 
 
 @flow(name="restore-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@flow_fails_on_configuration_error
 @stops_on_termination
 def restore_site_content(
     container: ContainerName,

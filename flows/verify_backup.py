@@ -14,6 +14,7 @@ from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops
 from site_backup.summary import VerifySummary, summarize_verify
 from site_backup.units import MiB
 from site_backup.verify import extra_blobs
+from tasks.errors import flow_fails_on_configuration_error
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_destination
 from tasks.report import failed_state, final_state, publish_verify_summary
@@ -21,6 +22,7 @@ from tasks.verify import list_blobs, verify_batch
 
 
 @flow(name="verify-backup", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@flow_fails_on_configuration_error
 @stops_on_termination
 def verify_backup(
     root_directory: str,

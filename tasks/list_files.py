@@ -6,9 +6,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from site_backup.files import FileListing, list_batches
+from tasks.errors import task_reports_configuration_error
 
 
 @task(name="list-files", cache_policy=NO_CACHE)
+@task_reports_configuration_error
 def list_files(
     root: str,
     include: list[str],

@@ -412,3 +412,46 @@ def test_http_api_key_is_required_off_loopback(stack):
         assert code == 404 and "s3cret" not in json.dumps(body)
     finally:
         stop_process(proc)
+
+
+def run_logs(stack, flow_run_id: str, settle: float = 3.0, timeout: float = 60) -> list:
+    """The run's log records as the UI's Logs tab reads them, once no new one has arrived
+    for `settle` seconds (the worker's process sends them in the background)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    async def read(client):
+        return await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                      sort=LogSort.TIMESTAMP_ASC)
+
+    deadline, seen, stable_since = time.monotonic() + timeout, -1, time.monotonic()
+    while True:
+        logs = client_call(stack, read)
+        if len(logs) != seen:
+            seen, stable_since = len(logs), time.monotonic()
+        elif time.monotonic() - stable_since >= settle or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("parameter,value,message", [
+    ("credentials_block", "no-such-block", "no Azure Blob Storage Credentials block named 'no-such-block': create it"),
+    ("root_directory", "/no/such/folder", "root directory '/no/such/folder' does not exist: check the path"),
+])
+def test_a_configuration_error_is_one_error_line_without_traceback(stack, container_name, parameter, value, message):
+    # Before: three ERROR records, each with a traceback (the task's, "Encountered exception
+    # during execution", "Engine execution exited with unexpected exception").
+    import logging
+
+    params = {"root_directory": str(PROJECT / "sample-site"), "container": container_name, parameter: value}
+    started = subprocess.run(
+        [PREFECT, "deployment", "run", "backup-site-content/local", "--watch", "--watch-timeout", "240",
+         *[arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]],
+        env=stack["env"], capture_output=True, text=True, timeout=300)
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+    state = wait_for_state(stack, flow_run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
+    assert state.is_failed() and message in state.message, state
+    logs = run_logs(stack, flow_run_id)
+    errors = [log.message for log in logs if log.level >= logging.ERROR]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not any("Traceback" in log.message for log in logs), [log.message[:200] for log in logs]

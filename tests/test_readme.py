@@ -1,0 +1,128 @@
+"""The README is the user's page: it stays short, its links lead somewhere, every command it
+names parses, and the blocks marked as tested run as written in a fresh clone."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import PROJECT, free_port
+
+README = PROJECT / "README.md"
+DOCS = sorted((PROJECT / "docs").glob("*.md"))
+# A fenced block right after this comment is run by test_tested_blocks_run_in_a_fresh_clone.
+TESTED_MARK = "<!-- tested: tests/test_readme.py runs this block in a fresh clone -->"
+SHARED_INSTALLS = (".venv", ".azurite", ".tools")
+
+
+def code_in(text: str) -> list[str]:
+    """The text of every fenced block and inline code span."""
+    blocks = re.findall(r"(?ms)^```[^\n]*\n(.*?)^```", text)
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"(?ms)^```.*?^```", "", text))
+    return blocks + inline
+
+
+def marked_blocks(text: str) -> list[list[str]]:
+    """The commands of each block marked as tested (comments after `#` dropped)."""
+    blocks = re.findall(r"(?ms)^" + re.escape(TESTED_MARK) + r"\n```[^\n]*\n(.*?)^```", text)
+    return [[line.split("  #")[0].strip() for line in block.splitlines() if line.strip()] for block in blocks]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_readme_is_a_short_page():
+    assert len(README.read_bytes()) < 10_000
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: p.name)
+def test_every_link_leads_to_a_file_and_heading(page):
+    text = page.read_text()
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"https?://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md":
+            headings = re.findall(r"(?m)^#{1,6} (.+)$", re.sub(r"(?ms)^```.*?^```", "", linked.read_text()))
+            if anchor not in {slug(h) for h in headings}:
+                broken.append(target)
+    assert not broken, f"{page.name}: {broken}"
+
+
+def run(args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_every_command_named_in_the_readme_parses():
+    code = "\n".join(code_in(README.read_text()))
+    flows = sorted(set(re.findall(r"python (flows/\w+\.py)", code)))
+    targets = sorted(set(re.findall(r"\bmake ([a-z][a-z-]*)", code)))
+    subcommands = sorted(set(m.strip() for m in re.findall(r"\bprefect((?: [a-z][a-z-]*)+)", code)))
+    assert flows and targets and subcommands
+    for target in targets:
+        done = run(["make", "-n", target], cwd=PROJECT)
+        assert done.returncode == 0, (target, done.stderr)
+    for script in flows:
+        done = run([str(PROJECT / ".venv/bin/python"), script, "--help"], cwd=PROJECT)
+        assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr[-2000:])
+    for words in subcommands:
+        done = run([str(PROJECT / ".venv/bin/prefect"), *words.split(), "--help"], cwd=PROJECT)
+        assert done.returncode == 0, (words, done.stdout[-1000:], done.stderr[-1000:])
+
+
+@pytest.fixture
+def fresh_clone(tmp_path):
+    """A `git clone` of this checkout (its committed tree) with the shared installs linked in."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(PROJECT), str(clone)], check=True, timeout=120)
+    for name in SHARED_INSTALLS:
+        installed = PROJECT / name
+        assert installed.exists(), f"{installed} is missing: run `make setup`"
+        (clone / name).symlink_to(installed.resolve())
+    # A clone's files are newer than the linked .venv/.installed; make would then reinstall the
+    # shared environment from the clone. The set-up itself is what `make setup` (CI) tests.
+    installed_at = (PROJECT / ".venv" / ".installed").stat().st_mtime
+    os.utime(clone / "pyproject.toml", (installed_at - 1, installed_at - 1))
+    yield clone
+    shutil.rmtree(clone, ignore_errors=True)
+
+
+def test_tested_blocks_run_in_a_fresh_clone(fresh_clone):
+    blocks = marked_blocks(README.read_text())
+    assert len(blocks) == 2 and blocks[0][0].startswith("make run"), blocks
+    prefect_port, azurite_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "AZURE_STORAGE", "WORK_POOL"))}
+    env.update(PREFECT_PORT=str(prefect_port), AZURITE_PORT=str(azurite_port), PREFECT_WORKER_QUERY_SECONDS="1")
+    # The README names the default ports; the test runs on free ones.
+    commands = [c.replace(":4200", f":{prefect_port}").replace(":10000", f":{azurite_port}")
+                for block in blocks for c in block]
+    # Run as a user would, in order, stopping at the first failure; `make stop` comes last anyway.
+    script = "set -e\n" + "\n".join(c for c in commands if c != "make stop")
+    started = time.monotonic()
+    try:
+        done = subprocess.run(["bash", "-c", script], cwd=fresh_clone, env=env, capture_output=True, text=True,
+                              timeout=420)
+    finally:
+        stopped = run(["make", "stop"], cwd=fresh_clone, env=env)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "Outcome:      completed" in done.stdout
+    assert "index.html" in done.stdout  # list-blobs shows the sample site's blobs
+    assert "Flow run finished successfully in 'Completed'" in done.stdout + done.stderr
+    assert stopped.returncode == 0 and "stopped the Prefect server" in stopped.stdout, stopped
+    for port in (prefect_port, azurite_port):
+        assert run(["scripts/port-open", str(port)], cwd=fresh_clone).returncode != 0, f"port {port} still open"
+    assert not (fresh_clone / ".prefect" / "server.pid").exists()
+    print(f"\nREADME blocks in a fresh clone: {took:.1f} s ({len(commands)} commands, load {os.getloadavg()[0]:.1f})")
