@@ -295,6 +295,11 @@ def sharded_main(flow, argv: list[str] | None = None) -> int:
         parameters = flow_parameters(args)
         if args.task_runner == "dask":
             import_dask_runner()
+        elif prefect_settings_for_this_run()[1]:  # no server: a temporary one has no workers
+            raise ConfigurationError(
+                "the shards run on the workers of a Prefect server, and none is configured or running at "
+                "127.0.0.1:4200: `make server`, `make deploy` and `make worker` (or set PREFECT_API_URL), or "
+                "use --task-runner dask")
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -109,7 +109,7 @@ class WorkerShards:
                 if state is None or not state.is_final():
                     continue
                 summary, why = summary_of(state)
-                if state.is_completed() and summary is not None:
+                if state.is_completed():  # a summary that cannot be read here would not be on a rerun either
                     done[shard] = self._row(shard, run, summary, why), summary
                 elif self.started[shard] <= self.retries:
                     logger.warning("shard %s: run %s ended %s%s; starting it again (retry %d of %d; finished "

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -148,6 +149,42 @@ def test_the_parent_summary_adds_the_shards_up_and_fails_when_one_failed():
     s = combine(rows, root="/r", destination="d", dry_run=False, duration_seconds=1.0)
     assert s.outcome == "failed" and s.error == "shard 2/3: ended Crashed"
     assert [r.shard for r in s.shards] == ["0/3", "1/3", "2/3"] and "| 2/3 |" in s.to_markdown()
+
+
+def test_the_sharded_command_line_without_a_prefect_server_says_what_to_start(make_tree, capsys, monkeypatch):
+    from flows.backup_sharded import backup_site_sharded
+    from site_backup import cli
+
+    monkeypatch.setattr(cli, "prefect_settings_for_this_run", lambda: ({}, "starting a temporary server"))
+    assert cli.sharded_main(backup_site_sharded, [str(make_tree({"a": b"a"})), "--shards", "2"]) == 2
+    assert "the shards run on the workers of a Prefect server" in capsys.readouterr().err
+
+
+def test_a_retried_parent_keeps_its_finished_shards_and_goes_on_from_the_failed_ones(monkeypatch):
+    """The children's idempotency keys name parent, shard and attempt: a parent run again
+    finds what it started before. (A fake run_deployment: the server's side is tested above.)"""
+    import prefect.deployments
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Completed, Failed, Running
+
+    from tasks.shards import WorkerShards
+
+    earlier = {"p/shard-0-of-3/attempt-0": Completed(), "p/shard-1-of-3/attempt-0": Failed(),
+               "p/shard-1-of-3/attempt-1": Running()}
+    created = []
+
+    def run_deployment(name, *, parameters, idempotency_key, flow_run_name, **_):
+        if idempotency_key not in earlier:
+            created.append((idempotency_key, flow_run_name, parameters["shard"]))
+        return FlowRun(flow_id=uuid.uuid4(), name=flow_run_name, state=earlier.get(idempotency_key))
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    shards = [Shard(k, 3) for k in range(3)]
+    runner = WorkerShards("backup-site-content/shard", {}, shards, 2, "p", "parent")
+    states = [runner.start(s).state for s in shards]
+    assert [s.type.value if s else None for s in states] == ["COMPLETED", "RUNNING", None]
+    assert created == [("p/shard-2-of-3/attempt-0", "parent-shard-2-of-3", "2/3")]
+    assert runner.attempt == {shards[0]: 0, shards[1]: 1, shards[2]: 0}
 
 
 # --- the parent flow on two process workers ----------------------------------------------
