@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from .shards import Shard
-from .summary import BackupSummary, _cell, human_bytes, render, render_markdown
+from .summary import EXIT_INCOMPLETE, EXIT_OK, BackupSummary, _cell, human_bytes, render, render_markdown
 
 # The counters a shard's summary adds to the whole.
 _SUMS = ("files_total", "files_uploaded", "files_unchanged", "files_changed", "files_skipped", "files_failed",
@@ -33,6 +33,10 @@ class ShardedSummary(BackupSummary):
     """The summary of a sharded backup: the shards' summaries added up, and one row per shard."""
 
     shards: list[ShardRow] = Field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.outcome == "completed" else EXIT_INCOMPLETE
 
     def to_text(self) -> str:
         return render(self.rows(), self.sections()) + "\n" + self.shard_table()
