@@ -147,7 +147,7 @@ def test_the_parent_summary_adds_the_shards_up_and_fails_when_one_failed():
         ("incomplete", 5, 2, 1, 20, 3)
     rows.append((shard_row(Shard(2, 3), None, state="Crashed", attempts=3, error="ended Crashed"), None))
     s = combine(rows, root="/r", destination="d", dry_run=False, duration_seconds=1.0)
-    assert s.outcome == "failed" and s.error == "shard 2/3: ended Crashed"
+    assert s.outcome == "failed" and s.error == "shard 2/3: ended Crashed" and s.exit_code == 1
     assert [r.shard for r in s.shards] == ["0/3", "1/3", "2/3"] and "| 2/3 |" in s.to_markdown()
 
 
