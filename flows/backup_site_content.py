@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -23,6 +24,7 @@ from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import ContainerName, Destination
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, stops_on_termination
+from site_backup.shards import Shard
 from site_backup.summary import BackupSummary, summarize
 from site_backup.units import MiB
 from tasks.copy_batch import with_checkpoints
@@ -57,6 +59,8 @@ def backup_site_content(
     blocks_in_flight: int = 4,
     retries: int = 100,
     storage_timeout: float = 60.0,
+    shard: str | None = None,
+    shard_by: Literal["path", "top-level-folder"] = "path",
 ) -> BackupSummary:
     """List every file under `root_directory`, copy them to `container` in parallel
     batches, and return the summary (its `bytes_uploaded` is the sample's output).
@@ -93,15 +97,26 @@ def backup_site_content(
             past it the run stops (0 or more).
         storage_timeout: Seconds without a useful answer from storage before the run stops, failed
             (more than 0).
+        shard: Back up only shard K of N, written K/N (0 <= K < N): the files whose path hashes to K
+            modulo N (rclone's --hash-filter rule); empty for the whole tree. The flow
+            backup-site-sharded starts one run per shard.
+        shard_by: What the shard rule hashes: path (each file on its own) or top-level-folder (a whole
+            top-level folder goes to one shard, and the others never walk it).
     """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
     policy = RetryPolicy.checked(retries, storage_timeout)
+    part = Shard.parse(shard, shard_by)
     listing = list_files(
-        root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
+        root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB,
+        shard=part,
     )
     destination, empty = prepare_destination(destination, policy=policy)
     manifest = None if dry_run else open_manifest(destination, policy)  # staged as batches finish, committed at the end
+    if manifest is not None and part is not None:
+        # A manifest of part of the tree would let --as-of restore that part as if it were the
+        # whole tree. The run keeps its lock (prune waits for it), and writes no manifest.
+        manifest.broken = f"shard {part} holds part of the tree, and run manifests describe whole trees"
     if checkpoint_block:
         prepare_checkpoints(checkpoint_block)
     options = CopyOptions(
@@ -132,6 +147,8 @@ def backup_site_content(
         listing, results, root=listing.root, destination=destination.describe(), dry_run=dry_run,
         duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,
     )
+    if part is not None:
+        summary.shard = str(part)
     if manifest is not None:
         finish_manifest(manifest, summary)  # none for a failed run: it claims nothing
     publish_summary(summary)

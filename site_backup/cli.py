@@ -16,15 +16,19 @@ from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
 from .retry import STOP, RetryPolicy, RunStopped, forget_on_stop, on_stop, request_stop, stop_signal
 from .prune import HeldLock
+from .shards import SHARD_BY, Shard
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
 
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # where `make server` puts it
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(sharded: bool = False) -> argparse.ArgumentParser:
+    """The backup's command line; with `sharded`, that of flows/backup_sharded.py."""
     p = argparse.ArgumentParser(
-        prog="python flows/backup_site_content.py",
-        description="Back up a directory tree to Azure Blob Storage (or the local Azurite emulator).",
+        prog="python flows/backup_sharded.py" if sharded else "python flows/backup_site_content.py",
+        description="Back up a directory tree as N shards at once: one child run of the backup deployment per "
+                    "shard on the workers of its pool (or one task per shard on Dask), and one summary."
+        if sharded else "Back up a directory tree to Azure Blob Storage (or the local Azurite emulator).",
         epilog=(
             "Destination: --credentials-block, else AZURE_STORAGE_CONNECTION_STRING, else "
             "AZURE_STORAGE_ACCOUNT_URL (DefaultAzureCredential), else Azurite at 127.0.0.1:10000. "
@@ -43,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out files and folders matching GLOB (repeatable; wins over --include)")
     p.add_argument("--follow-symlinks", action="store_true", help="follow links that stay inside ROOT (never loops)")
     p.add_argument("--dry-run", action="store_true", help="compare and report, upload nothing")
-    p.add_argument("--verify", action="store_true",
-                   help="upload nothing; check every file has a blob of the same size and MD5, and list "
-                        "missing, different and extra blobs (exit 1 when a file is missing or different)")
+    if not sharded:
+        p.add_argument("--verify", action="store_true",
+                       help="upload nothing; check every file has a blob of the same size and MD5, and list "
+                            "missing, different and extra blobs (exit 1 when a file is missing or different)")
     p.add_argument("--refresh", action="store_true", help="ignore checkpoints of earlier runs and re-check every file")
     p.add_argument("--checkpoint-block", metavar="NAME",
                    help="keep checkpoints in this saved AzureBlobStorageContainer block (container and folder) "
@@ -54,13 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints older than this are not trusted (default: they never expire)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no live progress line on the terminal")
+    sharding = p.add_argument_group("sharding")
+    if not sharded:
+        sharding.add_argument("--shard", metavar="K/N",
+                              help="back up only shard K of N (0 <= K < N): the files whose path hashes to K modulo "
+                                   "N, rclone's --hash-filter rule (flows/backup_sharded.py runs every shard)")
+    sharding.add_argument("--shard-by", choices=SHARD_BY, default="path",
+                          help="what the shard rule hashes: each file's path (default), or its top-level folder "
+                               "(a whole top-level folder goes to one shard)")
     tuning = p.add_argument_group("tuning")
     tuning.add_argument("--files-per-batch", type=_positive, default=1000, help="files per copy task (default 1000)")
     tuning.add_argument("--mib-per-batch", type=_positive, default=256, help="MiB per copy task (default 256)")
-    tuning.add_argument("--parallel-batches", type=_positive, default=4, help="copy tasks at once (default 4)")
-    tuning.add_argument("--task-runner", choices=("threads", "dask"), default="threads",
-                        help="where copy tasks run: threads in this process (default), or an existing Dask "
-                             "cluster (needs `pip install -e .[dask]`)")
+    if not sharded:  # a shard's run has its own, fixed at the deployment's
+        tuning.add_argument("--parallel-batches", type=_positive, default=4, help="copy tasks at once (default 4)")
+    if sharded:
+        tuning.add_argument("--task-runner", choices=("workers", "dask"), default="workers",
+                            help="where the shards run: child runs of --deployment on its pool's workers (default), "
+                                 "or tasks on a Dask cluster whose workers all see ROOT (without --dask-address a "
+                                 "temporary local cluster; needs `pip install -e .[dask]`)")
+    else:
+        tuning.add_argument("--task-runner", choices=("threads", "dask"), default="threads",
+                            help="where copy tasks run: threads in this process (default), or an existing Dask "
+                                 "cluster (needs `pip install -e .[dask]`)")
     tuning.add_argument("--dask-address", metavar="tcp://HOST:8786", help="the Dask scheduler for --task-runner dask")
     tuning.add_argument("--files-in-flight", type=_positive, default=16,
                         help="files copied at once, across all copy tasks (default 16)")
@@ -117,7 +137,12 @@ def flow_parameters(args: argparse.Namespace) -> dict:
     """Check the arguments (ConfigurationError names the fix) and return the flow's parameters."""
     compile_patterns(args.include)
     compile_patterns(args.exclude)
+    shard = Shard.parse(args.shard, args.shard_by)
+    if shard is None and args.shard_by != "path":
+        raise ConfigurationError("--shard-by says how to split the tree, --shard which part to back up: give --shard K/N too")
     if args.verify:
+        if shard is not None:
+            raise ConfigurationError("--verify checks the whole tree: leave out --shard")
         return dict(
             root_directory=check_root(args.root), container=args.container, prefix=args.prefix,
             credentials_block=args.credentials_block, include=args.include, exclude=args.exclude,
@@ -144,6 +169,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         blocks_in_flight=args.blocks_in_flight,
         retries=args.retries,
         storage_timeout=args.storage_timeout,
+        **({"shard": str(shard), "shard_by": args.shard_by} if shard else {}),
     )
 
 
@@ -276,15 +302,55 @@ def main(flow, argv: list[str] | None = None) -> int:
 def task_runner(args: argparse.Namespace):
     """The task runner the command line asks for."""
     if args.task_runner == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise ConfigurationError("--task-runner dask needs prefect-dask: `pip install -e '.[dask]'`") from None
+        DaskTaskRunner = import_dask_runner()
         # Without an address, prefect-dask starts a temporary local cluster.
         return DaskTaskRunner(address=args.dask_address) if args.dask_address else DaskTaskRunner()
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=args.parallel_batches)
+
+
+def build_sharded_parser() -> argparse.ArgumentParser:
+    """The backup's options (without --verify and --shard), the number of shards, and where they run."""
+    p = build_parser(sharded=True)
+    group = p.add_argument_group("shards")
+    group.add_argument("--shards", type=_positive, default=4, metavar="N", help="parts to split the tree into "
+                       "(default 4), e.g. the number of workers")
+    group.add_argument("--deployment", default="backup-site-content/shard", metavar="FLOW/DEPLOYMENT",
+                       help="the backup deployment each shard runs as (default backup-site-content/shard)")
+    group.add_argument("--shard-retries", type=_not_negative, default=2, metavar="N",
+                       help="start a failed or crashed shard again up to N times (default 2)")
+    return p
+
+
+def sharded_main(flow, argv: list[str] | None = None) -> int:
+    """Run the sharded backup flow from the command line; returns the exit code."""
+    args = build_sharded_parser().parse_args(argv)
+    args.shard, args.verify = None, False
+    try:
+        destination = Destination.checked(args.container, args.prefix, args.credentials_block)
+        parameters = flow_parameters(args)
+        if args.task_runner == "dask":
+            import_dask_runner()
+        elif prefect_settings_for_this_run()[1]:  # no server: a temporary one has no workers
+            raise ConfigurationError(
+                "the shards run on the workers of a Prefect server, and none is configured or running at "
+                "127.0.0.1:4200: `make server`, `make deploy` and `make worker` (or set PREFECT_API_URL), or "
+                "use --task-runner dask")
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    parameters.update(shards=args.shards, shard_by=args.shard_by, deployment=args.deployment,
+                      shard_retries=args.shard_retries, task_runner=args.task_runner, dask_address=args.dask_address)
+    return run_flow(flow, parameters, destination, create=True, as_json=args.json, show_progress=False)
+
+
+def import_dask_runner():
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigurationError("--task-runner dask needs prefect-dask: `pip install -e '.[dask]'`") from None
+    return DaskTaskRunner
 
 
 def build_restore_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 from .errors import ConfigurationError
 from .units import MiB
+from .shards import Shard
 
 
 class FileEntry(NamedTuple):
@@ -235,12 +236,15 @@ def walk_tree(
     exclude: Iterable[str] = (),
     follow_symlinks: bool = False,
     listing: FileListing | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[FileEntry]:
     """Yield every regular file under `root` in a stable order, recording in `listing`
     what was skipped (links, special files), failed (unreadable folders or files) or
     excluded. Links are followed only on request, never out of the root or in a loop;
-    special files are never opened."""
+    special files are never opened. With a `shard`, only that shard's files and problems
+    are yielded and recorded (each one belongs to exactly one shard)."""
     listing = listing if listing is not None else FileListing()
+    elsewhere = FileListing(skipped=_Dropped(), failed=_Dropped())  # other shards' problems: never recorded
     includes, excludes = compile_patterns(include), compile_patterns(exclude)
     root_real = os.path.realpath(root)
     root_stat = os.stat(root_real)
@@ -254,21 +258,28 @@ def walk_tree(
             with os.scandir(abs_dir) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            listing.failed.append(
-                Problem(display_path(rel_dir or "."), f"cannot read folder: {exc.strerror or exc}")
-            )
+            if shard is None or shard.owns(rel_dir):
+                listing.failed.append(
+                    Problem(display_path(rel_dir or "."), f"cannot read folder: {exc.strerror or exc}")
+                )
             continue
         subdirs = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            found = _classify(entry, rel, root_real, ancestors, follow_symlinks, listing)
+            ours = shard is None or shard.owns(rel)
+            if not ours and not shard.walks_other_folders:
+                continue
+            record = listing if ours else elsewhere
+            found = _classify(entry, rel, root_real, ancestors, follow_symlinks, record)
             if found is None:
                 continue
             if not isinstance(found, FileEntry):  # a folder to descend into
                 if _matches(excludes, rel) or _matches(excludes, rel + "/"):
-                    listing.excluded += 1
+                    record.excluded += 1
                     continue
                 subdirs.append((rel, *found))
+                continue
+            if not ours:
                 continue
             if (includes and not _matches(includes, rel)) or _matches(excludes, rel):
                 listing.excluded += 1
@@ -277,6 +288,13 @@ def walk_tree(
         # Reversed so the first folder in name order is walked first.
         for rel, abs_path, key in reversed(subdirs):
             stack.append((rel, abs_path, ancestors | {key}))
+
+
+class _Dropped(list):
+    """A list that keeps nothing: where another shard's problems go."""
+
+    def append(self, item) -> None:
+        pass
 
 
 def _classify(entry, rel, root_real, ancestors, follow_symlinks, listing):
@@ -406,12 +424,14 @@ def list_batches(
     follow_symlinks: bool = False,
     max_files: int = 1000,
     max_bytes: int = 256 * MiB,
+    shard: Shard | None = None,
 ) -> FileListing:
-    """Walk `root` and return its files as batches, heaviest first, plus what was skipped
-    or failed."""
+    """Walk `root` and return its files (of one shard, if given) as batches, heaviest
+    first, plus what was skipped or failed."""
     listing = FileListing(root=check_root(root))
     listing.root_id = root_identity(listing.root)
-    files = walk_tree(listing.root, include=include, exclude=exclude, follow_symlinks=follow_symlinks, listing=listing)
+    files = walk_tree(listing.root, include=include, exclude=exclude, follow_symlinks=follow_symlinks, listing=listing,
+                      shard=shard)
     listing.batches = heaviest_first([Batch(b) for b in make_batches(files, max_files, max_bytes)])
     return listing
 

@@ -5,12 +5,14 @@ compares names, types and defaults); the rules come from the modules that apply 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from site_backup.destination import normalize_prefix, validate_container_name
 from site_backup.errors import ConfigurationError
 from site_backup.files import compile_patterns
+from site_backup.shards import Shard
 
 __all__ = ["BackupParameters", "ValidationError", "describe"]
 
@@ -48,6 +50,8 @@ class BackupParameters(BaseModel):
     blocks_in_flight: int = Field(4, gt=0)
     retries: int = Field(100, ge=0)
     storage_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
+    shard: str | None = None
+    shard_by: Literal["path", "top-level-folder"] = "path"
 
     @field_validator("root_directory")
     @classmethod
@@ -77,6 +81,11 @@ class BackupParameters(BaseModel):
             except re.error as exc:  # a glob the translation turns into a bad regular expression
                 raise ValueError(f"invalid pattern {pattern!r} ({exc.msg}): check its [...] ranges") from None
         return value
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, value: str | None) -> str | None:
+        return _checked(Shard.parse, value)
 
     @field_validator("credentials_block", "checkpoint_block")
     @classmethod

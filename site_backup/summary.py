@@ -29,6 +29,7 @@ class BackupSummary(BaseModel):
     dry_run: bool = False
     root: str = ""
     destination: str = ""
+    shard: str = ""  # "K/N" for one shard of a sharded backup
     files_total: int = 0
     files_uploaded: int = 0
     files_unchanged: int = 0
@@ -66,7 +67,7 @@ class BackupSummary(BaseModel):
         verb = "would upload" if self.dry_run else "uploaded"
         secs = max(self.duration_seconds, 1e-9)
         rows = [
-            ("Source", self.root),
+            ("Source", self.root + (f" (shard {self.shard})" if self.shard else "")),
             ("Destination", self.destination),
             ("Files", f"{self.files_total} total, {self.files_uploaded} {verb}, {self.files_unchanged} unchanged, "
                       f"{self.files_skipped} skipped, {self.files_failed} failed, {self.files_excluded} excluded"),

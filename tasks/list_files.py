@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from site_backup.files import FileListing, list_batches
 from tasks.errors import task_reports_configuration_error
+from site_backup.shards import Shard
 
 
 @task(name="list-files", cache_policy=NO_CACHE)
@@ -18,10 +19,11 @@ def list_files(
     follow_symlinks: bool,
     max_files: int,
     max_bytes: int,
+    shard: Shard | None = None,
 ) -> FileListing:
-    """Every regular file under `root`, as batches; links, special files and unreadable
-    folders are reported in the listing instead."""
+    """Every regular file under `root` (of one shard, if given), as batches; links, special
+    files and unreadable folders are reported in the listing instead."""
     return list_batches(
         root, include=include, exclude=exclude, follow_symlinks=follow_symlinks,
-        max_files=max_files, max_bytes=max_bytes,
+        max_files=max_files, max_bytes=max_bytes, shard=shard,
     )

@@ -101,6 +101,14 @@ def publish_summary(summary: BackupSummary) -> None:
                    (("failed", summary.failed), ("skipped", summary.skipped)))
 
 
+def publish_sharded_summary(summary) -> None:
+    """A sharded backup's summary as a markdown artifact, and its shards as a table
+    artifact (shard, flow run, state, attempts, where it ran, files, bytes)."""
+    publish_summary(summary)
+    create_table_artifact(table=summary.table_rows(), key="backup-shards",
+                          description=f"{len(summary.shards)} shards: which run backed up which part")
+
+
 def _problem_table(key: str, description: str, kinds, limit: int = 1000) -> None:
     rows = [{"kind": kind, "path": p.path, "reason": p.reason} for kind, problems in kinds for p in problems]
     if rows:

@@ -129,12 +129,20 @@ def test_verify_and_restore_are_deployed_and_the_block_is_the_configured_storage
     from prefect_azure.credentials import AzureBlobStorageCredentials
 
     async def read(client):
-        return {flow: await client.read_deployment_by_name(f"{flow}/local")
-                for flow in ("backup-site-content", "verify-backup", "restore-site-content", "prune-backups")}
+        found = {flow: await client.read_deployment_by_name(f"{flow}/local")
+                 for flow in ("backup-site-content", "verify-backup", "restore-site-content", "prune-backups",
+                              "backup-site-sharded")}
+        found["shard"] = await client.read_deployment_by_name("backup-site-content/shard")
+        return found
 
     deployments = client_call(stack, read)
     assert all(d.work_pool_name == "site-backup" for d in deployments.values())
     assert "target_directory" in deployments["restore-site-content"].parameter_openapi_schema["required"]
+    # The shards' deployment has no concurrency limit (one at a time would queue the shards);
+    # the sharded parent has one, like the whole-tree backup.
+    limits = {name: d.global_concurrency_limit.limit if d.global_concurrency_limit else None
+              for name, d in deployments.items()}
+    assert limits["shard"] is None and limits["backup-site-sharded"] == limits["backup-site-content"] == 1, limits
     for name, deployment in deployments.items():  # what the UI's custom-run form shows
         properties = deployment.parameter_openapi_schema["properties"]
         assert all(spec.get("description") for spec in properties.values()), name
