@@ -6,8 +6,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from site_backup.files import FileListing, list_batches
-from tasks.errors import task_reports_configuration_error
 from site_backup.shards import Shard
+from tasks.errors import task_reports_configuration_error
 
 
 @task(name="list-files", cache_policy=NO_CACHE)
