@@ -21,11 +21,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import ContainerName, Destination
+from site_backup.mirror import blocker
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, stops_on_termination
 from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
-from tasks.history import finish_manifest, open_manifest
+from tasks.history import delete_missing_files, finish_manifest, open_manifest
 from tasks.list_files import list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import ProgressArtifact, announce_backup, failed_state, final_state, publish_summary
@@ -46,6 +47,7 @@ def backup_site_content(
     follow_symlinks: bool = False,
     dry_run: bool = False,
     refresh: bool = False,
+    delete_missing: bool = False,
     checkpoint_block: str | None = None,
     checkpoint_days: float | None = None,
     files_per_batch: int = 1000,
@@ -77,6 +79,9 @@ def backup_site_content(
             around a loop).
         dry_run: Compare and report what would be uploaded; upload nothing and write no checkpoint.
         refresh: Ignore the checkpoints of earlier runs and compare every file with its blob again.
+        delete_missing: Mirror mode: after a run with no failure, delete the blobs of files no longer in
+            the tree (files left out by include/exclude are kept); their content stays in history, so an
+            earlier run still restores them. A dry run lists what would be deleted.
         checkpoint_block: Name of a saved AzureBlobStorageContainer block to keep checkpoints in, so
             a run on another worker resumes too; empty for the local Prefect home.
         checkpoint_days: Do not trust checkpoints older than this many days; empty: they never
@@ -131,6 +136,10 @@ def backup_site_content(
         listing, results, root=listing.root, destination=destination.describe(), dry_run=dry_run,
         duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,
     )
+    if delete_missing:
+        mirrored = delete_missing_files(destination, listing, include or [], exclude or [], dry_run,
+                                        blocker(listing, summary.outcome, summary.files_failed), policy)
+        summary = summary.with_deletions(mirrored)
     if manifest is not None:
         finish_manifest(manifest, summary)  # none for a failed run: it claims nothing
     publish_summary(summary)

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upload nothing; check every file has a blob of the same size and MD5, and list "
                         "missing, different and extra blobs (exit 1 when a file is missing or different)")
     p.add_argument("--refresh", action="store_true", help="ignore checkpoints of earlier runs and re-check every file")
+    p.add_argument("--delete-missing", action="store_true",
+                   help="mirror: after a run without failures, delete the blobs of files no longer in ROOT (files "
+                        "left out by --include/--exclude are kept); history keeps their content")
     p.add_argument("--checkpoint-block", metavar="NAME",
                    help="keep checkpoints in this saved AzureBlobStorageContainer block (container and folder) "
                         "instead of the local Prefect home, so a run on another machine resumes too")
@@ -118,6 +121,8 @@ def flow_parameters(args: argparse.Namespace) -> dict:
     compile_patterns(args.include)
     compile_patterns(args.exclude)
     if args.verify:
+        if args.delete_missing:
+            raise ConfigurationError("--delete-missing deletes blobs and --verify only reads: give one of them")
         return dict(
             root_directory=check_root(args.root), container=args.container, prefix=args.prefix,
             credentials_block=args.credentials_block, include=args.include, exclude=args.exclude,
@@ -134,6 +139,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         follow_symlinks=args.follow_symlinks,
         dry_run=args.dry_run,
         refresh=args.refresh,
+        delete_missing=args.delete_missing,
         checkpoint_block=args.checkpoint_block,
         checkpoint_days=args.checkpoint_days,
         files_per_batch=args.files_per_batch,

@@ -38,6 +38,7 @@ class BackupParameters(BaseModel):
     follow_symlinks: bool = False
     dry_run: bool = False
     refresh: bool = False
+    delete_missing: bool = False
     checkpoint_block: str | None = None
     checkpoint_days: float | None = Field(None, gt=0, allow_inf_nan=False)
     files_per_batch: int = Field(1000, gt=0)

@@ -13,6 +13,8 @@ from prefect.cache_policies import NO_CACHE
 from site_backup.destination import Destination, open_store
 from site_backup.retry import RetryPolicy
 from site_backup.errors import describe
+from site_backup.files import FileListing
+from site_backup.mirror import MirrorResult, delete_missing
 from site_backup.history import ManifestWriter, RunRecord, list_runs, open_history_store, pick_run, plan_run_restore
 from site_backup.prune import backup_lock, describe_run, prune
 from site_backup.restore import RestorePlan
@@ -65,6 +67,33 @@ def finish_manifest(manifest: ManifestWriter, summary: BackupSummary) -> RunReco
         get_run_logger().warning("no manifest for this run (its files are backed up): %s", manifest.broken)
     manifest.lock.release()
     return None
+
+
+@task(name="delete-missing", cache_policy=NO_CACHE, persist_result=False)
+def delete_missing_files(destination: Destination, listing: FileListing, include: list[str], exclude: list[str],
+                         dry_run: bool, blocked: str, policy: RetryPolicy = RetryPolicy()) -> MirrorResult:
+    """Mirror mode: delete the blobs of files the tree no longer has, their content kept in
+    history first (site_backup/mirror.py). `blocked` says why this run may not delete."""
+    from prefect import get_run_logger
+
+    if blocked:
+        get_run_logger().warning("--delete-missing: deleted nothing: %s", blocked)
+        return MirrorResult(blocked=blocked)
+    budget = run_budget(policy, destination.account_url)
+    store = open_store(destination, budget)
+    result = delete_missing(store, open_history_store(destination, budget), destination.prefix, listing,
+                            include=include, exclude=exclude, dry_run=dry_run)
+    if result.deleted and not dry_run:
+        try:
+            store.touch_container()
+        except Exception as exc:
+            get_run_logger().warning(
+                "--delete-missing: could not mark the container as changed (%s): run the next backup with "
+                "--refresh, or checkpoints of earlier runs may vouch for blobs deleted now", describe(exc))
+    get_run_logger().info("--delete-missing: %s %d file(s) no longer in the tree%s",
+                          "would delete" if dry_run else "deleted", len(result.deleted),
+                          f", {len(result.failed)} could not be deleted" if result.failed else "")
+    return result
 
 
 @task(name="prune-history", cache_policy=NO_CACHE)
