@@ -90,3 +90,28 @@ def test_a_blob_that_cannot_be_deleted_is_a_failed_file_and_the_rest_go_on(monke
     done = delete_missing(store, history, "", listing())
     assert done.deleted == ["b.txt"]
     assert [p.path for p in done.failed] == ["a.txt"] and "not deleted" in done.failed[0].reason
+
+
+def test_prune_keeps_the_attic_copies_kept_runs_need_and_plans_the_rest():
+    import datetime as dt
+
+    from site_backup.copy import BatchResult
+    from site_backup.history import ManifestWriter, list_runs
+    from site_backup.prune import plan_prune
+
+    store, history = MemoryBlobStore(), MemoryBlobStore()
+    put(store, "gone.txt", b"one")
+    manifest = ManifestWriter(history, "", "r1", dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))
+    manifest.add_batch(BatchResult(entries=[("gone.txt", 3, hashlib.md5(b"one").digest(), 0, None)]), [])
+    manifest.finish({"outcome": "completed"}, "/r", "d", dt.datetime(2026, 11, 1, 1, tzinfo=dt.timezone.utc))
+    store.snapshot("gone.txt")
+    put(store, "gone.txt", b"two")
+    delete_missing(store, history, "", listing())
+    runs = list_runs(history, "")
+    attic = attic_folder("") + "gone.txt"
+    keep_r1 = plan_prune(history, store, "", runs, {"r1"})
+    # r1 needs "one" (the copy's snapshot); the copy itself ("two") must stay with it
+    assert keep_r1.attic == [] and keep_r1.snapshots_kept == 1
+    keep_none = plan_prune(history, store, "", runs, set())
+    assert sorted(keep_none.attic, key=str) == sorted([(attic, None, 3), (attic, next(
+        t for n, t in history.snapshots if n == attic), 3)], key=str)
