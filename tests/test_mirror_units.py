@@ -115,3 +115,20 @@ def test_prune_keeps_the_attic_copies_kept_runs_need_and_plans_the_rest():
     keep_none = plan_prune(history, store, "", runs, set())
     assert sorted(keep_none.attic, key=str) == sorted([(attic, None, 3), (attic, next(
         t for n, t in history.snapshots if n == attic), 3)], key=str)
+
+
+def test_the_summary_counts_deletions_and_a_blob_not_deleted_as_a_failed_file():
+    from site_backup.mirror import MirrorResult
+    from site_backup.summary import BackupSummary
+
+    summary = BackupSummary(files_total=2, files_uploaded=2)
+    done = summary.with_deletions(MirrorResult(deleted=["old.txt"], bytes_deleted=3,
+                                               failed=[Problem("locked.txt", "not deleted: 403 AuthorizationFailure")]))
+    assert (done.files_deleted, done.bytes_deleted, done.files_failed, done.outcome) == (1, 3, 1, "incomplete")
+    assert done.files_total == 2 and done.exit_code == 1
+    text = done.to_text()
+    assert "Deleted:      1 file(s) no longer in the tree, 3 B, deleted" in text
+    assert "Deleted (1):" in text and "Failed (1):" in text and "locked.txt" in text
+    assert "## Deleted (1)" in done.to_markdown()
+    plain = BackupSummary().to_text()
+    assert "Deleted" not in plain  # a run without the flag prints as before

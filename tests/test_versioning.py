@@ -89,3 +89,20 @@ def test_a_versioning_account_keeps_versions_without_snapshots_and_restore_reads
 
     read_versions = [parse_qs(q).get("versionid", [None])[0] for q in account.reads]
     assert first["a.txt"].version_id in read_versions and first["gone.txt"].version_id in read_versions
+
+
+def test_with_versions_listed_only_the_current_version_counts_as_current(versioning_account):
+    """List Blobs with include=versions marks only the current version IsCurrentVersion=true;
+    the versions of a deleted blob are none of them current (the listing used to call
+    every version current, so restore would have read a deleted blob as if it were there)."""
+    import hashlib
+
+    destination = Destination.checked("vers")
+    store = open_store(destination)
+    store.create_container()
+    for data in (b"first", b"second"):
+        store.put("x.txt", data, md5=hashlib.md5(data).digest(), content_type="text/plain", metadata={})
+    listed = list(store.list_kept("", versions=True))
+    assert [(k.current, k.size) for k in listed] == [(False, 5), (True, 6)]
+    store.delete("x.txt")
+    assert [k.current for k in store.list_kept("", versions=True)] == [False, False]
