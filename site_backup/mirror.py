@@ -31,14 +31,17 @@ up by bisection. Neither the container's size nor its history is ever held whole
 from __future__ import annotations
 
 import bisect
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 from urllib.parse import quote, unquote
 
-from .errors import describe
+from .errors import describe, error_code
 from .files import FileListing, Problem, compile_patterns, display_path
 from .names import decode_path, encode_path
+from .retry import RunStopped, StorageUnavailable
 
 
 def attic_folder(prefix: str) -> str:
@@ -107,8 +110,6 @@ def nested_destinations(history_store, prefix: str) -> list[str]:
             if folder != own and (not prefix or other.startswith(prefix + "/")):
                 found.add(other + "/")
     except Exception as exc:
-        from .errors import error_code
-
         if error_code(exc) != "ContainerNotFound":
             raise
     return sorted(found)
@@ -143,21 +144,46 @@ def missing_blobs(store, prefix: str, listing: FileListing, include: Iterable[st
 
 
 def delete_missing(store, history_store, prefix: str, listing: FileListing, *, include=(), exclude=(),
-                   dry_run: bool = False) -> MirrorResult:
+                   dry_run: bool = False, workers: int = 8) -> MirrorResult:
     """Delete (or, in a dry run, list) the blobs of files the tree no longer has, keeping
-    their content first. A blob that cannot be kept or deleted is a failed file, and the
-    others go on."""
+    their content first, `workers` blobs at a time. A blob that cannot be kept or deleted
+    is a failed file, and the others go on; once the run is stopped or storage stops
+    answering, no further blob is started."""
     result = MirrorResult()
     nested = nested_destinations(history_store, prefix)
-    for name, path, size, remote in missing_blobs(store, prefix, listing, include, exclude, nested):
+    ended = threading.Event()
+
+    def one(name, path, size, remote) -> None:
         if not dry_run:
+            if ended.is_set():
+                return
             try:
                 remove_keeping_history(store, history_store, prefix, name, remote)
             except Exception as exc:
-                result.failed.append(Problem(display_path(path), f"not deleted: {describe(exc)}"))
-                continue
-        result.deleted.append(display_path(path))
-        result.bytes_deleted += size
+                if isinstance(exc, (RunStopped, StorageUnavailable)):
+                    ended.set()
+                with lock:
+                    result.failed.append(Problem(display_path(path), f"not deleted: {describe(exc)}"))
+                return
+        with lock:
+            result.deleted.append(display_path(path))
+            result.bytes_deleted += size
+
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="delete") as pool:
+        pending: set = set()
+        for found in missing_blobs(store, prefix, listing, include, exclude, nested):
+            if ended.is_set():
+                break
+            pending.add(pool.submit(one, *found))
+            if len(pending) >= 4 * workers:  # a bounded window: the listing is never held whole
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+        for future in pending:
+            future.result()
+    result.deleted.sort()
+    result.failed.sort()
     return result
 
 
@@ -170,7 +196,13 @@ def remove_keeping_history(store, history_store, prefix: str, name: str, remote=
         store.delete(name)
         return "version"
     attic = attic_folder(prefix) + name
-    exists = history_store.get(attic) is not None
+    try:
+        exists = history_store.get(attic) is not None
+    except Exception as exc:
+        if error_code(exc) != "ContainerNotFound":
+            raise
+        history_store.create_container()  # a run without a manifest (or lock) made none yet
+        exists = False
     for snapshot in [*snapshots, None]:  # oldest first, the current content last
         if exists:
             history_store.snapshot(attic)  # the attic's earlier content stays as its snapshot

@@ -112,3 +112,26 @@ def test_command_line_flag(storage, checkpoints, container_name, make_tree):
     assert done.returncode == 0, done.stderr[-2000:]
     assert '"files_deleted": 1' in done.stdout
     assert current_view(storage, container_name) == ["a.txt"]
+
+
+def test_deleting_makes_the_history_container_when_no_run_has_yet(storage, container_name, make_tree):
+    """Without a manifest or lock there is no history container yet (credentials that could
+    not write it earlier, or the function used alone): the first attic copy makes it."""
+    from site_backup.copy import CopyOptions, copy_batch
+    from site_backup.destination import Destination, open_store
+    from site_backup.files import list_batches
+    from site_backup.history import open_history_store
+    from site_backup.mirror import delete_missing
+
+    root = make_tree({"a.txt": b"a", "old/b.txt": b"bb"})
+    destination = Destination.checked(container_name)
+    store, history = open_store(destination), open_history_store(destination)
+    store.create_container()
+    listing = list_batches(str(root))
+    for batch in listing.batches:
+        copy_batch(listing.root, batch, store, "", CopyOptions(check_remote=False))
+    shutil.rmtree(root / "old")
+    done = delete_missing(store, history, "", list_batches(str(root)))
+    assert (done.deleted, done.failed) == (["old/b.txt"], [])
+    attic = storage.container(history_container(container_name)).download_blob(attic_folder("") + "old/b.txt")
+    assert attic.readall() == b"bb"
