@@ -111,7 +111,8 @@ def prune_history(destination: Destination, keep_last: int, keep_daily: int, kee
         dry_run=dry_run, destination=destination.describe(), policy=policy,
         runs_total=len(plan.kept) + len(plan.deleted), runs_kept=len(plan.kept), manifests_deleted=len(plan.deleted),
         snapshots_kept=plan.snapshots_kept, snapshots_deleted=len(plan.snapshots) + len(plan.attic),
-        bytes_freed=sum(size for _, _, size in plan.snapshots + plan.attic) + sum(r.manifest_size for r in plan.deleted),
+        bytes_freed=(sum(size for _, _, size in plan.snapshots + plan.attic)
+                     + sum(r.manifest_size for r in plan.deleted)),
         stale_locks_removed=0 if dry_run else len(stale), duration_seconds=round(time.monotonic() - started, 3),
         kept=[describe_run(r) for r in plan.kept], deleted=[describe_run(r) for r in plan.deleted])
 
