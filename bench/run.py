@@ -537,6 +537,24 @@ def chart(runs: list[Run], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def measure_history_section(files: int, manifests: int) -> str:
+    """The history figures (bench/history.py) on a fresh Azurite of their own; '' when skipped."""
+    if not files:
+        return ""
+    from bench.history import history_report, measure_history
+
+    azurite = start_azurite()
+    try:
+        figures = measure_history(connection_string(f"http://127.0.0.1:{azurite.port}/{ACCOUNT}"), files, manifests)
+    finally:
+        azurite.stop()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"  history: manifest {figures['per_1e5_files'] / 1e6:.2f} MB per 10^5 files; --list of {manifests} "
+          f"manifests {figures['list_command_seconds']:.2f} s (list_runs {figures['list_runs_seconds']:.3f} s); "
+          f"load {load}", flush=True)
+    return history_report(figures, load)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -550,9 +568,13 @@ def main(argv=None) -> int:
     p.add_argument("--settle", type=float, default=60,
                    help="wait up to this many seconds before each run for the machine to go quiet")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--history-files", type=int, default=100_000,
+                   help="files in the manifest whose size is measured (history figures; 0: skip them)")
+    p.add_argument("--history-manifests", type=int, default=100, help="manifests listed for the history figures")
     args = p.parse_args(argv)
     if args.smoke:
         args.rounds, args.trees, args.tools, args.scenarios = 1, "tiny", "flow,sdk,flow-entra", "local,latency"
+        args.history_files, args.history_manifests = 2000, 10
     scenarios = args.scenarios.split(",")
     if set(scenarios) - {"local", "latency"}:
         raise SystemExit(f"unknown scenario in {args.scenarios!r}: use local, latency or both")
@@ -601,6 +623,7 @@ def main(argv=None) -> int:
                         if tool == "flow-ephemeral" and rnd > 1 and not args.smoke:
                             continue  # reported for scale, one round is enough
                         runs += one(tool, tree, root, rnd, ctx, scenario)
+        history_table = measure_history_section(args.history_files, args.history_manifests)
     finally:
         server.stop()
         if identity:
@@ -608,7 +631,7 @@ def main(argv=None) -> int:
     table, checks = report(runs, trees, args.rounds)
     latency_table, latency_checks = latency_report(runs, trees, args.latency_ms)
     checks += latency_checks
-    text = "\n\n".join(part for part in (machine(args.rounds), table, latency_table) if part)
+    text = "\n\n".join(part for part in (machine(args.rounds), table, latency_table, history_table) if part)
     (out / "bench.md").write_text(text + "\n" + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {line}"
                                                            for line, ok in checks) + "\n")
     (out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))

@@ -22,14 +22,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import ContainerName, Destination
+from site_backup.mirror import blocker
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, stops_on_termination
-from site_backup.shards import Shard
+from site_backup.shards import Shard, check_mirror
 from site_backup.summary import BackupSummary, summarize
 from site_backup.units import MiB
 from tasks.copy_batch import with_checkpoints
 from tasks.errors import flow_fails_on_configuration_error
-from tasks.history import finish_manifest, open_manifest
+from tasks.history import delete_missing_files, finish_manifest, open_manifest
 from tasks.list_files import list_files
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
@@ -49,6 +50,7 @@ def backup_site_content(
     follow_symlinks: bool = False,
     dry_run: bool = False,
     refresh: bool = False,
+    delete_missing: bool = False,
     checkpoint_block: str | None = None,
     checkpoint_days: float | None = None,
     files_per_batch: int = 1000,
@@ -82,6 +84,9 @@ def backup_site_content(
             around a loop).
         dry_run: Compare and report what would be uploaded; upload nothing and write no checkpoint.
         refresh: Ignore the checkpoints of earlier runs and compare every file with its blob again.
+        delete_missing: Mirror mode: after a run with no failure, delete the blobs of files no longer in
+            the tree (files left out by include/exclude are kept); their content stays in history, so an
+            earlier run still restores them. A dry run lists what would be deleted.
         checkpoint_block: Name of a saved AzureBlobStorageContainer block to keep checkpoints in, so
             a run on another worker resumes too; empty for the local Prefect home.
         checkpoint_days: Do not trust checkpoints older than this many days; empty: they never
@@ -107,6 +112,7 @@ def backup_site_content(
     destination = Destination.checked(container, prefix, credentials_block)
     policy = RetryPolicy.checked(retries, storage_timeout)
     part = Shard.parse(shard, shard_by)
+    check_mirror(part, delete_missing)
     listing = list_files(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB,
         shard=part,
@@ -149,6 +155,10 @@ def backup_site_content(
     )
     if part is not None:
         summary.shard = str(part)
+    if delete_missing:
+        mirrored = delete_missing_files(destination, listing, include or [], exclude or [], dry_run,
+                                        blocker(listing, summary.outcome, summary.files_failed), policy)
+        summary = summary.with_deletions(mirrored)
     if manifest is not None:
         finish_manifest(manifest, summary)  # none for a failed run: it claims nothing
     publish_summary(summary)

@@ -11,6 +11,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__" and "--list" in sys.argv[1:]:
+    # A listing runs no flow: answered without importing Prefect (seconds of a run's start).
+    from site_backup.cli import restore_main
+
+    sys.exit(restore_main(None))
 if __name__ == "__main__":
     gc.disable()  # importing Prefect makes ~10^6 objects, none garbage; on again in run_flow
 

@@ -16,7 +16,7 @@ from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
 from .retry import STOP, RetryPolicy, RunStopped, forget_on_stop, on_stop, request_stop, stop_signal
 from .prune import HeldLock
-from .shards import SHARD_BY, Shard
+from .shards import SHARD_BY, Shard, check_mirror
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
 
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # where `make server` puts it
@@ -52,6 +52,9 @@ def build_parser(sharded: bool = False) -> argparse.ArgumentParser:
                        help="upload nothing; check every file has a blob of the same size and MD5, and list "
                             "missing, different and extra blobs (exit 1 when a file is missing or different)")
     p.add_argument("--refresh", action="store_true", help="ignore checkpoints of earlier runs and re-check every file")
+    p.add_argument("--delete-missing", action="store_true",
+                   help="mirror: after a run without failures, delete the blobs of files no longer in ROOT (files "
+                        "left out by --include/--exclude are kept); history keeps their content")
     p.add_argument("--checkpoint-block", metavar="NAME",
                    help="keep checkpoints in this saved AzureBlobStorageContainer block (container and folder) "
                         "instead of the local Prefect home, so a run on another machine resumes too")
@@ -140,9 +143,12 @@ def flow_parameters(args: argparse.Namespace) -> dict:
     shard = Shard.parse(args.shard, args.shard_by)
     if shard is None and args.shard_by != "path":
         raise ConfigurationError("--shard-by says how to split the tree, --shard which part to back up: give --shard K/N too")
+    check_mirror(shard, args.delete_missing)
     if args.verify:
         if shard is not None:
             raise ConfigurationError("--verify checks the whole tree: leave out --shard")
+        if args.delete_missing:
+            raise ConfigurationError("--delete-missing deletes blobs and --verify only reads: give one of them")
         return dict(
             root_directory=check_root(args.root), container=args.container, prefix=args.prefix,
             credentials_block=args.credentials_block, include=args.include, exclude=args.exclude,
@@ -159,6 +165,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         follow_symlinks=args.follow_symlinks,
         dry_run=args.dry_run,
         refresh=args.refresh,
+        delete_missing=args.delete_missing,
         checkpoint_block=args.checkpoint_block,
         checkpoint_days=args.checkpoint_days,
         files_per_batch=args.files_per_batch,

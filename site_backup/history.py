@@ -32,7 +32,7 @@ import re
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 from urllib.parse import quote
 
 from .copy import BatchResult, blob_name
@@ -304,17 +304,23 @@ def read_manifest(history_store, name: str) -> Iterator[dict]:
         raise ValueError(f"manifest {name} is incomplete: it does not end with the run's line")
 
 
-KEPT_PREFIX = ("snapshot:", "version:")
+KEPT_PREFIX = ("snapshot:", "version:", "attic:")
 
 
-def read_kept(store):
+def read_kept(store, history_store=None, prefix: str = ""):
     """A download function for restore: `(name)` reads the blob, `(name, where)` the
-    snapshot (`snapshot:<time>`) or version (`version:<id>`) that holds a run's content."""
+    snapshot (`snapshot:<time>`) or version (`version:<id>`) that holds a run's content,
+    or the copy kept when --delete-missing deleted the blob (`attic:` and its snapshot
+    time, if any, in the history container)."""
 
     def read(name: str, where: str | None = None):
         if not where:
             return store.read(name)
         kind, _, value = where.partition(":")
+        if kind == "attic":
+            from .mirror import attic_folder
+
+            return history_store.read_kept(attic_folder(prefix) + name, snapshot=value or None)
         return store.read_kept(name, snapshot=value) if kind == "snapshot" else store.read_kept(name, version_id=value)
 
     return read
@@ -344,6 +350,8 @@ def plan_run_restore(history_store, run: RunRecord, backup_store, prefix: str, m
     kept: dict[str, list] = {}
     for k in backup_store.list_kept(f"{prefix}/" if prefix else "", versions=versions):
         kept.setdefault(k.name, []).append(k)
+    for k in attic_kept(history_store, prefix):
+        kept.setdefault(k.name, []).append(k)
     entries = []
     for line in wanted:
         name = blob_name(prefix, line["p"])
@@ -358,9 +366,35 @@ def plan_run_restore(history_store, run: RunRecord, backup_store, prefix: str, m
     return plan
 
 
+class AtticBlob(NamedTuple):
+    """A copy of a deleted blob's content in the history container (mirror mode), named
+    after the blob it was."""
+
+    name: str
+    size: int
+    content_md5: bytes | None
+    snapshot: str | None = None
+    version_id: str | None = None
+    current: bool = False
+    attic: bool = True
+
+
+def attic_kept(history_store, prefix: str) -> Iterator[AtticBlob]:
+    """What --delete-missing kept of deleted blobs, by the names they had."""
+    from .mirror import attic_folder
+
+    folder = attic_folder(prefix)
+    try:
+        for k in history_store.list_kept(folder):
+            yield AtticBlob(k.name[len(folder):], k.size, k.content_md5, k.snapshot)
+    except Exception as exc:
+        if error_code(exc) != "ContainerNotFound":
+            raise
+
+
 def _where(candidates: list, size: int, md5: bytes | None, version: str | None) -> str | None:
-    """'' for the current blob, 'snapshot:<t>' or 'version:<id>', or None when nothing
-    kept has this content."""
+    """'' for the current blob, 'snapshot:<t>', 'version:<id>' or 'attic:[<t>]', or None
+    when nothing kept has this content."""
     if version and any(k.version_id == version for k in candidates):
         return f"version:{version}"
     current = [k for k in candidates if k.current and not k.snapshot]
@@ -370,10 +404,12 @@ def _where(candidates: list, size: int, md5: bytes | None, version: str | None) 
         return None  # without an MD5 an older copy cannot be told apart
     older = sorted((k for k in candidates if not (k.current and not k.snapshot)
                     and k.size == size and k.content_md5 == md5),
-                   key=lambda k: k.snapshot or k.version_id or "")
+                   key=lambda k: (getattr(k, "attic", False), k.snapshot or k.version_id or ""))
     if not older:
         return None
     k = older[0]
+    if getattr(k, "attic", False):
+        return f"attic:{k.snapshot or ''}"
     return f"snapshot:{k.snapshot}" if k.snapshot else f"version:{k.version_id}"
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from site_backup.destination import normalize_prefix, validate_container_name
 from site_backup.errors import ConfigurationError
 from site_backup.files import compile_patterns
-from site_backup.shards import Shard
+from site_backup.shards import Shard, check_mirror
 
 __all__ = ["BackupParameters", "ValidationError", "describe"]
 
@@ -40,6 +40,7 @@ class BackupParameters(BaseModel):
     follow_symlinks: bool = False
     dry_run: bool = False
     refresh: bool = False
+    delete_missing: bool = False
     checkpoint_block: str | None = None
     checkpoint_days: float | None = Field(None, gt=0, allow_inf_nan=False)
     files_per_batch: int = Field(1000, gt=0)
@@ -86,6 +87,11 @@ class BackupParameters(BaseModel):
     @classmethod
     def _shard(cls, value: str | None) -> str | None:
         return _checked(Shard.parse, value)
+
+    @model_validator(mode="after")
+    def _mirror_of_a_shard(self):
+        _checked(lambda _: check_mirror(Shard.parse(self.shard, self.shard_by), self.delete_missing), None)
+        return self
 
     @field_validator("credentials_block", "checkpoint_block")
     @classmethod

@@ -148,6 +148,9 @@ class PrunePlan:
     deleted: list[RunRecord] = field(default_factory=list)
     snapshots: list[tuple[str, str, int]] = field(default_factory=list)  # (blob, snapshot time, size) to delete
     snapshots_kept: int = 0
+    # Copies of deleted blobs (--delete-missing) in the history container no kept run needs:
+    # (name there, snapshot time or None for the copy itself, size).
+    attic: list[tuple[str, str | None, int]] = field(default_factory=list)
 
 
 def _key(name: str, size: int, md5: bytes | None) -> bytes:
@@ -187,7 +190,32 @@ def plan_prune(history_store, backup_store, prefix: str, runs: list[RunRecord], 
         group.append(k)
     if group:
         settle(group)
+    _plan_attic(plan, history_store, prefix, needed)
     return plan
+
+
+def _plan_attic(plan: PrunePlan, history_store, prefix: str, needed: set[bytes]) -> None:
+    """The copies of deleted blobs no kept run needs: the earliest copy of each needed
+    content stays. A copy is deleted only with every snapshot of it (Azure refuses a blob
+    with snapshots), so one whose snapshot stays is kept too."""
+    from .history import attic_kept
+    from .mirror import attic_folder
+
+    folder = attic_folder(prefix)
+    by_name: dict[str, list] = {}
+    for k in attic_kept(history_store, prefix):
+        by_name.setdefault(k.name, []).append(k)
+    for name, copies in by_name.items():
+        served, going = set(), []
+        for k in sorted(copies, key=lambda k: (k.snapshot is None, k.snapshot or "")):
+            key = _key(name, k.size, k.content_md5)
+            if key in needed and key not in served:
+                served.add(key)
+                plan.snapshots_kept += 1
+            else:
+                going.append(k)
+        snapshots_stay = any(k.snapshot for k in copies if k not in going)
+        plan.attic += [(folder + name, k.snapshot, k.size) for k in going if k.snapshot or not snapshots_stay]
 
 
 def prune(history_store, backup_store, prefix: str, *, keep_last=0, keep_daily=0, keep_weekly=0, keep_monthly=0,
@@ -221,6 +249,9 @@ def prune(history_store, backup_store, prefix: str, *, keep_last=0, keep_daily=0
                 history_store.delete(run.manifest)
             for name, snapshot, _ in plan.snapshots:
                 backup_store.delete_kept(name, snapshot=snapshot)
+            # Snapshots of attic copies before the copies themselves.
+            for name, snapshot, _ in sorted(plan.attic, key=lambda a: a[1] is None):
+                history_store.delete_kept(name, snapshot=snapshot)
         return plan, stale
     finally:
         lock.release()

@@ -76,6 +76,16 @@ class Shard:
         return self.by == "path"
 
 
+def check_mirror(shard: "Shard | None", delete_missing: bool) -> None:
+    """Refuse a mirror of one shard: its walk sees part of the tree, so it would delete the
+    blobs of every other shard's files."""
+    if shard is not None and delete_missing:
+        raise ConfigurationError(
+            f"--delete-missing needs the whole tree, and shard {shard} sees only part of it (it would delete the "
+            "other shards' blobs): leave out --shard, or --delete-missing"
+        )
+
+
 def check_shards(count: int, retries: int = 0) -> None:
     """Check a sharded run's number of shards and retries per shard; ConfigurationError with the fix."""
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SHARDS:

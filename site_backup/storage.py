@@ -271,7 +271,9 @@ class HistoryStore:
         include = ["snapshots", "versions"] if versions else ["snapshots"]
         for props in self.container.list_blobs(name_starts_with=prefix or None, include=include):
             md5 = props.content_settings.content_md5
-            current = not props.snapshot and (props.is_current_version is not False)
+            # With versions listed, only the current version says IsCurrentVersion=true;
+            # the versions of a deleted blob are none of them current.
+            current = not props.snapshot and (props.is_current_version is True if versions else True)
             yield KeptBlob(props.name, props.size, bytes(md5) if md5 else None, props.snapshot or None,
                            getattr(props, "version_id", None), current)
 
@@ -282,6 +284,38 @@ class HistoryStore:
             return client.download_blob(max_concurrency=4, retry_hook=self.retries).chunks()
         return self.container.get_blob_client(name).download_blob(
             max_concurrency=4, version_id=version_id, retry_hook=self.retries).chunks()
+
+    def source_url(self, name: str, snapshot: str | None = None) -> str:
+        """The URL another request of this account copies the blob (or one snapshot) from;
+        it carries the SAS when the credentials are one."""
+        return self.container.get_blob_client(name, snapshot=snapshot).url
+
+    def copy_in(self, name: str, source_url: str) -> None:
+        """Copy Blob from `source_url` (same account) to `name`: content, Content-MD5 and
+        metadata, without a download; returns once the copy has ended."""
+        from .mirror import wait_for_copy
+
+        client = self.container.get_blob_client(name)
+        answer = client.start_copy_from_url(source_url, retry_hook=self.retries)
+        wait_for_copy(answer.get("copy_status") or "success",
+                      lambda: client.get_blob_properties(retry_hook=self.retries).copy.status,
+                      self.retries.budget)
+
+    def touch_container(self) -> None:
+        """Give the container a new ETag (Set Container Metadata with its own metadata): the
+        generation in checkpoint keys changes, so no checkpoint vouches for a blob deleted now."""
+        metadata = self.container.get_container_properties(retry_hook=self.retries).metadata
+        self.container.set_container_metadata(metadata, retry_hook=self.retries)
+
+    def delete_with_snapshots(self, name: str) -> None:
+        """Delete a blob and its snapshots (Azure refuses to delete a blob that has
+        snapshots without them); gone already is no error."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.container.delete_blob(name, delete_snapshots="include", retry_hook=self.retries)
+        except ResourceNotFoundError:
+            pass
 
     def delete_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> None:
         """Delete one snapshot or version, or a blob (with no snapshot or version: the blob)."""
@@ -558,6 +592,41 @@ class MemoryBlobStore:
         blob = self.snapshots[(name, snapshot)] if snapshot else \
             self.snapshots[(name, "v" + version_id)] if version_id else self.blobs[name]
         return iter([blob.data])
+
+    def source_url(self, name: str, snapshot: str | None = None):
+        return (self, name, snapshot)  # what copy_in of another MemoryBlobStore reads
+
+    def copy_in(self, name: str, source_url) -> None:
+        store, source, snapshot = source_url
+        blob = store.snapshots[(source, snapshot)] if snapshot else store.blobs[source]
+        with self._lock:
+            self.requests.append(("copy", name))
+            self.blobs[name] = StoredBlob(blob.data, blob.content_md5, blob.content_type, dict(blob.metadata))
+
+    def delete(self, name: str, lease_id: str | None = None) -> None:
+        with self._lock:
+            self.requests.append(("delete", name))
+            if any(n == name and not when.startswith("v") for n, when in self.snapshots):
+                raise ValueError("SnapshotsPresent: This operation is not permitted because the blob has snapshots.")
+            self._version(name)  # a versioning account keeps the deleted blob as a previous version
+            self.blobs.pop(name, None)
+
+    def touch_container(self) -> None:
+        """Give the container a new ETag (Set Container Metadata with its own metadata): the
+        generation in checkpoint keys changes, so no checkpoint vouches for a blob deleted now."""
+        metadata = self.container.get_container_properties(retry_hook=self.retries).metadata
+        self.container.set_container_metadata(metadata, retry_hook=self.retries)
+
+    def touch_container(self) -> None:
+        with self._lock:
+            self.requests.append(("touch", ""))
+
+    def delete_with_snapshots(self, name: str) -> None:
+        with self._lock:
+            self.requests.append(("delete", name))
+            self.blobs.pop(name, None)
+            for key in [k for k in self.snapshots if k[0] == name and not k[1].startswith("v")]:
+                del self.snapshots[key]
 
     def delete_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> None:
         with self._lock:

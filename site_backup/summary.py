@@ -46,6 +46,13 @@ class BackupSummary(BaseModel):
     copy_seconds: float = 0.0  # from the first copy task submitted to the last one finished
     skipped: list[FileProblem] = Field(default_factory=list)
     failed: list[FileProblem] = Field(default_factory=list)
+    # --delete-missing: blobs of files no longer in the tree, deleted after their content
+    # was kept (in a dry run: that would be); why nothing was deleted, when so.
+    delete_missing: bool = False
+    files_deleted: int = 0
+    bytes_deleted: int = 0
+    deleted: list[FileProblem] = Field(default_factory=list)
+    deletion_blocked: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -61,7 +68,19 @@ class BackupSummary(BaseModel):
                                self.sections())
 
     def sections(self):
-        return (("Skipped", self.skipped), ("Failed", self.failed))
+        deleted = (("Would delete" if self.dry_run else "Deleted", self.deleted),) if self.delete_missing else ()
+        return (("Skipped", self.skipped), ("Failed", self.failed), *deleted)
+
+    def with_deletions(self, result) -> "BackupSummary":
+        """This summary with a mirror.MirrorResult: the deleted files, and the blobs that
+        could not be deleted as failed files (no file of the tree, so not in files_total)."""
+        how = "would be deleted" if self.dry_run else "deleted; its content is kept in history"
+        deleted = [FileProblem(path=p, reason=f"no longer in the tree: {how}") for p in result.deleted]
+        failed = sorted(self.failed + _problems(result.failed), key=_path)
+        outcome = self.outcome if self.outcome == "failed" or not failed else "incomplete"
+        return self.model_copy(update=dict(
+            delete_missing=True, files_deleted=len(deleted), bytes_deleted=result.bytes_deleted, deleted=deleted,
+            deletion_blocked=result.blocked, failed=failed, files_failed=len(failed), outcome=outcome))
 
     def rows(self) -> list[tuple[str, str]]:
         verb = "would upload" if self.dry_run else "uploaded"
@@ -73,6 +92,7 @@ class BackupSummary(BaseModel):
                       f"{self.files_skipped} skipped, {self.files_failed} failed, {self.files_excluded} excluded"),
             ("Changed", f"{self.files_changed} (uploaded over an earlier blob; its content was kept first)"),
             ("Bytes", f"{human_bytes(self.bytes_total)} total, {human_bytes(self.bytes_uploaded)} {verb}"),
+            *([("Deleted", self._deleted_row())] if self.delete_missing else []),
             ("Batches", f"{self.batches} ({self.batches_from_checkpoint} done by an earlier run)"),
             ("Retries", str(self.retries)),
             ("Duration", f"{self.duration_seconds:.1f} s ({self.files_total / secs:.0f} files/s, "
@@ -82,6 +102,13 @@ class BackupSummary(BaseModel):
         if self.error:
             rows.append(("Error", self.error))
         return rows
+
+
+    def _deleted_row(self) -> str:
+        if self.deletion_blocked:
+            return f"nothing: {self.deletion_blocked}"
+        verb = "would be deleted" if self.dry_run else "deleted (their content is kept in history)"
+        return f"{self.files_deleted} file(s) no longer in the tree, {human_bytes(self.bytes_deleted)}, {verb}"
 
 
 def render(rows: list[tuple[str, str]], sections) -> str:

@@ -14,6 +14,8 @@ from site_backup.accounts import open_store
 from site_backup.destination import Destination
 from site_backup.retry import RetryPolicy
 from site_backup.errors import describe
+from site_backup.files import FileListing
+from site_backup.mirror import MirrorResult, delete_missing
 from site_backup.history import ManifestWriter, RunRecord, list_runs, open_history_store, pick_run, plan_run_restore
 from site_backup.prune import backup_lock, describe_run, prune
 from site_backup.restore import RestorePlan
@@ -68,6 +70,33 @@ def finish_manifest(manifest: ManifestWriter, summary: BackupSummary) -> RunReco
     return None
 
 
+@task(name="delete-missing", cache_policy=NO_CACHE, persist_result=False)
+def delete_missing_files(destination: Destination, listing: FileListing, include: list[str], exclude: list[str],
+                         dry_run: bool, blocked: str, policy: RetryPolicy = RetryPolicy()) -> MirrorResult:
+    """Mirror mode: delete the blobs of files the tree no longer has, their content kept in
+    history first (site_backup/mirror.py). `blocked` says why this run may not delete."""
+    from prefect import get_run_logger
+
+    if blocked:
+        get_run_logger().warning("--delete-missing: deleted nothing: %s", blocked)
+        return MirrorResult(blocked=blocked)
+    budget = run_budget(policy, destination.account_url)
+    store = open_store(destination, budget)
+    result = delete_missing(store, open_history_store(destination, budget), destination.prefix, listing,
+                            include=include, exclude=exclude, dry_run=dry_run)
+    if result.deleted and not dry_run:
+        try:
+            store.touch_container()
+        except Exception as exc:
+            get_run_logger().warning(
+                "--delete-missing: could not mark the container as changed (%s): run the next backup with "
+                "--refresh, or checkpoints of earlier runs may vouch for blobs deleted now", describe(exc))
+    get_run_logger().info("--delete-missing: %s %d file(s) no longer in the tree%s",
+                          "would delete" if dry_run else "deleted", len(result.deleted),
+                          f", {len(result.failed)} could not be deleted" if result.failed else "")
+    return result
+
+
 @task(name="prune-history", cache_policy=NO_CACHE)
 def prune_history(destination: Destination, keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int,
                   dry_run: bool, policy: RetryPolicy = RetryPolicy()) -> PruneSummary:
@@ -82,8 +111,9 @@ def prune_history(destination: Destination, keep_last: int, keep_daily: int, kee
     return PruneSummary(
         dry_run=dry_run, destination=destination.describe(), policy=policy,
         runs_total=len(plan.kept) + len(plan.deleted), runs_kept=len(plan.kept), manifests_deleted=len(plan.deleted),
-        snapshots_kept=plan.snapshots_kept, snapshots_deleted=len(plan.snapshots),
-        bytes_freed=sum(size for _, _, size in plan.snapshots) + sum(r.manifest_size for r in plan.deleted),
+        snapshots_kept=plan.snapshots_kept, snapshots_deleted=len(plan.snapshots) + len(plan.attic),
+        bytes_freed=(sum(size for _, _, size in plan.snapshots + plan.attic)
+                     + sum(r.manifest_size for r in plan.deleted)),
         stale_locks_removed=0 if dry_run else len(stale), duration_seconds=round(time.monotonic() - started, 3),
         kept=[describe_run(r) for r in plan.kept], deleted=[describe_run(r) for r in plan.deleted])
 

@@ -9,7 +9,7 @@ from prefect.context import TaskRunContext
 
 from site_backup.accounts import open_store
 from site_backup.destination import Destination
-from site_backup.history import read_kept
+from site_backup.history import open_history_store, read_kept
 from site_backup.restore import (
     BlobEntry,
     FolderEntry,
@@ -92,7 +92,7 @@ def restore_batch(target: str, restore_id: str, batch: list[BlobEntry], destinat
     earlier = earlier_attempts(context)
     todo = [e for e in batch if e.path not in earlier.finished]
     store = open_store(destination, run_budget(policy, destination.account_url))
-    outcomes = restore_files(target, todo, read_kept(store), overwrite=overwrite)
+    outcomes = restore_files(target, todo, read_kept(store, open_history_store(destination, store.retries.budget), destination.prefix), overwrite=overwrite)
     earlier.finished.update((o.path, o) for o in outcomes if o.status != "failed")
     by_path = {o.path: o for o in outcomes}
     by_path.update(earlier.finished)

@@ -45,6 +45,7 @@ class FaultProxy:
         self.faults: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()  # blob name -> writes that landed (Put Blob, Put Block List)
         self.requests = 0
+        self.log: list[tuple[str, str, str]] = []  # (method, container/blob path, comp or restype) of each request
         self.silent_after: int | None = None  # from this many requests on, never answer
         self.refuse_after: int | None = None  # from this many requests on, refuse connections
         self.went_away_at: float | None = None  # time.monotonic() of the last answer before that
@@ -119,6 +120,9 @@ class FaultProxy:
         with self._lock:
             self.requests += 1
             number = self.requests
+            query = request.rel_url.query
+            self.log.append((request.method, unquote(request.rel_url.path).split("/", 2)[-1],
+                             query.get("comp") or query.get("restype") or ""))
         if self.refuse_after is not None and number > self.refuse_after:
             if self.went_away_at is None:
                 self.went_away_at = time.monotonic()

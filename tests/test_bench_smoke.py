@@ -19,3 +19,5 @@ def test_bench_smoke_measures_the_flow_the_sdk_floor_and_entra_id_behind_latency
         for tool in ("flow", "flow-entra"):
             assert f"| tiny | {mode} | {tool} |" in table, table
     assert "FAILED" not in done.stdout
+    # history figures: a manifest written through ManifestWriter, and restore --list timed
+    assert "| manifest size per 10^5 files |" in table and "--list` with 10 manifests" in table, table

@@ -133,6 +133,20 @@ def test_bad_shard_in_a_start_request_is_a_400_message():
     assert describe(error.value) == "shard: invalid shard '5/3': K counts from 0, so it must be below N (0/3 to 2/3)"
 
 
+def test_a_mirror_of_one_shard_is_refused_before_anything_is_deleted(make_tree, capsys):
+    """A shard's walk sees part of the tree: --delete-missing there would delete the other shards' blobs."""
+    from flows.backup_site_content import backup_site_content
+    from site_backup.cli import main
+    from site_backup.parameters import BackupParameters, ValidationError, describe
+
+    root = str(make_tree({"a": b"a"}))
+    assert main(backup_site_content, [root, "--shard", "0/2", "--delete-missing"]) == 2
+    assert "--delete-missing needs the whole tree, and shard 0/2 sees only part of it" in capsys.readouterr().err
+    with pytest.raises(ValidationError) as error:
+        BackupParameters(root_directory="/srv", shard="1/2", delete_missing=True)
+    assert "leave out --shard, or --delete-missing" in describe(error.value)
+
+
 def test_the_parent_summary_adds_the_shards_up_and_fails_when_one_failed():
     from site_backup.sharded import combine, shard_row
     from site_backup.summary import BackupSummary, FileProblem

@@ -1,0 +1,137 @@
+"""Mirror mode (--delete-missing) on a real Azurite: the container's current view follows
+the tree, history keeps what was deleted, and nothing is deleted after a walk that did not
+see the whole tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from flows.backup_site_content import backup_site_content
+from flows.restore_site_content import restore_site_content
+from site_backup.history import history_container
+from site_backup.mirror import attic_folder
+from tests.conftest import PROJECT, read_tree
+from tests.test_history import runs_of, tree_times
+
+
+def current_view(storage, container):
+    return sorted(b.name for b in storage.container(container).list_blobs())
+
+
+def test_delete_missing_mirrors_the_tree_and_history_brings_deleted_files_back(storage, checkpoints,
+                                                                               container_name, make_tree, tmp_path):
+    root = make_tree({"a.txt": b"a", "keep/b.txt": b"bb", "gone/x.txt": b"xxx", "gone/deep/y.txt": b"yyyy",
+                      "lone.txt": b"lone, first", "cache/c.log": b"log"})
+    first_state = (read_tree(root), tree_times(root))
+    backup_site_content(str(root), container=container_name, prefix="site")
+    (root / "lone.txt").write_bytes(b"lone, second")  # its first content goes to a snapshot
+    second_state = (read_tree(root), tree_times(root))
+    backup_site_content(str(root), container=container_name, prefix="site")
+    shutil.rmtree(root / "gone")
+    (root / "lone.txt").unlink()
+    (root / "cache/c.log").unlink()  # excluded by the next run's pattern: its blob stays
+
+    third = backup_site_content(str(root), container=container_name, prefix="site", delete_missing=True,
+                                exclude=["*.log"])
+    assert third.outcome == "completed" and third.files_deleted == 3
+    assert third.bytes_deleted == len(b"xxx") + len(b"yyyy") + len(b"lone, second")
+    assert [p.path for p in third.deleted] == ["gone/deep/y.txt", "gone/x.txt", "lone.txt"]
+    assert "Deleted:" in third.to_text() and "3 file(s) no longer in the tree" in third.to_text()
+    assert current_view(storage, container_name) == ["site/a.txt", "site/cache/c.log", "site/keep/b.txt"]
+    # no snapshot is left behind in the backup's container; the attic holds every content
+    assert [b.name for b in storage.container(container_name).list_blobs(include=["snapshots"]) if b.snapshot] == []
+    history = storage.container(history_container(container_name))
+    attic = sorted((b.name, bool(b.snapshot)) for b in history.list_blobs(
+        name_starts_with=attic_folder("site"), include=["snapshots"]))
+    assert [(n[len(attic_folder("site")):], s) for n, s in attic] == [
+        ("site/gone/deep/y.txt", False), ("site/gone/x.txt", False), ("site/lone.txt", False),
+        ("site/lone.txt", True)]  # attic/<quoted prefix>/<blob name>
+
+    runs = runs_of(container_name, "site")
+    assert len(runs) == 3 and runs[2].files == 2
+    for run, state in ((runs[0], first_state), (runs[1], second_state)):
+        target = tmp_path / f"restore-{run.run_id[:8]}"
+        restored = restore_site_content(container_name, str(target), prefix="site", run_id=run.run_id)
+        assert restored.outcome == "completed"
+        assert (read_tree(target), tree_times(target)) == state
+
+    # The tree comes back as the first run saw it (same mtimes, same batches): the run after
+    # the deletion must not trust the first run's checkpoints, which vouch for deleted blobs.
+    restore_site_content(container_name, str(root), prefix="site", run_id=runs[0].run_id, overwrite=True)
+    fourth = backup_site_content(str(root), container=container_name, prefix="site")
+    assert fourth.batches_from_checkpoint == 0 and fourth.files_uploaded == 3
+    assert current_view(storage, container_name) == sorted(f"site/{p}" for p in first_state[0])
+    again = backup_site_content(str(root), container=container_name, prefix="site", delete_missing=True)
+    assert again.files_deleted == 0 and again.files_uploaded == 0
+
+
+def test_a_dry_run_deletes_nothing_and_says_what_it_would(storage, checkpoints, container_name, make_tree):
+    root = make_tree({"a.txt": b"a", "old.txt": b"old"})
+    backup_site_content(str(root), container=container_name)
+    (root / "old.txt").unlink()
+    dry = backup_site_content(str(root), container=container_name, delete_missing=True, dry_run=True)
+    assert dry.files_deleted == 1 and [p.path for p in dry.deleted] == ["old.txt"]
+    assert "would be deleted" in dry.to_text() and "Would delete (1):" in dry.to_text()
+    assert current_view(storage, container_name) == ["a.txt", "old.txt"]
+
+
+def test_an_unreadable_folder_blocks_every_deletion(storage, checkpoints, container_name, make_tree, monkeypatch):
+    """Tests run as root here, where chmod 000 does not stop a read: the walk is made to
+    fail on one folder as it would for another user."""
+    import site_backup.files as files
+
+    root = make_tree({"a.txt": b"a", "locked/in.txt": b"in", "old.txt": b"old"})
+    backup_site_content(str(root), container=container_name)
+    (root / "old.txt").unlink()
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if isinstance(path, str) and path.endswith("/locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(files.os, "scandir", scandir)
+    blocked = backup_site_content(str(root), container=container_name, delete_missing=True)
+    assert blocked.outcome == "incomplete" and blocked.files_deleted == 0
+    assert blocked.deletion_blocked.startswith("1 folder(s) or file(s) could not be read (first: locked: ")
+    assert "Deleted:      nothing: 1 folder(s) or file(s) could not be read" in blocked.to_text()
+    assert current_view(storage, container_name) == ["a.txt", "locked/in.txt", "old.txt"]
+
+
+def test_command_line_flag(storage, checkpoints, container_name, make_tree):
+    root = make_tree({"a.txt": b"a", "old.txt": b"old"})
+    backup_site_content(str(root), container=container_name)
+    (root / "old.txt").unlink()
+    env = dict(os.environ, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints))
+    done = subprocess.run([sys.executable, "flows/backup_site_content.py", str(root), "--container", container_name,
+                           "--delete-missing", "--json", "--no-progress"], cwd=PROJECT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '"files_deleted": 1' in done.stdout
+    assert current_view(storage, container_name) == ["a.txt"]
+
+
+def test_deleting_makes_the_history_container_when_no_run_has_yet(storage, container_name, make_tree):
+    """Without a manifest or lock there is no history container yet (credentials that could
+    not write it earlier, or the function used alone): the first attic copy makes it."""
+    from site_backup.copy import CopyOptions, copy_batch
+    from site_backup.destination import Destination, open_store
+    from site_backup.files import list_batches
+    from site_backup.history import open_history_store
+    from site_backup.mirror import delete_missing
+
+    root = make_tree({"a.txt": b"a", "old/b.txt": b"bb"})
+    destination = Destination.checked(container_name)
+    store, history = open_store(destination), open_history_store(destination)
+    store.create_container()
+    listing = list_batches(str(root))
+    for batch in listing.batches:
+        copy_batch(listing.root, batch, store, "", CopyOptions(check_remote=False))
+    shutil.rmtree(root / "old")
+    done = delete_missing(store, history, "", list_batches(str(root)))
+    assert (done.deleted, done.failed) == (["old/b.txt"], [])
+    attic = storage.container(history_container(container_name)).download_blob(attic_folder("") + "old/b.txt")
+    assert attic.readall() == b"bb"
