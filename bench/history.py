@@ -51,7 +51,8 @@ def measure_history(connection_string: str, files: int = 100_000, manifests: int
     """{manifest_bytes, per_1e5_files, write_seconds, list_runs_seconds, list_command_seconds}
     on the storage of `connection_string` (a fresh container pair)."""
     sys.path.insert(0, str(PROJECT))
-    from site_backup.destination import Destination, _account
+    from site_backup.accounts import _account
+    from site_backup.destination import Destination
     from site_backup.history import list_runs, open_history_store
 
     earlier = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")

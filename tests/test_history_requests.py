@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from flows.backup_site_content import backup_site_content
-from site_backup.destination import azurite_connection_string
+from site_backup.credentials import azurite_connection_string
 from site_backup.history import history_container
 from tests.faultproxy import FaultProxy
 

@@ -118,7 +118,8 @@ def test_deleting_makes_the_history_container_when_no_run_has_yet(storage, conta
     """Without a manifest or lock there is no history container yet (credentials that could
     not write it earlier, or the function used alone): the first attic copy makes it."""
     from site_backup.copy import CopyOptions, copy_batch
-    from site_backup.destination import Destination, open_store
+    from site_backup.accounts import open_store
+    from site_backup.destination import Destination
     from site_backup.files import list_batches
     from site_backup.history import open_history_store
     from site_backup.mirror import delete_missing

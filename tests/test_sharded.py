@@ -210,7 +210,7 @@ def pool(azurite, tmp_path_factory):
     workers (three slots each) whose runs reach Azurite through the fault proxy."""
     from tests.faultproxy import FaultProxy
     from tests.test_deployment import PREFECT, wait_for_health
-    from site_backup.destination import azurite_connection_string
+    from site_backup.credentials import azurite_connection_string
 
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()

@@ -12,7 +12,9 @@ import os
 import pytest
 
 from site_backup.copy import BatchResult, CopyOptions, copy_batch
-from site_backup.destination import Destination, _account, azurite_connection_string, open_store
+from site_backup.accounts import _account, open_store
+from site_backup.credentials import azurite_connection_string
+from site_backup.destination import Destination
 from site_backup.files import list_batches
 from site_backup.history import ManifestWriter, list_runs, open_history_store, plan_run_restore, read_kept, \
     read_manifest
