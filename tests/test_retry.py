@@ -349,3 +349,23 @@ def test_503s_and_dropped_connections_are_absorbed_in_every_sign_in_mode(sign_in
     proxy.busy_rate = proxy.timeout_rate = proxy.drop_rate = 0
     assert verify_backup(str(root), container=container_name).outcome == "verified"  # every blob's MD5
     print(f"\n{mode}: {dict(proxy.faults)} injected, {summary.retries} retries counted")
+
+
+# --- every command builds its budget from its own options ----------------------------------
+
+@pytest.mark.parametrize("history_args", [["--list"], ["--run", "0123", "--check"]])
+def test_restore_history_commands_end_at_their_own_storage_timeout(proxy, monkeypatch, capsys, container_name,
+                                                                  history_args):
+    # Before: --list and --check read the history with the default budget: a silent
+    # endpoint held them 60 s whatever --storage-timeout said.
+    from site_backup.cli import restore_main
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
+    proxy.silent_after = 0
+    started = time.monotonic()
+    code = restore_main(restore_site_content, [container_name, *history_args, "--storage-timeout", "2"])
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert took < 2 + 4, took
+    assert "stopped answering" in err and "storage timeout of 2 s" in err and err.count("\n") == 1, err
