@@ -30,7 +30,7 @@ from xml.etree import ElementTree
 
 from . import __version__
 from .errors import TRANSIENT_STATUSES
-from .retry import StorageBudget, on_stop
+from .retry import StorageBudget, on_stop, retry_after_seconds
 
 # Headers that take part in a Shared Key signature, in signing order.
 _SIGNED = ("content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
@@ -276,8 +276,9 @@ class DirectBlobs:
                     return None
                 if response.status == 409 and exists_ok and code == "ContainerAlreadyExists":
                     return None
-                if response.status not in TRANSIENT_STATUSES or not budget.retry(retry, f"{response.status} {code}",
-                                                                                  answered=True):
+                if response.status not in TRANSIENT_STATUSES or not budget.retry(
+                        retry, f"{response.status} {code}", answered=True,
+                        retry_after=retry_after_seconds(response.headers)):
                     raise _error(response.status, code, response.data)
                 on_retry.add(f"{response.status} {code}")
             retry += 1

@@ -190,10 +190,11 @@ class StorageBudget:
     def connect_timeout(self) -> float:
         return min(CONNECT_TIMEOUT, self.timeout())
 
-    def retry(self, retry: int, problem: str, answered: bool) -> bool:
+    def retry(self, retry: int, problem: str, answered: bool, retry_after: float | None = None) -> bool:
         """Decide retry number `retry` (0-based) of one request after `problem`, and wait
-        for it. False: give up on this request (its file fails). Raises StorageUnavailable
-        when the run must end, RunStopped when it is being stopped."""
+        for it: the backoff, or longer when storage asked for `retry_after` seconds (never
+        past the deadline). False: give up on this request (its file fails). Raises
+        StorageUnavailable when the run must end, RunStopped when it is being stopped."""
         if STOP.is_set():
             raise stopped_error()
         with self._lock:
@@ -208,7 +209,10 @@ class StorageBudget:
             self.tokens -= 1
             self.retried += 1
             limit = self.last_answer + self.policy.storage_timeout - time.monotonic()
-        if STOP.wait(backoff(retry, max(0.0, limit))):
+        wait = backoff(retry, max(0.0, limit))
+        if retry_after:
+            wait = max(wait, min(retry_after, max(0.0, limit)))
+        if STOP.wait(wait):
             raise stopped_error()
         self.check()
         return True
@@ -231,11 +235,32 @@ class StorageBudget:
         raise self.failure
 
 
+def retry_after_seconds(headers) -> float | None:
+    """How long storage asked a client to wait before trying again (Retry-After in
+    seconds or as an HTTP date, or Azure's retry-after-ms / x-ms-retry-after-ms), or None."""
+    from email.utils import parsedate_to_datetime
+
+    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("Retry-After", 1.0)):
+        value = (headers.get(name) or "").strip()
+        if not value:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            pass
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass
+    return None
+
+
 def sdk_retry_policy(budget: StorageBudget):
     """The Azure SDK's retry policy, deciding by `budget` (the SDK path: behind a proxy,
     downloads, listings), with the same timeouts as the direct requests."""
-    from azure.core.exceptions import ServiceRequestError, ServiceResponseError
-    from azure.storage.blob._shared.policies import StorageRetryPolicy
+    from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
+    from azure.storage.blob._shared.authentication import AzureSigningError
+    from azure.storage.blob._shared.policies import StorageRetryPolicy, is_checksum_retry, is_retry, retry_hook
 
     from .errors import TRANSIENT_STATUSES, describe
 
@@ -247,21 +272,44 @@ def sdk_retry_policy(budget: StorageBudget):
             return settings
 
         def send(self, request):
-            budget.check()
-            budget.begin()
-            try:
-                response = super().send(request)
-            finally:
-                budget.end()
-            if response.http_response.status_code not in TRANSIENT_STATUSES:
-                budget.answered()
-            return response
+            # The SDK's loop, except that every transient status is retried: the SDK's own
+            # is_retry never retries 429 TooManyRequests (it retries only 408 below 500).
+            settings = self.configure_retries(request)
+            while True:
+                budget.check()
+                budget.begin()
+                try:
+                    response, error = self.next.send(request), None
+                except AzureSigningError:
+                    raise
+                except AzureError as exc:
+                    response, error = None, exc
+                finally:
+                    budget.end()
+                if error is not None:
+                    if not self.increment(settings, request.http_request, error=error):
+                        raise error
+                    retry_hook(settings, request=request.http_request, response=None, error=error)
+                    continue
+                status = response.http_response.status_code
+                if status not in TRANSIENT_STATUSES:
+                    budget.answered()
+                if (status in TRANSIENT_STATUSES or is_retry(response, settings["mode"])
+                        or is_checksum_retry(response)) and self.increment(
+                            settings, request.http_request, response=response.http_response):
+                    retry_hook(settings, request=request.http_request, response=response.http_response, error=None)
+                    continue
+                if settings["history"]:
+                    response.context["history"] = settings["history"]
+                response.http_response.location_mode = settings["mode"]
+                return response
 
         def increment(self, settings, request, response=None, error=None) -> bool:
             answered = not isinstance(error, (ServiceRequestError, ServiceResponseError))
             problem = (f"{response.status_code} {response.headers.get('x-ms-error-code') or response.reason}"
                        if response is not None else describe(error) if error is not None else "retry")
-            if not budget.retry(settings["count"], problem, answered):
+            retry_after = retry_after_seconds(response.headers) if response is not None else None
+            if not budget.retry(settings["count"], problem, answered, retry_after):
                 return False
             if request.body is not None and hasattr(request.body, "read"):
                 if settings["body_position"] is None:
