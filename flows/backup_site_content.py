@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import ContainerName, Destination
 from site_backup.progress import progress
-from site_backup.retry import RetryPolicy, stops_on_termination
+from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.summary import BackupSummary, summarize
 from tasks.copy_batch import with_checkpoints
 from tasks.history import finish_manifest, open_manifest
@@ -100,7 +100,14 @@ def backup_site_content(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )
     destination, empty = prepare_destination(destination, policy=policy)
-    manifest = None if dry_run else open_manifest(destination, policy)  # staged as batches finish, committed at the end
+    try:
+        manifest = None if dry_run else open_manifest(destination, policy)  # staged as batches finish, committed at the end
+    except (StorageUnavailable, RunStopped) as exc:  # the run ends before any copy, with a summary that says why
+        summary = BackupSummary(outcome="failed", error=str(exc), dry_run=dry_run, root=listing.root,
+                                destination=destination.describe(), files_total=listing.files,
+                                bytes_total=listing.bytes, duration_seconds=time.monotonic() - started)
+        publish_summary(summary)
+        return failed_state(summary)
     if checkpoint_block:
         prepare_checkpoints(checkpoint_block)
     options = CopyOptions(

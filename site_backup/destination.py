@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable
 from pydantic import Field
 
 from .errors import ConfigurationError, describe, redact
-from .retry import RetryPolicy, StorageBudget, StorageUnavailable, sdk_retry_policy
+from .retry import RetryPolicy, StorageBudget, StorageUnavailable, TokenUnavailable, sdk_retry_policy
 from .storage import AzureBlobStore, RetryLog
 
 # Azurite's well-known development account: public, documented, and only valid on an emulator.
@@ -215,8 +215,10 @@ def _connect(conn_str, account_url, credential, source: str, settings: StorageSe
                 made.mount("http://", adapter)
                 made.mount("https://", adapter)
                 session.append(made)
+        from .fastblob import DeadlineCredential
+
         return _blob_service(
-            conn_str, account_url, credential,
+            conn_str, account_url, DeadlineCredential(credential, budget) if hasattr(credential, "get_token") else credential,
             # The transport passes its own verify setting with every request, over the session's.
             transport=RequestsTransport(session=session[0], session_owner=False, connection_verify=ca_bundle or True),
             retry_policy=sdk_retry_policy(budget),
@@ -417,6 +419,9 @@ def _storage_problem(exc: Exception, destination: Destination, url: str, source:
         return ConfigurationError(
             f"container {destination.container!r} does not exist at {url}: check --container (and the account)"
         )
+    if isinstance(exc, TokenUnavailable):
+        return ConfigurationError(f"{exc.last_problem}, with the credentials from {source}: check the identity "
+                                  f"(managed identity, workload identity, `az login`), or raise --storage-timeout")
     if isinstance(exc, (ServiceRequestError, ServiceResponseError, StorageUnavailable)):
         fix = (
             "start the local emulator with `make azurite` (or `make run`), or set "

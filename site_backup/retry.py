@@ -72,6 +72,11 @@ class StorageUnavailable(Exception):
         return self.message
 
 
+class TokenUnavailable(StorageUnavailable):
+    """No Entra ID token came within the storage timeout: the identity endpoint (managed
+    identity, workload identity, Azure CLI) is silent, so no request can be signed."""
+
+
 class RunStopped(Exception):
     """The run was asked to stop (SIGTERM, Ctrl-C); what is not finished is not recorded."""
 
@@ -217,6 +222,14 @@ class StorageBudget:
         self.check()
         return True
 
+    def end_run(self, failure: StorageUnavailable):
+        """End the run with `failure` (unless it ended already): every request stops."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = failure
+                self.last_problem = failure.last_problem or self.last_problem
+            raise self.failure
+
     def _fail(self, why: str) -> None:
         with self._lock:
             self._fail_locked(why)
@@ -233,6 +246,37 @@ class StorageBudget:
                 f"(--storage-timeout and --retries set how patient a run is)",
                 self.last_problem)
         raise self.failure
+
+
+def fetch_token(credential, scopes, budget: StorageBudget, **kwargs):
+    """credential.get_token(*scopes) waited for no longer than the storage timeout, nor
+    past a stop. azure-identity's credentials take no timeout, and a managed identity
+    endpoint that accepts and never answers would hold the run for good: the call runs in
+    a thread of its own, which is left behind if it never returns."""
+    from concurrent.futures import Future, TimeoutError as FutureTimeout
+
+    box: Future = Future()
+
+    def fetch():
+        try:
+            box.set_result(credential.get_token(*scopes, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+            box.set_exception(exc)
+
+    threading.Thread(target=fetch, name="token", daemon=True).start()
+    limit = budget.policy.storage_timeout
+    deadline = time.monotonic() + limit
+    while True:
+        budget.check()
+        try:
+            return box.result(timeout=max(0.0, min(0.25, deadline - time.monotonic())))
+        except FutureTimeout:
+            if time.monotonic() >= deadline:
+                what = f"no Entra ID token from {type(credential).__name__} within the storage timeout of {limit:g} s"
+                budget.end_run(TokenUnavailable(
+                    f"{what} (its identity endpoint did not answer): the run stopped there; check the identity "
+                    f"(managed identity, workload identity, `az login`) and run again, or raise --storage-timeout",
+                    what))
 
 
 def retry_after_seconds(headers) -> float | None:
