@@ -12,7 +12,6 @@ import socket
 import subprocess
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 from email.utils import formatdate
 
 import pytest
@@ -35,7 +34,7 @@ from site_backup.storage import RetryLog
 from site_backup.summary import RunFailed
 from tests.conftest import read_container, read_tree, start_process, stop_process
 from tests.faultproxy import FaultProxy
-from tests.test_durability import cli, cli_env, tree, wait_until
+from tests.test_durability import cli, cli_env, sas_via, tree, wait_until
 
 SHORT = 3.0  # --storage-timeout in these tests: seconds
 
@@ -56,15 +55,6 @@ def fresh_accounts():
 
 def via(proxy) -> str:
     return azurite_connection_string(f"http://127.0.0.1:{proxy.port}/devstoreaccount1")
-
-
-def sas_via(port: int) -> str:
-    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
-
-    sas = generate_account_sas(AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(service=True, container=True, object=True),
-                               AccountSasPermissions(read=True, write=True, list=True, create=True, add=True),
-                               expiry=datetime.now(timezone.utc) + timedelta(hours=1))
-    return f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;SharedAccessSignature={sas}"
 
 
 def only_stored_files_reported(summary: dict, files: dict[str, bytes], stored: dict[str, bytes]) -> None:
