@@ -109,7 +109,7 @@ def backup_site_content(
         publish_summary(summary)
         return failed_state(summary)
     if checkpoint_block:
-        prepare_checkpoints(checkpoint_block)
+        prepare_checkpoints(checkpoint_block, policy)
     options = CopyOptions(
         dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
         files_in_flight=files_in_flight, single_put_size=single_put_mib * MiB, block_size=block_size_mib * MiB,

@@ -444,9 +444,10 @@ def _storage_problem(exc: Exception, destination: Destination, url: str, source:
     return None
 
 
-def prepare_checkpoint_store(block_name: str) -> str:
+def prepare_checkpoint_store(block_name: str, policy: RetryPolicy = RetryPolicy()) -> str:
     """Create the container of a saved AzureBlobStorageContainer block (where checkpoints
-    go) when it is missing; returns where the checkpoints are, for messages."""
+    go) when it is missing; returns where the checkpoints are, for messages. As patient as
+    the run's own first requests (`prepare`): a silent endpoint fails it within the deadline."""
     from azure.core.exceptions import AzureError, ResourceExistsError
     from prefect_azure.blob_storage import AzureBlobStorageContainer
 
@@ -457,15 +458,21 @@ def prepare_checkpoint_store(block_name: str) -> str:
             f"no Azure Blob Storage Container block named {block_name!r}: create one in the Prefect UI (Blocks) "
             f"with the container and folder for checkpoints, or leave out --checkpoint-block"
         ) from None
+    from .fastblob import DeadlineCredential
+
     conn_str, account_url, credential, source = _from_credentials(block.credentials, f"checkpoint block {block_name!r}")
-    client = _blob_service(conn_str, account_url, credential, retry_total=1)
+    budget = StorageBudget(RetryPolicy(retries=1, storage_timeout=min(policy.storage_timeout, 30)))
+    client = _blob_service(conn_str, account_url, DeadlineCredential(credential, budget) if credential else None,
+                           retry_policy=sdk_retry_policy(budget), connection_timeout=budget.connect_timeout(),
+                           read_timeout=budget.policy.storage_timeout)
     try:
         client.get_container_client(block.container_name).create_container()
     except ResourceExistsError:
         pass
-    except AzureError as exc:
+    except (AzureError, StorageUnavailable) as exc:
+        reason = exc.last_problem if isinstance(exc, StorageUnavailable) else describe(exc)
         raise ConfigurationError(
-            f"cannot use the checkpoint container {block.container_name!r} from {source} ({describe(exc)}): "
-            f"check that block's credentials"
+            f"cannot use the checkpoint container {block.container_name!r} from {source} ({reason}): "
+            f"check that block's credentials and that its storage answers"
         ) from None
     return f"{block.container_name}/{block.base_folder or ''}"

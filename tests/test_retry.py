@@ -404,3 +404,31 @@ def test_429_with_retry_after_is_absorbed_by_backup_verify_and_restore(azurite, 
     assert min(proxy.retry_gaps) >= 0.95, sorted(proxy.retry_gaps)[:5]  # Retry-After: 1 was honoured
     print(f"\n{path}: {proxy.faults['429']} requests answered 429, every one tried again after "
           f"{min(proxy.retry_gaps):.2f}-{max(proxy.retry_gaps):.2f} s")
+
+
+def test_a_silent_checkpoint_container_ends_the_run_at_the_storage_timeout(azurite, proxy, checkpoints, monkeypatch,
+                                                                           make_tree, container_name):
+    # Before: the checkpoint container was prepared with the SDK's own timeouts and backoff,
+    # whatever --storage-timeout said.
+    from prefect_azure.blob_storage import AzureBlobStorageContainer
+    from prefect_azure.credentials import AzureBlobStorageCredentials
+    from pydantic import SecretStr
+
+    from site_backup.errors import ConfigurationError
+
+    credentials = AzureBlobStorageCredentials(connection_string=SecretStr(via(proxy)))
+    AzureBlobStorageContainer(container_name=f"{container_name}-cp", credentials=credentials).save(
+        "silent-checkpoints", overwrite=True)
+    files, root = tree(make_tree, 10, seed=10)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    proxy.silent_after = 0
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError) as refused:
+        backup_site_content(str(root), container=container_name, checkpoint_block="silent-checkpoints",
+                            storage_timeout=SHORT)
+    took = time.monotonic() - started
+    message = str(refused.value)
+    assert f"checkpoint container '{container_name}-cp'" in message and "silent-checkpoints" in message, message
+    assert "timed out" in message, message
+    assert took < SHORT + 10, took
+    print(f"\nsilent checkpoint container: refused after {took:.1f} s: {message}")
