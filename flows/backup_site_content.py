@@ -100,8 +100,8 @@ def backup_site_content(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )
     destination, empty = prepare_destination(destination, policy=policy)
-    try:
-        manifest = None if dry_run else open_manifest(destination, policy)  # staged as batches finish, committed at the end
+    try:  # the manifest is staged as batches finish, committed at the end
+        manifest = None if dry_run else open_manifest(destination, policy)
     except (StorageUnavailable, RunStopped) as exc:  # the run ends before any copy, with a summary that says why
         summary = BackupSummary(outcome="failed", error=str(exc), dry_run=dry_run, root=listing.root,
                                 destination=destination.describe(), files_total=listing.files,

@@ -217,8 +217,10 @@ def _connect(conn_str, account_url, credential, source: str, settings: StorageSe
                 session.append(made)
         from .fastblob import DeadlineCredential
 
+        # Token fetches, too, end by the run's deadline.
+        bounded = DeadlineCredential(credential, budget) if hasattr(credential, "get_token") else credential
         return _blob_service(
-            conn_str, account_url, DeadlineCredential(credential, budget) if hasattr(credential, "get_token") else credential,
+            conn_str, account_url, bounded,
             # The transport passes its own verify setting with every request, over the session's.
             transport=RequestsTransport(session=session[0], session_owner=False, connection_verify=ca_bundle or True),
             retry_policy=sdk_retry_policy(budget),

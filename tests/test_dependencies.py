@@ -51,8 +51,10 @@ def distribution(module: str) -> str:
 
 
 def test_every_package_the_code_imports_is_declared():
-    files = [p for folder in ("site_backup", "tasks", "flows", "tests", "bench") for p in (PROJECT / folder).glob("*.py")]
-    files += [p for p in (PROJECT / "scripts").iterdir() if p.read_text(errors="replace").startswith("#!/usr/bin/env python")]
+    files = [p for folder in ("site_backup", "tasks", "flows", "tests", "bench")
+             for p in (PROJECT / folder).glob("*.py")]
+    files += [p for p in (PROJECT / "scripts").iterdir()
+              if p.read_text(errors="replace").startswith("#!/usr/bin/env python")]
     assert len(files) > 40
     wanted = declared()
     assert {"prefect", "azure-storage-blob", "azure-identity", "fastapi", "pytest"} <= wanted  # the parse works
