@@ -24,7 +24,7 @@ from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import ContainerName, Destination
 from site_backup.mirror import blocker
 from site_backup.progress import progress
-from site_backup.retry import RetryPolicy, stops_on_termination
+from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.shards import Shard, check_mirror
 from site_backup.summary import BackupSummary, summarize
 from site_backup.units import MiB
@@ -118,13 +118,20 @@ def backup_site_content(
         shard=part,
     )
     destination, empty = prepare_destination(destination, policy=policy)
-    manifest = None if dry_run else open_manifest(destination, policy)  # staged as batches finish, committed at the end
+    try:  # the manifest is staged as batches finish, committed at the end
+        manifest = None if dry_run else open_manifest(destination, policy)
+    except (StorageUnavailable, RunStopped) as exc:  # the run ends before any copy, with a summary that says why
+        summary = BackupSummary(outcome="failed", error=str(exc), dry_run=dry_run, root=listing.root,
+                                destination=destination.describe(), files_total=listing.files,
+                                bytes_total=listing.bytes, duration_seconds=time.monotonic() - started)
+        publish_summary(summary)
+        return failed_state(summary)
     if manifest is not None and part is not None:
         # A manifest of part of the tree would let --as-of restore that part as if it were the
         # whole tree. The run keeps its lock (prune waits for it), and writes no manifest.
         manifest.broken = f"shard {part} holds part of the tree, and run manifests describe whole trees"
     if checkpoint_block:
-        prepare_checkpoints(checkpoint_block)
+        prepare_checkpoints(checkpoint_block, policy)
     options = CopyOptions(
         dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
         files_in_flight=files_in_flight, single_put_size=single_put_mib * MiB, block_size=block_size_mib * MiB,

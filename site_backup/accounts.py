@@ -92,8 +92,12 @@ def _connect(conn_str, account_url, credential, source: str, settings: StorageSe
                 made.mount("http://", adapter)
                 made.mount("https://", adapter)
                 session.append(made)
+        from .fastblob import DeadlineCredential
+
+        # Token fetches, too, end by the run's deadline.
+        bounded = DeadlineCredential(credential, budget) if hasattr(credential, "get_token") else credential
         return blob_service_client(
-            conn_str, account_url, credential,
+            conn_str, account_url, bounded,
             # The transport passes its own verify setting with every request, over the session's.
             transport=RequestsTransport(session=session[0], session_owner=False, connection_verify=ca_bundle or True),
             retry_policy=sdk_retry_policy(budget),

@@ -11,10 +11,11 @@ import threading
 import time
 import urllib.request
 
-from .destination import Destination, prepare
+from .destination import Destination, prepare, storage_account
 from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
-from .retry import STOP, RetryPolicy, RunStopped, forget_on_stop, on_stop, request_stop, stop_signal
+from .retry import (STOP, RetryPolicy, RunStopped, StorageBudget, StorageUnavailable, forget_on_stop, on_stop,
+                    request_stop, stop_signal)
 from .prune import HeldLock
 from .shards import SHARD_BY, Shard, check_mirror
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
@@ -399,8 +400,10 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
     args = build_restore_parser().parse_args(argv)
     try:
         destination = Destination.checked(args.container, args.prefix, args.credentials_block)
+        # The history commands run no flow: their budget comes from the same options.
+        budget = StorageBudget(RetryPolicy(args.retries, args.storage_timeout), storage_account(destination).url)
         if args.list:
-            return list_history(destination, args.json)
+            return list_history(destination, args.json, budget)
         if args.run and args.as_of:
             raise ConfigurationError("--run and --as-of both choose a run: give one of them")
         if args.check and not (args.run or args.as_of):
@@ -408,14 +411,17 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
         if not args.target and not args.check:
             raise ConfigurationError("no TARGET folder given: name the folder to restore into (or use --list)")
         if args.run or args.as_of:
-            args.run = choose_run(destination, args.run, args.as_of)
+            args.run = choose_run(destination, args.run, args.as_of, budget)
         if args.check:
-            return check_history(destination, args.run, args.json)
+            return check_history(destination, args.run, args.json, budget)
         if os.path.exists(args.target) and not os.path.isdir(args.target):
             raise ConfigurationError(f"target {args.target!r} is not a folder: give a folder to restore into")
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (StorageUnavailable, RunStopped) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     parameters = dict(container=args.container, target_directory=os.path.abspath(args.target), prefix=args.prefix,
                       credentials_block=args.credentials_block, overwrite=args.overwrite, refresh=args.refresh,
                       files_per_batch=args.files_per_batch, retries=args.retries,
@@ -462,31 +468,32 @@ def prune_main(flow, argv: list[str] | None = None) -> int:
     return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
 
 
-def choose_run(destination: Destination, run_id: str | None, as_of: str | None) -> str:
-    """The full id of the run --run or --as-of names; ConfigurationError when none fits."""
+def choose_run(destination: Destination, run_id: str | None, as_of: str | None, budget: StorageBudget) -> str:
+    """The full id of the run --run or --as-of names; ConfigurationError when none fits,
+    StorageUnavailable when storage stops answering within `budget`."""
     from .history import list_runs, open_history_store, parse_as_of, pick_run
 
     if as_of:
         parse_as_of(as_of)  # a malformed time is refused before any request
     try:
-        runs = list_runs(open_history_store(destination), destination.prefix)
-    except ConfigurationError:
+        runs = list_runs(open_history_store(destination, budget), destination.prefix)
+    except (ConfigurationError, StorageUnavailable, RunStopped):
         raise
     except Exception as exc:
         raise ConfigurationError(f"cannot read the backup history: {redact(str(exc))}") from None
     return pick_run(runs, run_id, as_of).run_id
 
 
-def check_history(destination: Destination, run_id: str, as_json: bool) -> int:
+def check_history(destination: Destination, run_id: str, as_json: bool, budget: StorageBudget) -> int:
     """Check that a run's content is all still stored; 0 when it is, 1 when some is gone."""
     import json
 
     from .accounts import open_store
     from .history import check_run, list_runs, open_history_store, pick_run
 
-    history = open_history_store(destination)
+    history = open_history_store(destination, budget)
     run = pick_run(list_runs(history, destination.prefix), run_id)
-    found, missing = check_run(history, run, open_store(destination), destination.prefix)
+    found, missing = check_run(history, run, open_store(destination, budget), destination.prefix)
     if as_json:
         print(json.dumps({"run_id": run.run_id, "files": found + len(missing), "stored": found,
                           "missing": [{"path": p.path, "reason": p.reason} for p in missing]}, indent=2))
@@ -497,15 +504,18 @@ def check_history(destination: Destination, run_id: str, as_json: bool) -> int:
     return EXIT_INCOMPLETE if missing else 0
 
 
-def list_history(destination: Destination, as_json: bool) -> int:
-    """Print the runs of the destination, oldest first (no flow run: a listing only)."""
+def list_history(destination: Destination, as_json: bool, budget: StorageBudget) -> int:
+    """Print the runs of the destination, oldest first (no flow run: a listing only);
+    1 when storage stops answering within `budget`."""
     import json
 
     from .history import history_container, list_runs, open_history_store
     from .units import human_bytes
 
     try:
-        runs = list_runs(open_history_store(destination), destination.prefix)
+        runs = list_runs(open_history_store(destination, budget), destination.prefix)
+    except (StorageUnavailable, RunStopped):
+        raise
     except Exception as exc:
         print(f"error: cannot read the backup history: {redact(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -12,7 +12,7 @@ from pydantic import Field
 from .accounts import blob_service_client, storage_account
 from .credentials import block_credentials
 from .errors import ConfigurationError, describe
-from .retry import RetryPolicy, StorageBudget, StorageUnavailable
+from .retry import RetryPolicy, StorageBudget, StorageUnavailable, TokenUnavailable, sdk_retry_policy
 from .storage import RetryLog
 
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
@@ -157,6 +157,9 @@ def _storage_problem(exc: Exception, destination: Destination, url: str, source:
         return ConfigurationError(
             f"container {destination.container!r} does not exist at {url}: check --container (and the account)"
         )
+    if isinstance(exc, TokenUnavailable):
+        return ConfigurationError(f"{exc.last_problem}, with the credentials from {source}: check the identity "
+                                  f"(managed identity, workload identity, `az login`), or raise --storage-timeout")
     if isinstance(exc, (ServiceRequestError, ServiceResponseError, StorageUnavailable)):
         fix = (
             "start the local emulator with `make azurite` (or `make run`), or set "
@@ -179,9 +182,10 @@ def _storage_problem(exc: Exception, destination: Destination, url: str, source:
     return None
 
 
-def prepare_checkpoint_store(block_name: str) -> str:
+def prepare_checkpoint_store(block_name: str, policy: RetryPolicy = RetryPolicy()) -> str:
     """Create the container of a saved AzureBlobStorageContainer block (where checkpoints
-    go) when it is missing; returns where the checkpoints are, for messages."""
+    go) when it is missing; returns where the checkpoints are, for messages. As patient as
+    the run's own first requests (`prepare`): a silent endpoint fails it within the deadline."""
     from azure.core.exceptions import AzureError, ResourceExistsError
     from prefect_azure.blob_storage import AzureBlobStorageContainer
 
@@ -192,15 +196,21 @@ def prepare_checkpoint_store(block_name: str) -> str:
             f"no Azure Blob Storage Container block named {block_name!r}: create one in the Prefect UI (Blocks) "
             f"with the container and folder for checkpoints, or leave out --checkpoint-block"
         ) from None
+    from .fastblob import DeadlineCredential
+
     conn_str, account_url, credential, source = block_credentials(block.credentials, f"checkpoint block {block_name!r}")
-    client = blob_service_client(conn_str, account_url, credential, retry_total=1)
+    budget = StorageBudget(RetryPolicy(retries=1, storage_timeout=min(policy.storage_timeout, 30)))
+    client = blob_service_client(conn_str, account_url, DeadlineCredential(credential, budget) if credential else None,
+                                 retry_policy=sdk_retry_policy(budget), connection_timeout=budget.connect_timeout(),
+                                 read_timeout=budget.policy.storage_timeout)
     try:
         client.get_container_client(block.container_name).create_container()
     except ResourceExistsError:
         pass
-    except AzureError as exc:
+    except (AzureError, StorageUnavailable) as exc:
+        reason = exc.last_problem if isinstance(exc, StorageUnavailable) else describe(exc)
         raise ConfigurationError(
-            f"cannot use the checkpoint container {block.container_name!r} from {source} ({describe(exc)}): "
-            f"check that block's credentials"
+            f"cannot use the checkpoint container {block.container_name!r} from {source} ({reason}): "
+            f"check that block's credentials and that its storage answers"
         ) from None
     return f"{block.container_name}/{block.base_folder or ''}"

@@ -23,6 +23,7 @@ import ssl
 import threading
 import time
 import uuid
+import weakref
 from email.utils import formatdate
 from typing import Iterator, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
@@ -30,7 +31,7 @@ from xml.etree import ElementTree
 
 from . import __version__
 from .errors import TRANSIENT_STATUSES
-from .retry import StorageBudget, on_stop
+from .retry import StorageBudget, fetch_token, on_stop, retry_after_seconds
 from .units import MiB
 
 # Headers that take part in a Shared Key signature, in signing order.
@@ -47,7 +48,7 @@ class SharedKey:
     def __init__(self, account_name: str, account_key: str):
         self.account, self.key = account_name, base64.b64decode(account_key)
 
-    def authorize(self, method: str, path: str, headers: dict[str, str], query: dict[str, str]) -> str:
+    def authorize(self, method: str, path: str, headers: dict[str, str], query: dict[str, str], budget=None) -> str:
         headers["Authorization"] = f"SharedKey {self.account}:{self.signature(method, path, headers, query)}"
         return ""
 
@@ -62,28 +63,43 @@ class Sas:
     def __init__(self, token: str):
         self.query = token.lstrip("?")
 
-    def authorize(self, method, path, headers, query) -> str:
+    def authorize(self, method, path, headers, query, budget=None) -> str:
         return self.query
 
 
 class Bearer:
     """Entra ID: a bearer token from an azure-identity credential, fetched again five minutes
-    before it expires (one fetch at a time; the threads share it)."""
+    before it expires (one fetch at a time; the threads share it), never waited for past
+    the run's storage timeout."""
 
     def __init__(self, credential, scope: str = STORAGE_SCOPE):
         self.credential, self.scope = credential, scope
         self._lock, self._token, self._expires = threading.Lock(), "", 0.0
 
-    def authorize(self, method, path, headers, query) -> str:
-        headers["Authorization"] = f"Bearer {self.token()}"
+    def authorize(self, method, path, headers, query, budget=None) -> str:
+        headers["Authorization"] = f"Bearer {self.token(budget)}"
         return ""
 
-    def token(self) -> str:
+    def token(self, budget: StorageBudget | None = None) -> str:
+        budget = budget if budget is not None else StorageBudget()
         with self._lock:
+            budget.check()  # a fetch that timed out while this thread waited ended the run
             if time.time() > self._expires - 300:
-                access = self.credential.get_token(self.scope)
+                access = fetch_token(self.credential, (self.scope,), budget)
                 self._token, self._expires = access.token, float(access.expires_on)
             return self._token
+
+
+class DeadlineCredential:
+    """The token credential as the SDK's clients get it: each fetch ends within the run's
+    storage timeout, as the direct requests' do (the budget is held weakly: the clients
+    are cached by it)."""
+
+    def __init__(self, credential, budget: StorageBudget):
+        self.credential, self._budget = credential, weakref.ref(budget)
+
+    def get_token(self, *scopes, **kwargs):
+        return fetch_token(self.credential, scopes, self._budget() or StorageBudget(), **kwargs)
 
 
 def string_to_sign(account: str, method: str, path: str, headers: dict[str, str], query: dict[str, str]) -> str:
@@ -249,7 +265,7 @@ class DirectBlobs:
             signed = dict(headers, **{"Content-Length": str(len(body)), "x-ms-date": formatdate(usegmt=True),
                                       "x-ms-version": self.version, "x-ms-client-request-id": request_id,
                                       "User-Agent": USER_AGENT})
-            extra = self.auth.authorize(method, path, signed, query)
+            extra = self.auth.authorize(method, path, signed, query, budget)
             target = path + ("?" + "&".join(q for q in (encoded, extra) if q) if encoded or extra else "")
             budget.begin()
             try:
@@ -277,8 +293,9 @@ class DirectBlobs:
                     return None
                 if response.status == 409 and exists_ok and code == "ContainerAlreadyExists":
                     return None
-                if response.status not in TRANSIENT_STATUSES or not budget.retry(retry, f"{response.status} {code}",
-                                                                                  answered=True):
+                if response.status not in TRANSIENT_STATUSES or not budget.retry(
+                        retry, f"{response.status} {code}", answered=True,
+                        retry_after=retry_after_seconds(response.headers)):
                     raise _error(response.status, code, response.data)
                 on_retry.add(f"{response.status} {code}")
             retry += 1

@@ -20,6 +20,7 @@ requests waiting in a socket read are woken (`abort_requests`)."""
 from __future__ import annotations
 
 import functools
+import gc
 import random
 import signal
 import threading
@@ -72,6 +73,11 @@ class StorageUnavailable(Exception):
         return self.message
 
 
+class TokenUnavailable(StorageUnavailable):
+    """No Entra ID token came within the storage timeout: the identity endpoint (managed
+    identity, workload identity, Azure CLI) is silent, so no request can be signed."""
+
+
 class RunStopped(Exception):
     """The run was asked to stop (SIGTERM, Ctrl-C); what is not finished is not recorded."""
 
@@ -118,6 +124,10 @@ def stops_on_termination(fn):
             if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal":
                 number = getattr(exc, "signal", signal.SIGINT)
                 request_stop(f"stopped by {signal.Signals(number).name}", number)
+                # The process ends next (a worker's run exits after the engine's report):
+                # the interpreter's last collections over the million objects imports
+                # made took 2 s of a cancelled run's exit; frozen, they are skipped.
+                gc.freeze()
             raise
 
     return flow_body
@@ -190,10 +200,11 @@ class StorageBudget:
     def connect_timeout(self) -> float:
         return min(CONNECT_TIMEOUT, self.timeout())
 
-    def retry(self, retry: int, problem: str, answered: bool) -> bool:
+    def retry(self, retry: int, problem: str, answered: bool, retry_after: float | None = None) -> bool:
         """Decide retry number `retry` (0-based) of one request after `problem`, and wait
-        for it. False: give up on this request (its file fails). Raises StorageUnavailable
-        when the run must end, RunStopped when it is being stopped."""
+        for it: the backoff, or longer when storage asked for `retry_after` seconds (never
+        past the deadline). False: give up on this request (its file fails). Raises
+        StorageUnavailable when the run must end, RunStopped when it is being stopped."""
         if STOP.is_set():
             raise stopped_error()
         with self._lock:
@@ -208,10 +219,21 @@ class StorageBudget:
             self.tokens -= 1
             self.retried += 1
             limit = self.last_answer + self.policy.storage_timeout - time.monotonic()
-        if STOP.wait(backoff(retry, max(0.0, limit))):
+        wait = backoff(retry, max(0.0, limit))
+        if retry_after:
+            wait = max(wait, min(retry_after, max(0.0, limit)))
+        if STOP.wait(wait):
             raise stopped_error()
         self.check()
         return True
+
+    def end_run(self, failure: StorageUnavailable):
+        """End the run with `failure` (unless it ended already): every request stops."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = failure
+                self.last_problem = failure.last_problem or self.last_problem
+            raise self.failure
 
     def _fail(self, why: str) -> None:
         with self._lock:
@@ -231,11 +253,63 @@ class StorageBudget:
         raise self.failure
 
 
+def fetch_token(credential, scopes, budget: StorageBudget, **kwargs):
+    """credential.get_token(*scopes) waited for no longer than the storage timeout, nor
+    past a stop. azure-identity's credentials take no timeout, and a managed identity
+    endpoint that accepts and never answers would hold the run for good: the call runs in
+    a thread of its own, which is left behind if it never returns."""
+    from concurrent.futures import Future, TimeoutError as FutureTimeout
+
+    box: Future = Future()
+
+    def fetch():
+        try:
+            box.set_result(credential.get_token(*scopes, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+            box.set_exception(exc)
+
+    threading.Thread(target=fetch, name="token", daemon=True).start()
+    limit = budget.policy.storage_timeout
+    deadline = time.monotonic() + limit
+    while True:
+        budget.check()
+        try:
+            return box.result(timeout=max(0.0, min(0.25, deadline - time.monotonic())))
+        except FutureTimeout:
+            if time.monotonic() >= deadline:
+                what = f"no Entra ID token from {type(credential).__name__} within the storage timeout of {limit:g} s"
+                budget.end_run(TokenUnavailable(
+                    f"{what} (its identity endpoint did not answer): the run stopped there; check the identity "
+                    f"(managed identity, workload identity, `az login`) and run again, or raise --storage-timeout",
+                    what))
+
+
+def retry_after_seconds(headers) -> float | None:
+    """How long storage asked a client to wait before trying again (Retry-After in
+    seconds or as an HTTP date, or Azure's retry-after-ms / x-ms-retry-after-ms), or None."""
+    from email.utils import parsedate_to_datetime
+
+    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("Retry-After", 1.0)):
+        value = (headers.get(name) or "").strip()
+        if not value:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            pass
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass
+    return None
+
+
 def sdk_retry_policy(budget: StorageBudget):
     """The Azure SDK's retry policy, deciding by `budget` (the SDK path: behind a proxy,
     downloads, listings), with the same timeouts as the direct requests."""
-    from azure.core.exceptions import ServiceRequestError, ServiceResponseError
-    from azure.storage.blob._shared.policies import StorageRetryPolicy
+    from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
+    from azure.storage.blob._shared.authentication import AzureSigningError
+    from azure.storage.blob._shared.policies import StorageRetryPolicy, is_checksum_retry, is_retry, retry_hook
 
     from .errors import TRANSIENT_STATUSES, describe
 
@@ -247,21 +321,44 @@ def sdk_retry_policy(budget: StorageBudget):
             return settings
 
         def send(self, request):
-            budget.check()
-            budget.begin()
-            try:
-                response = super().send(request)
-            finally:
-                budget.end()
-            if response.http_response.status_code not in TRANSIENT_STATUSES:
-                budget.answered()
-            return response
+            # The SDK's loop, except that every transient status is retried: the SDK's own
+            # is_retry never retries 429 TooManyRequests (it retries only 408 below 500).
+            settings = self.configure_retries(request)
+            while True:
+                budget.check()
+                budget.begin()
+                try:
+                    response, error = self.next.send(request), None
+                except AzureSigningError:
+                    raise
+                except AzureError as exc:
+                    response, error = None, exc
+                finally:
+                    budget.end()
+                if error is not None:
+                    if not self.increment(settings, request.http_request, error=error):
+                        raise error
+                    retry_hook(settings, request=request.http_request, response=None, error=error)
+                    continue
+                status = response.http_response.status_code
+                if status not in TRANSIENT_STATUSES:
+                    budget.answered()
+                if (status in TRANSIENT_STATUSES or is_retry(response, settings["mode"])
+                        or is_checksum_retry(response)) and self.increment(
+                            settings, request.http_request, response=response.http_response):
+                    retry_hook(settings, request=request.http_request, response=response.http_response, error=None)
+                    continue
+                if settings["history"]:
+                    response.context["history"] = settings["history"]
+                response.http_response.location_mode = settings["mode"]
+                return response
 
         def increment(self, settings, request, response=None, error=None) -> bool:
             answered = not isinstance(error, (ServiceRequestError, ServiceResponseError))
             problem = (f"{response.status_code} {response.headers.get('x-ms-error-code') or response.reason}"
                        if response is not None else describe(error) if error is not None else "retry")
-            if not budget.retry(settings["count"], problem, answered):
+            retry_after = retry_after_seconds(response.headers) if response is not None else None
+            if not budget.retry(settings["count"], problem, answered, retry_after):
                 return False
             if request.body is not None and hasattr(request.body, "read"):
                 if settings["body_position"] is None:

@@ -56,7 +56,7 @@ class BackupSummary(BaseModel):
 
     @property
     def exit_code(self) -> int:
-        return EXIT_INCOMPLETE if self.files_failed else EXIT_OK
+        return EXIT_INCOMPLETE if self.files_failed or self.outcome == "failed" else EXIT_OK
 
     def to_text(self) -> str:
         """Aligned text for a terminal or a log."""

@@ -21,6 +21,6 @@ def prepare_destination(destination: Destination, create: bool = True, policy: R
 
 @task(name="prepare-checkpoints", cache_policy=NO_CACHE)
 @task_reports_configuration_error
-def prepare_checkpoints(block_name: str) -> str:
+def prepare_checkpoints(block_name: str, policy: RetryPolicy = RetryPolicy()) -> str:
     """Make sure the blob container that holds the checkpoints exists."""
-    return prepare_checkpoint_store(block_name)
+    return prepare_checkpoint_store(block_name, policy)

@@ -46,3 +46,44 @@ def unsigned_storage_token(lifetime: int = 3600) -> tuple[str, int]:
     claims = {"aud": "https://storage.azure.com", "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000000/",
               "nbf": now - 60, "iat": now - 60, "exp": now + lifetime, "oid": str(uuid.uuid4())}
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.", now + lifetime
+
+
+class TokenEndpoint:
+    """An App Service managed identity endpoint on 127.0.0.1 handing out tokens the HTTPS
+    Azurite accepts: with `environment()` set, azure-identity's DefaultAzureCredential gets
+    its tokens here, in any process (a command-line run, a worker's flow run)."""
+
+    def __init__(self):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                endpoint.requests += 1
+                token, expires = unsigned_storage_token()
+                body = json.dumps({"access_token": token, "expires_on": str(expires), "token_type": "Bearer",
+                                   "resource": "https://storage.azure.com"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def environment(self) -> dict[str, str]:
+        return {"IDENTITY_ENDPOINT": f"http://127.0.0.1:{self.server.server_port}/msi/token",
+                "IDENTITY_HEADER": "test-identity-header"}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.azurite_auth import self_signed_certificate, unsigned_storage_token
+from tests.azurite_auth import TokenEndpoint, self_signed_certificate, unsigned_storage_token
 
 PROJECT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = PROJECT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -130,6 +130,25 @@ def azurite_oauth(tmp_path_factory):
         yield f"https://127.0.0.1:{port}/devstoreaccount1", cert
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def token_endpoint():
+    """A managed identity endpoint (App Service style) for DefaultAzureCredential in other
+    processes; yields the environment variables that point at it."""
+    endpoint = TokenEndpoint()
+    try:
+        yield endpoint.environment()
+    finally:
+        endpoint.close()
+
+
+def read_with_token(blob_url: str, cert, name: str) -> dict[str, bytes]:
+    """Every blob of a container of the HTTPS Azurite, read with an Entra ID token."""
+    from azure.storage.blob import ContainerClient
+
+    container = ContainerClient(blob_url, name, credential=TestTokenCredential(), connection_verify=str(cert))
+    return {b.name: container.download_blob(b.name).readall() for b in container.list_blobs()}
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@
 It forwards every request to the upstream blob service and, on writes (PUT), can answer
 503 ServerBusy or 500 OperationTimedOut instead (the write never lands), or forward the
 write and then drop the connection without answering (the write landed, the client cannot
-know). It can add latency to every request and counts what it did. It can also stop
-answering part-way, as storage does when it goes away: after N requests, accept connections
-and never answer (`silent_after`), or refuse new connections and cut open ones
-(`refuse_after`). With `tls=(cert, key)` it serves HTTPS in front of an HTTPS upstream
+know). It can add latency to every request, throttle any request (429 with a Retry-After),
+and counts what it did. It can also stop answering part-way, as storage does when it goes
+away: after N requests, accept connections and never answer (`silent_after`), or refuse new
+connections and cut open ones (`refuse_after`). With `tls=(cert, key)` it serves HTTPS in front of an HTTPS upstream
 (the Entra ID Azurite), trusting that certificate."""
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class FaultProxy:
         self.timeout_rate = 0.0  # share of writes answered 500 OperationTimedOut
         self.drop_rate = 0.0  # share of writes forwarded, then the connection dropped
         self.latency = 0.0  # seconds added to every request
+        self.throttle_rate = 0.0  # share of requests (any kind) answered 429 TooManyRequests
+        self.throttle_from = 0  # ... from this many requests on
+        self.retry_after: str | None = None  # the Retry-After header of those answers
+        self.retry_gaps: list[float] = []  # seconds from a 429 to the same request's next attempt
+        self._throttled_at: dict[tuple[str, str], float] = {}
         self.blob_write_status: int | None = None  # answer every blob write with this status
         self.faults: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()  # blob name -> writes that landed (Put Blob, Put Block List)
@@ -115,6 +120,19 @@ class FaultProxy:
             return "drop"
         return None
 
+    def _throttle(self, request: web.Request, number: int) -> bool:
+        """Whether to answer this request 429; notes how long a throttled request took to
+        come again (the same method and URL: the SDK gives each attempt a new request id)."""
+        key, now = (request.method, request.raw_path), time.monotonic()
+        with self._lock:
+            if key in self._throttled_at:
+                self.retry_gaps.append(now - self._throttled_at.pop(key))
+            if number <= self.throttle_from or self.rng.random() >= self.throttle_rate:
+                return False
+            self._throttled_at[key] = now
+            self.faults["429"] += 1
+            return True
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         with self._lock:
@@ -139,6 +157,9 @@ class FaultProxy:
             return web.Response(status=500)
         if self.latency:
             await asyncio.sleep(self.latency)
+        if self.throttle_rate and self._throttle(request, number):
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            return _error(429, "TooManyRequests", headers)
         is_write = request.method == "PUT"
         blob = _blob_name(request)
         if is_write and blob and self.blob_write_status:
@@ -179,9 +200,9 @@ def _blob_name(request: web.Request) -> str | None:
     return unquote(parts[3])
 
 
-def _error(status: int, code: str) -> web.Response:
+def _error(status: int, code: str, headers: dict | None = None) -> web.Response:
     return web.Response(
         status=status,
         body=_ERROR_BODY.format(code=code),
-        headers={"Content-Type": "application/xml", "x-ms-error-code": code},
+        headers={"Content-Type": "application/xml", "x-ms-error-code": code, **(headers or {})},
     )

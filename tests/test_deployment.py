@@ -463,3 +463,81 @@ def test_a_configuration_error_is_one_error_line_without_traceback(stack, contai
     errors = [log.message for log in logs if log.level >= logging.ERROR]
     assert len(errors) == 1 and message in errors[0], errors
     assert not any("Traceback" in log.message for log in logs), [log.message[:200] for log in logs]
+
+
+def test_a_deployment_run_cancelled_through_the_api_ends_within_10_s_and_the_next_run_resumes(
+        stack, make_tree, container_name):
+    # What the UI's Cancel does: the run goes to Cancelling, the worker stops its process.
+    from site_backup.credentials import azurite_connection_string
+    from tests.faultproxy import FaultProxy
+
+    files = {f"d{i % 7}/f{i:03d}.txt": f"file {i} ".encode() * (10 + i) for i in range(300)}
+    root = make_tree(files)
+    params = ["--param", f"root_directory={root}", "--param", f"container={container_name}",
+              "--param", "files_per_batch=25", "--param", "files_in_flight=2"]
+    with FaultProxy(stack["azurite"].port) as proxy:
+        proxy.latency = 0.1  # slow enough to cancel the run part-way
+        via_proxy = azurite_connection_string(f"http://127.0.0.1:{proxy.port}/devstoreaccount1")
+        job_env = ["--job-variable", "env=" + json.dumps({"AZURE_STORAGE_CONNECTION_STRING": via_proxy})]
+
+        def start():
+            started = subprocess.run([PREFECT, "deployment", "run", "backup-site-content/local", *params, *job_env],
+                                     env=stack["env"], capture_output=True, text=True, timeout=120)
+            assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+            return re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+
+        flow_run_id = start()
+        deadline = time.monotonic() + 180
+        while proxy.landed() < 80:
+            assert time.monotonic() < deadline, (stack["logs"] / "worker.log").read_text()[-3000:]
+            time.sleep(0.05)
+        processes = flow_run_processes(flow_run_id)
+        assert processes
+        cancelled_at = time.monotonic()
+
+        async def cancel(client):  # what `prefect flow-run cancel` and the UI's Cancel send
+            from prefect.states import Cancelling
+
+            return await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+
+        cancelling = client_call(stack, cancel)
+        assert cancelling.status.value == "ACCEPT"
+        while any(_alive(pid) for pid in processes):
+            assert time.monotonic() - cancelled_at < 60, "the flow run's process is still running"
+            time.sleep(0.05)
+        took = time.monotonic() - cancelled_at
+        state = wait_for_state(stack, flow_run_id, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, 60)
+        assert state.type.value == "CANCELLED", (state, (stack["logs"] / "worker.log").read_text()[-3000:])
+        to_cancelled = (state.timestamp - cancelling.state.timestamp).total_seconds()
+        assert took < 10, (took, (stack["logs"] / "worker.log").read_text()[-3000:])
+        # Prefect's part after the exit: the worker looks at the process every 3 s, loads the
+        # flow for its on_cancellation hooks, then writes Cancelled.
+        assert to_cancelled < 20, (to_cancelled, (stack["logs"] / "worker.log").read_text()[-3000:])
+        time.sleep(0.5)  # requests the proxy was forwarding at the cancel may still land
+        landed_first = dict(proxy.writes)
+        assert 80 <= len(landed_first) < 300
+        proxy.latency = 0
+
+        again = start()
+        final = wait_for_state(stack, again, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, 240)
+        assert final.is_completed(), (final, (stack["logs"] / "worker.log").read_text()[-3000:])
+        summary = flow_run_output(stack, again)
+        resent = sorted(name for name, n in proxy.writes.items() if n > 1)
+
+    assert len(resent) <= 4, resent  # at most the files in flight at the cancel
+    assert summary["files_uploaded"] + summary["files_unchanged"] == 300 and summary["files_failed"] == 0
+    assert summary["files_uploaded"] <= 300 - len(landed_first) + 4
+    assert summary["batches_from_checkpoint"] >= 1
+    assert read_container(stack["azurite"], container_name) == files
+    print(f"\ncancel test: the process gone {took:.1f} s and the run Cancelled {to_cancelled:.1f} s after Cancelling; "
+          f"{len(landed_first)} blobs before; the next run uploaded {summary['files_uploaded']}, re-sent "
+          f"{len(resent)}, {summary['batches_from_checkpoint']} of {summary['batches']} batches from checkpoints")
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

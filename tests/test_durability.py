@@ -15,7 +15,7 @@ import pytest
 
 from flows.backup_site_content import backup_site_content
 from site_backup.credentials import azurite_connection_string
-from tests.conftest import PROJECT, read_container, start_process, stop_process
+from tests.conftest import PROJECT, read_container, read_with_token, start_process, stop_process
 from tests.faultproxy import FaultProxy
 
 SCRIPT = str(PROJECT / "flows" / "backup_site_content.py")
@@ -31,6 +31,40 @@ def via(proxy) -> str:
     return azurite_connection_string(f"http://127.0.0.1:{proxy.port}/devstoreaccount1")
 
 
+def sas_via(port: int) -> str:
+    """A connection string with an account SAS (read, write, list, create, add) for Azurite at `port`."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from site_backup.credentials import AZURITE_ACCOUNT, AZURITE_KEY
+
+    sas = generate_account_sas(AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(service=True, container=True, object=True),
+                               AccountSasPermissions(read=True, write=True, list=True, create=True, add=True),
+                               expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    return f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;SharedAccessSignature={sas}"
+
+
+@pytest.fixture(params=["key", "sas", "entra"])
+def signed_in(request, azurite):
+    """Storage behind a fault proxy as a command-line run reaches it, in each sign-in mode:
+    (mode, proxy, the run's storage environment, a function reading a container back).
+    Entra ID: the HTTPS Azurite (--oauth basic), tokens from DefaultAzureCredential through
+    a managed identity endpoint."""
+    if request.param == "entra":
+        url, cert = request.getfixturevalue("azurite_oauth")
+        identity = request.getfixturevalue("token_endpoint")
+        with FaultProxy(int(url.split(":")[2].split("/")[0]), tls=(cert, cert.parent / "key.pem")) as p:
+            env = {"AZURE_STORAGE_CONNECTION_STRING": None, "REQUESTS_CA_BUNDLE": str(cert), **identity,
+                   "AZURE_STORAGE_ACCOUNT_URL": f"https://127.0.0.1:{p.port}/devstoreaccount1"}
+            yield "entra", p, env, lambda name: read_with_token(url, cert, name)
+        return
+    with FaultProxy(azurite.port) as p:
+        connection = via(p) if request.param == "key" else sas_via(p.port)
+        yield request.param, p, {"AZURE_STORAGE_CONNECTION_STRING": connection}, lambda name: read_container(azurite,
+                                                                                                              name)
+
+
 def tree(make_tree, n, seed=0, big=None):
     files = {f"d{i % 13:02d}/file-{i:04d}.dat": hashlib.sha256(f"{seed}-{i}".encode()).digest() * (20 + i % 300)
              for i in range(n)}
@@ -43,10 +77,14 @@ def cli(root, container, env, *extra):
     return [sys.executable, SCRIPT, str(root), "--container", container, "--json", "--no-progress", *extra]
 
 
-def cli_env(prefect_server, connection_string, checkpoints):
+def cli_env(prefect_server, connection_string, checkpoints, storage: dict | None = None):
+    """The environment of a command-line run; `storage` (None to remove a variable)
+    replaces the connection string."""
     env = dict(os.environ)
     env.update(PREFECT_API_URL=prefect_server, AZURE_STORAGE_CONNECTION_STRING=connection_string,
                PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints))
+    for name, value in (storage or {}).items():
+        env.pop(name, None) if value is None else env.__setitem__(name, value)
     return env
 
 
@@ -59,11 +97,12 @@ def wait_until(condition, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_killed_run_resumes_without_resending_finished_files(azurite, proxy, prefect_server, make_tree, tmp_path,
+def test_killed_run_resumes_without_resending_finished_files(signed_in, prefect_server, make_tree, tmp_path,
                                                               container_name):
+    mode, proxy, storage, read_stored = signed_in
     files, root = tree(make_tree, 300)
     proxy.latency = 0.04  # slow enough to kill it part-way
-    env = cli_env(prefect_server, via(proxy), tmp_path / "checkpoints")
+    env = cli_env(prefect_server, "", tmp_path / "checkpoints", storage)
     args = cli(root, container_name, env, "--files-per-batch", "25", "--parallel-batches", "2",
                "--files-in-flight", "2")
     in_flight = 2 * 2
@@ -89,8 +128,8 @@ def test_killed_run_resumes_without_resending_finished_files(azurite, proxy, pre
     assert summary["files_uploaded"] + summary["files_unchanged"] == 300 and summary["files_failed"] == 0
     assert summary["files_uploaded"] <= 300 - len(landed_first) + in_flight
     assert summary["batches_from_checkpoint"] >= 1
-    assert read_container(azurite, container_name) == files
-    print(f"\nkill test: {len(landed_first)} blobs written before the kill, second run uploaded "
+    assert read_stored(container_name) == files
+    print(f"\nkill test ({mode}): {len(landed_first)} blobs written before the kill, second run uploaded "
           f"{summary['files_uploaded']}, re-sent {len(resent)}, {summary['batches_from_checkpoint']} of "
           f"{summary['batches']} batches from checkpoints")
 

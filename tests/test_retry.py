@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from email.utils import formatdate
 
 import pytest
 
@@ -33,9 +33,9 @@ from site_backup.retry import (
 )
 from site_backup.storage import RetryLog
 from site_backup.summary import RunFailed
-from tests.conftest import read_container, start_process, stop_process
+from tests.conftest import read_container, read_tree, start_process, stop_process
 from tests.faultproxy import FaultProxy
-from tests.test_durability import cli, cli_env, tree, wait_until
+from tests.test_durability import cli, cli_env, sas_via, tree, wait_until
 
 SHORT = 3.0  # --storage-timeout in these tests: seconds
 
@@ -56,15 +56,6 @@ def fresh_accounts():
 
 def via(proxy) -> str:
     return azurite_connection_string(f"http://127.0.0.1:{proxy.port}/devstoreaccount1")
-
-
-def sas_via(port: int) -> str:
-    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
-
-    sas = generate_account_sas(AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(service=True, container=True, object=True),
-                               AccountSasPermissions(read=True, write=True, list=True, create=True, add=True),
-                               expiry=datetime.now(timezone.utc) + timedelta(hours=1))
-    return f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;SharedAccessSignature={sas}"
 
 
 def only_stored_files_reported(summary: dict, files: dict[str, bytes], stored: dict[str, bytes]) -> None:
@@ -351,3 +342,95 @@ def test_503s_and_dropped_connections_are_absorbed_in_every_sign_in_mode(sign_in
     proxy.busy_rate = proxy.timeout_rate = proxy.drop_rate = 0
     assert verify_backup(str(root), container=container_name).outcome == "verified"  # every blob's MD5
     print(f"\n{mode}: {dict(proxy.faults)} injected, {summary.retries} retries counted")
+
+
+# --- every command builds its budget from its own options ----------------------------------
+
+@pytest.mark.parametrize("history_args", [["--list"], ["--run", "0123", "--check"]])
+def test_restore_history_commands_end_at_their_own_storage_timeout(proxy, monkeypatch, capsys, container_name,
+                                                                  history_args):
+    # Before: --list and --check read the history with the default budget: a silent
+    # endpoint held them 60 s whatever --storage-timeout said.
+    from site_backup.cli import restore_main
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
+    proxy.silent_after = 0
+    started = time.monotonic()
+    code = restore_main(restore_site_content, [container_name, *history_args, "--storage-timeout", "2"])
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert took < 2 + 4, took
+    assert "stopped answering" in err and "storage timeout of 2 s" in err and err.count("\n") == 1, err
+
+
+# --- throttling: 429 with Retry-After, on the direct path and the SDK's ----------------------
+
+def test_retry_after_is_waited_for_but_never_past_the_deadline(monkeypatch):
+    from site_backup.retry import retry_after_seconds
+
+    assert retry_after_seconds({"Retry-After": "2"}) == 2
+    assert retry_after_seconds({"x-ms-retry-after-ms": "250"}) == 0.25
+    assert 8 <= retry_after_seconds({"Retry-After": formatdate(time.time() + 10, usegmt=True)}) <= 10
+    assert retry_after_seconds({"Retry-After": "soon"}) is None and retry_after_seconds({}) is None
+    monkeypatch.setattr("site_backup.retry.backoff", lambda retry, limit: 0)
+    budget = StorageBudget(RetryPolicy(storage_timeout=1.5))
+    started = time.monotonic()
+    assert budget.retry(0, "429 TooManyRequests", answered=True, retry_after=0.5)
+    assert 0.45 <= time.monotonic() - started < 1
+    with pytest.raises(StorageUnavailable, match="429 TooManyRequests"):
+        budget.retry(1, "429 TooManyRequests", answered=True, retry_after=3600)  # waits to the deadline, no more
+    assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize("path", ["direct", "sdk"])
+def test_429_with_retry_after_is_absorbed_by_backup_verify_and_restore(azurite, proxy, checkpoints, monkeypatch,
+                                                                       make_tree, container_name, tmp_path, path):
+    # Before, on the SDK path (behind a proxy; listings and downloads on every path): the
+    # SDK retries no 429, so each throttled request failed its file or ended the run.
+    files, root = tree(make_tree, 40, seed=9, big=2 * 2**20 + 5)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
+    if path == "sdk":
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    proxy.throttle_rate, proxy.throttle_from, proxy.retry_after = 0.2, 3, "1"  # the checks before a run answer
+    summary = backup_site_content(str(root), container=container_name, single_put_mib=1, block_size_mib=1)
+    assert summary.files_failed == 0, summary.failed
+    assert summary.files_uploaded == len(files) and summary.retries >= 5
+    proxy.throttle_from = proxy.requests + 3
+    assert verify_backup(str(root), container=container_name).outcome == "verified"
+    proxy.throttle_from = proxy.requests + 3
+    restored = restore_site_content(container_name, str(tmp_path / "restored"))
+    assert restored.outcome == "completed" and read_tree(tmp_path / "restored") == files
+    assert proxy.faults["429"] >= 10
+    assert min(proxy.retry_gaps) >= 0.95, sorted(proxy.retry_gaps)[:5]  # Retry-After: 1 was honoured
+    print(f"\n{path}: {proxy.faults['429']} requests answered 429, every one tried again after "
+          f"{min(proxy.retry_gaps):.2f}-{max(proxy.retry_gaps):.2f} s")
+
+
+def test_a_silent_checkpoint_container_ends_the_run_at_the_storage_timeout(azurite, proxy, checkpoints, monkeypatch,
+                                                                           make_tree, container_name):
+    # Before: the checkpoint container was prepared with the SDK's own timeouts and backoff,
+    # whatever --storage-timeout said.
+    from prefect_azure.blob_storage import AzureBlobStorageContainer
+    from prefect_azure.credentials import AzureBlobStorageCredentials
+    from pydantic import SecretStr
+
+    from site_backup.errors import ConfigurationError
+
+    credentials = AzureBlobStorageCredentials(connection_string=SecretStr(via(proxy)))
+    AzureBlobStorageContainer(container_name=f"{container_name}-cp", credentials=credentials).save(
+        "silent-checkpoints", overwrite=True)
+    files, root = tree(make_tree, 10, seed=10)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    proxy.silent_after = 0
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError) as refused:
+        backup_site_content(str(root), container=container_name, checkpoint_block="silent-checkpoints",
+                            storage_timeout=SHORT)
+    took = time.monotonic() - started
+    message = str(refused.value)
+    assert f"checkpoint container '{container_name}-cp'" in message and "silent-checkpoints" in message, message
+    assert "timed out" in message, message
+    assert took < SHORT + 10, took
+    print(f"\nsilent checkpoint container: refused after {took:.1f} s: {message}")
