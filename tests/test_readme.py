@@ -100,6 +100,25 @@ def fresh_clone(tmp_path):
     shutil.rmtree(clone, ignore_errors=True)
 
 
+def processes_in(folder, wait: float) -> dict[int, str]:
+    """The processes whose working directory is in `folder` (pid: command line), once none
+    has gone for `wait` seconds."""
+    def scan():
+        found = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.readlink(f"/proc/{pid}/cwd").startswith(str(folder)):
+                    found[int(pid)] = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()[:120]
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + wait
+    while (found := scan()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
 def test_tested_blocks_run_in_a_fresh_clone(fresh_clone):
     blocks = marked_blocks(README.read_text())
     assert len(blocks) == 2 and blocks[0][0].startswith("make run"), blocks
@@ -129,6 +148,10 @@ def test_tested_blocks_run_in_a_fresh_clone(fresh_clone):
                          for port in (prefect_port, azurite_port)]
     finally:
         stopped = run(["make", "stop"], cwd=fresh_clone, env=env)
+        left = processes_in(fresh_clone, wait=15)
+        for pid in left:  # never leave them running, even when the test fails
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"make stop left processes running: {left} ({stopped.stdout})"
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert still_serving == [True, True], "a Ctrl-C to the commands' process group stopped a service"
     assert "Outcome:      completed" in done.stdout
