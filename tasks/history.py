@@ -20,6 +20,7 @@ from site_backup.history import ManifestWriter, RunRecord, list_runs, open_histo
 from site_backup.prune import backup_lock, describe_run, prune
 from site_backup.restore import RestorePlan
 from site_backup.summary import BackupSummary, PruneSummary
+from tasks.errors import task_reports_configuration_error
 from tasks.retry import run_budget
 
 
@@ -98,6 +99,7 @@ def delete_missing_files(destination: Destination, listing: FileListing, include
 
 
 @task(name="prune-history", cache_policy=NO_CACHE)
+@task_reports_configuration_error
 def prune_history(destination: Destination, keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int,
                   dry_run: bool, policy: RetryPolicy = RetryPolicy()) -> PruneSummary:
     """Apply the retention policy to the destination's runs and snapshots."""
@@ -119,6 +121,7 @@ def prune_history(destination: Destination, keep_last: int, keep_daily: int, kee
 
 
 @task(name="plan-run-restore", cache_policy=NO_CACHE)
+@task_reports_configuration_error
 def plan_history_restore(destination: Destination, run_id: str | None, as_of: str | None, max_files: int,
                          max_bytes: int, policy: RetryPolicy = RetryPolicy()) -> RestorePlan:
     """The files of the chosen run, each from where its content is kept now."""

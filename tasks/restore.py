@@ -23,11 +23,13 @@ from site_backup.restore import (
 )
 from site_backup.retry import RetryPolicy
 from tasks.checkpoints import checkpoint_key
+from tasks.errors import task_reports_configuration_error
 from tasks.outcomes import BatchIncomplete
 from tasks.retry import BATCH_RETRIES, earlier_attempts, end_attempt, run_budget
 
 
 @task(name="list-backup", cache_policy=NO_CACHE)
+@task_reports_configuration_error
 def list_backup(destination: Destination, max_files: int, max_bytes: int, policy: RetryPolicy = RetryPolicy()
                 ) -> RestorePlan:
     """The blobs under the prefix as batches to restore; unsafe names refused."""
@@ -37,6 +39,7 @@ def list_backup(destination: Destination, max_files: int, max_bytes: int, policy
 
 
 @task(name="prepare-target", cache_policy=NO_CACHE)
+@task_reports_configuration_error
 def prepare_restore_target(target_directory: str) -> tuple[str, str]:
     """The target's real path (created if missing) and what identifies the folder."""
     return prepare_target(target_directory)

@@ -11,10 +11,12 @@ from site_backup.files import FileEntry
 from site_backup.storage import RemoteBlob
 from site_backup.verify import VerifyResult, remote_blobs, verify_batch as verify_files
 from site_backup.retry import RetryPolicy
+from tasks.errors import task_reports_configuration_error
 from tasks.retry import run_budget
 
 
 @task(name="list-blobs", cache_policy=NO_CACHE)
+@task_reports_configuration_error
 def list_blobs(destination: Destination, policy: RetryPolicy = RetryPolicy()) -> dict[str, RemoteBlob]:
     """Every blob under the destination's prefix, with size and Content-MD5 (the run's
     storage retry policy decides retries)."""

@@ -442,18 +442,27 @@ def run_logs(stack, flow_run_id: str, settle: float = 3.0, timeout: float = 60) 
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("parameter,value,message", [
-    ("credentials_block", "no-such-block", "no Azure Blob Storage Credentials block named 'no-such-block': create it"),
-    ("root_directory", "/no/such/folder", "root directory '/no/such/folder' does not exist: check the path"),
+@pytest.mark.parametrize("deployment,parameter,value,message", [
+    ("backup-site-content/local", "credentials_block", "no-such-block",
+     "no Azure Blob Storage Credentials block named 'no-such-block': create it"),
+    ("backup-site-content/local", "root_directory", "/no/such/folder",
+     "root directory '/no/such/folder' does not exist: check the path"),
+    ("verify-backup/local", "prefix", "", "does not exist"),  # verify never creates the container
+    ("restore-site-content/local", "target_directory", str(PROJECT / "README.md"), "exists and is not a folder"),
 ])
-def test_a_configuration_error_is_one_error_line_without_traceback(stack, container_name, parameter, value, message):
+def test_a_configuration_error_is_one_error_line_without_traceback(stack, container_name, deployment, parameter, value,
+                                                                   message):
     # Before: three ERROR records, each with a traceback (the task's, "Encountered exception
     # during execution", "Engine execution exited with unexpected exception").
     import logging
 
-    params = {"root_directory": str(PROJECT / "sample-site"), "container": container_name, parameter: value}
+    if deployment.startswith("restore"):
+        stack["azurite"].container(container_name).create_container()
+        params = {"container": container_name, parameter: value}
+    else:
+        params = {"root_directory": str(PROJECT / "sample-site"), "container": container_name, parameter: value}
     started = subprocess.run(
-        [PREFECT, "deployment", "run", "backup-site-content/local", "--watch", "--watch-timeout", "240",
+        [PREFECT, "deployment", "run", deployment, "--watch", "--watch-timeout", "240",
          *[arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]],
         env=stack["env"], capture_output=True, text=True, timeout=300)
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)

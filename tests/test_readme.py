@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -99,6 +100,25 @@ def fresh_clone(tmp_path):
     shutil.rmtree(clone, ignore_errors=True)
 
 
+def processes_in(folder, wait: float) -> dict[int, str]:
+    """The processes whose working directory is in `folder` (pid: command line), once none
+    has gone for `wait` seconds."""
+    def scan():
+        found = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.readlink(f"/proc/{pid}/cwd").startswith(str(folder)):
+                    found[int(pid)] = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()[:120]
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + wait
+    while (found := scan()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
 def test_tested_blocks_run_in_a_fresh_clone(fresh_clone):
     blocks = marked_blocks(README.read_text())
     assert len(blocks) == 2 and blocks[0][0].startswith("make run"), blocks
@@ -112,12 +132,28 @@ def test_tested_blocks_run_in_a_fresh_clone(fresh_clone):
     script = "set -e\n" + "\n".join(c for c in commands if c != "make stop")
     started = time.monotonic()
     try:
-        done = subprocess.run(["bash", "-c", script], cwd=fresh_clone, env=env, capture_output=True, text=True,
-                              timeout=420)
+        shell = subprocess.Popen(["bash", "-c", script], cwd=fresh_clone, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout, stderr = shell.communicate(timeout=420)
+        done = subprocess.CompletedProcess(shell.args, shell.returncode, stdout, stderr)
+        took = time.monotonic() - started
+        # A Ctrl-C in the terminal reaches the whole process group of what the user ran: the
+        # services must not be in it (Prefect's --background server stayed there and died).
+        try:
+            os.killpg(shell.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        time.sleep(2)
+        still_serving = [run(["scripts/port-open", str(port)], cwd=fresh_clone).returncode == 0
+                         for port in (prefect_port, azurite_port)]
     finally:
         stopped = run(["make", "stop"], cwd=fresh_clone, env=env)
-    took = time.monotonic() - started
+        left = processes_in(fresh_clone, wait=15)
+        for pid in left:  # never leave them running, even when the test fails
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"make stop left processes running: {left} ({stopped.stdout})"
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert still_serving == [True, True], "a Ctrl-C to the commands' process group stopped a service"
     assert "Outcome:      completed" in done.stdout
     assert "index.html" in done.stdout  # list-blobs shows the sample site's blobs
     assert "Flow run finished successfully in 'Completed'" in done.stdout + done.stderr
