@@ -9,7 +9,7 @@ from typing import Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from site_backup.files import Batch, FileListing, heaviest_first, open_listing, stream_batches
+from site_backup.files import Batch, FileListing, compile_patterns, heaviest_first, open_listing, stream_batches
 
 
 @task(name="list-files", cache_policy=NO_CACHE)
@@ -25,6 +25,7 @@ def list_files(
     and counts that grow as the walk goes), then each batch of regular files as soon as it
     is cut. Links, special files and unreadable folders are reported in the listing."""
     listing = open_listing(root)
+    compile_patterns([*include, *exclude])  # a bad pattern fails the run before anything is created
     yield listing
     yield from stream_batches(listing, include=include, exclude=exclude, follow_symlinks=follow_symlinks,
                               max_files=max_files, max_bytes=max_bytes)
