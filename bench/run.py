@@ -2,7 +2,7 @@
 side by side on the same storage (a fresh in-memory Azurite for every measured run).
 
     python bench/run.py [--rounds 3] [--scenarios local,latency] [--latency-ms 25]
-                        [--trees mixed,small,many] [--tools flow,rclone,...] [--smoke]
+                        [--trees mixed,small,many[,million]] [--tools flow,rclone,...] [--smoke]
 
 Scenarios: *local* is storage 0 ms away over HTTP with an account key; *latency* is storage
 over HTTPS behind a proxy adding a delay to every request, for the flow with an account
@@ -45,42 +45,52 @@ AZCOPY = PROJECT / ".tools" / "node_modules" / "@azure-tools" / "azcopy-linux" /
 # ---- trees -------------------------------------------------------------------------------
 
 def tree_spec(name: str):
-    """(relative path, size) of every file of a named, deterministic tree."""
+    """(relative path, size) of every file of a named, deterministic tree, one at a time: a
+    child's peak RSS counts its parent's on Linux, so the benchmark never holds a whole tree."""
     rng = random.Random(name)
     if name == "mixed":  # 2,000 files of 200 B-100 KB in 140 folders plus 4 files of 64 MiB
-        files = [(f"dir{i % 140:03d}/file{i:05d}.bin", rng.randint(200, 100_000)) for i in range(2000)]
-        return files + [(f"big/video{i}.bin", 64 * MiB) for i in range(4)]
-    if name == "small":  # 5,000 files of 1-8 KiB
-        return [(f"d{i % 50:02d}/f{i:05d}.txt", rng.randint(1024, 8192)) for i in range(5000)]
-    if name == "many":  # 200,000 files of about 1 KiB
-        return [(f"a{i % 200:03d}/b{i % 7}/f{i:06d}.txt", rng.randint(900, 1100)) for i in range(200_000)]
-    if name == "tiny":  # for the smoke run in CI
-        return [(f"t{i % 3}/f{i}.txt", rng.randint(10, 5000)) for i in range(60)] + [("big.bin", 9 * MiB)]
-    raise SystemExit(f"unknown tree {name!r}: use mixed, small, many or tiny")
+        yield from ((f"dir{i % 140:03d}/file{i:05d}.bin", rng.randint(200, 100_000)) for i in range(2000))
+        yield from ((f"big/video{i}.bin", 64 * MiB) for i in range(4))
+    elif name == "small":  # 5,000 files of 1-8 KiB
+        yield from ((f"d{i % 50:02d}/f{i:05d}.txt", rng.randint(1024, 8192)) for i in range(5000))
+    elif name == "many":  # 200,000 files of about 1 KiB
+        yield from ((f"a{i % 200:03d}/b{i % 7}/f{i:06d}.txt", rng.randint(900, 1100)) for i in range(200_000))
+    elif name == "million":  # 1,000 folders of 1,000 files of about 1 KiB (opt-in: minutes to make and run)
+        yield from ((f"m{i // 1000:03d}/f{i % 1000:03d}.txt", rng.randint(900, 1100)) for i in range(1_000_000))
+    elif name == "tiny":  # for the smoke run in CI
+        yield from ((f"t{i % 3}/f{i}.txt", rng.randint(10, 5000)) for i in range(60))
+        yield "big.bin", 9 * MiB
+    else:
+        raise SystemExit(f"unknown tree {name!r}: use mixed, small, many, million or tiny")
 
 
 def make_tree(name: str) -> tuple[Path, int, int]:
     """Create the tree once (a stamp marks it complete); return (root, files, bytes)."""
-    spec = tree_spec(name)
     root = DATA / name
     stamp = DATA / f"{name}.done"
-    if not stamp.exists():
+    files = total = 0
+    if stamp.exists():
+        for _, size in tree_spec(name):
+            files, total = files + 1, total + size
+    else:
         shutil.rmtree(root, ignore_errors=True)
         rng = random.Random(f"{name}-content")
         block = rng.randbytes(MiB)
-        for rel, size in spec:
+        for rel, size in tree_spec(name):
+            files, total = files + 1, total + size
             path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as f:
                 offset = rng.randrange(MiB)
                 left = size
                 while left:  # random-looking content without generating every byte
-                    piece = (block[offset:] + block[:offset])[: min(left, MiB)]
+                    n = min(left, MiB)  # the n bytes from offset on, wrapping at the end of the block
+                    piece = block[offset:offset + n] + block[:max(0, offset + n - MiB)]
                     f.write(piece)
                     left -= len(piece)
                     offset = (offset + 4099) % MiB
         stamp.write_text("ok\n")
-    return root, len(spec), sum(size for _, size in spec)
+    return root, files, total
 
 
 # ---- services ----------------------------------------------------------------------------
@@ -238,6 +248,52 @@ def measure(args, env, log: Path) -> tuple[float, float, float, int, str]:
     return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, proc.returncode, log.read_text()
 
 
+# Run in a process of its own: a child's peak RSS counts its parent's at exec time on Linux,
+# so the benchmark itself must not grow by importing the Azure SDK.
+_FIRST_BLOB_POLLER = """
+import sys, time
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import ContainerClient
+client = ContainerClient.from_connection_string(sys.argv[1], sys.argv[2], connection_verify=sys.argv[3] or True)
+print("ready", flush=True)
+sys.stdin.readline()  # the tool has started
+while True:
+    try:
+        if next(iter(client.list_blobs(results_per_page=1)), None) is not None:
+            break
+    except ResourceNotFoundError:
+        pass  # the tool has not created the container yet
+    time.sleep(0.05)
+"""
+
+
+def measure_first_blob(args, env, log: Path, storage: Storage, container: str,
+                       timeout: float = 600) -> tuple[float, float, float, int, str]:
+    """Start a full backup and time it until the first blob is in the container, then stop
+    it (SIGTERM): (seconds to the first blob, peak RSS MiB, CPU seconds, 0 if a blob came, "")."""
+    poller = subprocess.Popen([sys.executable, "-c", _FIRST_BLOB_POLLER, connection_string(storage.azurite_url),
+                               container, str(storage.cert or "")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert poller.stdout.readline().strip() == "ready"
+    first = None
+    with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        poller.stdin.write("go\n")
+        poller.stdin.flush()
+        try:
+            poller.wait(timeout)
+            first = time.perf_counter() - started
+        except subprocess.TimeoutExpired:
+            poller.kill()
+            poller.wait()
+        if proc.poll() is None:
+            proc.send_signal(15)
+        _, _, usage = os.wait4(proc.pid, 0)
+    return (first if first is not None else float("nan"), usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime,
+            0 if first is not None else 1, "")
+
+
 def tool_command(tool, root, container, storage: Storage, mode, ctx) -> tuple[list[str], dict]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_", "AZURE_", "RCLONE_", "IDENTITY_", "MSI_", "SSL_CERT_", "REQUESTS_CA"))}
@@ -316,6 +372,8 @@ def start_storage(scenario: str, ctx) -> tuple[Storage, list]:
 
 def modes_for(scenario: str, tree: str, tool: str) -> list[str]:
     if tree == "many":
+        return ["dry-run", "first-upload"]  # first-upload: a full backup timed to its first blob, then stopped
+    if tree == "million":
         return ["dry-run"]
     if tool == "sdk":
         return ["full"]  # the floor has no incremental mode
@@ -339,13 +397,16 @@ def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
                 print(f"  (waited {waited:.0f} s for the machine to go quiet)", flush=True)
             load = os.getloadavg()[0]
             before, storage_before = storage.proxy.count() if storage.proxy else None, storage.cpu()
-            wall, rss, cpu, code, out = measure(args, env, log)
+            if mode == "first-upload":
+                wall, rss, cpu, code, out = measure_first_blob(args, env, log, storage, container)
+            else:
+                wall, rss, cpu, code, out = measure(args, env, log)
             time.sleep(0.2)  # the last answers leave the proxy and Azurite
             run = Run(tree, mode, tool, rnd, round(wall, 2), round(rss, 1), code == 0, scenario=scenario,
                       cpu=round(cpu, 2), load=round(load, 2), storage_cpu=round(storage.cpu() - storage_before, 2))
             if storage.proxy:
                 run.requests = storage.proxy.count() - before
-            if tool.startswith("flow") and code == 0:
+            if tool.startswith("flow") and code == 0 and mode != "first-upload":
                 summary = json.loads(out)
                 run.task_runs = summary["batches"] + 2
                 run.copy_seconds = summary.get("copy_seconds")
@@ -392,7 +453,7 @@ def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
     ]
     checks = []
     for tree, (_, files, size) in trees.items():
-        for mode in ("full", "rerun", "dry-run"):
+        for mode in ("full", "rerun", "dry-run", "first-upload"):
             here = [r for r in runs if r.tree == tree and r.mode == mode and r.ok]
             if not here:
                 continue
@@ -404,7 +465,10 @@ def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
                 task_runs = median([r.task_runs for r in mine if r.task_runs is not None])
                 lines.append(
                     f"| {tree} | {mode} | {tool} | {wall:.2f} | {_ratio(wall, rc)} | {_ratio(wall, sdk)} | "
-                    f"{files / wall:.0f} | {size / MiB / wall:.1f} | {median([r.rss_mib for r in mine]):.0f} | "
+                    # first-upload: the wall time is the time to the first blob, not a rate
+                    f"{'' if mode == 'first-upload' else f'{files / wall:.0f}'} | "
+                    f"{'' if mode == 'first-upload' else f'{size / MiB / wall:.1f}'} | "
+                    f"{median([r.rss_mib for r in mine]):.0f} | "
                     f"{'' if task_runs is None else f'{task_runs:.0f}'} | "
                     f"{'' if copy is None else f'{wall - copy:.1f}'} |"
                 )
@@ -424,6 +488,17 @@ def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
             if mode == "dry-run" and tree == "many":
                 rss = median([r.rss_mib for r in here if r.tool == "flow"])
                 checks.append((f"many dry run: flow peak RSS {rss:.0f} MiB <= 300 MiB", rss <= 300))
+            if mode == "dry-run" and tree == "million":
+                rss = median([r.rss_mib for r in here if r.tool == "flow"])
+                checks.append((f"million dry run: flow peak RSS {rss:.0f} MiB <= 250 MiB", rss <= 250))
+                many = median([r.rss_mib for r in runs if (r.tree, r.mode, r.tool) == ("many", "dry-run", "flow")
+                               and r.ok])
+                if many:
+                    checks.append((f"million dry run: flow peak RSS {rss:.0f} MiB within 20% of the 200,000-file "
+                                   f"run's {many:.0f} MiB ({rss / many - 1:+.0%})", rss <= 1.2 * many))
+                if med.get("rclone"):
+                    checks.append((f"million dry run: flow {flow:.1f} s <= 1.0 x rclone {med['rclone']:.1f} s",
+                                   flow <= med["rclone"]))
             if mode == "full" and tree == "small":
                 task_runs = median([r.task_runs for r in here if r.tool == "flow"])
                 checks.append((f"small: {task_runs:.0f} task runs for {files} files <= 1 per 500",
@@ -616,9 +691,9 @@ def main(argv=None) -> int:
                     for tool in tools[shift:] + tools[:shift]:
                         if scenario == "local" and tool in ("flow-sas", "flow-entra"):
                             continue  # sign-in modes are compared where they matter, over HTTPS
-                        if scenario == "latency" and (tree == "many" or tool in ("sdk", "flow-ephemeral")):
+                        if scenario == "latency" and (tree in ("many", "million") or tool in ("sdk", "flow-ephemeral")):
                             continue
-                        if tree == "many" and tool not in ("flow", "rclone"):
+                        if tree in ("many", "million") and tool not in ("flow", "rclone"):
                             continue
                         if tool == "flow-ephemeral" and rnd > 1 and not args.smoke:
                             continue  # reported for scale, one round is enough

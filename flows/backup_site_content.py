@@ -8,6 +8,8 @@ import gc
 import sys
 import time
 from dataclasses import replace
+from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -16,25 +18,26 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 if __name__ == "__main__":
     gc.disable()  # importing Prefect makes ~10^6 objects, none garbage; on again in run_flow
 
-from prefect import flow, unmapped
-from prefect.futures import as_completed
+from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import ContainerName, Destination
+from site_backup.files import heaviest_first_within
 from site_backup.mirror import blocker
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.shards import Shard, check_mirror
-from site_backup.summary import BackupSummary, summarize
+from site_backup.summary import BackupSummary, BackupTally
 from site_backup.units import MiB
-from tasks.copy_batch import with_checkpoints
+from tasks.copy_batch import copy_as_walked, copy_slots, with_checkpoints
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import delete_missing_files, finish_manifest, open_manifest
-from tasks.list_files import list_files
+from tasks.list_files import Walk, list_files
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
-from tasks.report import ProgressArtifact, announce_backup, failed_state, final_state, publish_summary
+from tasks.report import ProgressArtifact, announce_backup, announce_listed, failed_state, final_state, publish_summary
 
 
 @flow(name="backup-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
@@ -113,57 +116,74 @@ def backup_site_content(
     policy = RetryPolicy.checked(retries, storage_timeout)
     part = Shard.parse(shard, shard_by)
     check_mirror(part, delete_missing)
-    listing = list_files(
+    # A generator task: each batch is walked when the flow asks for it, so copies start
+    # after the first batch and memory holds the batches in flight, not the tree.
+    walk = Walk(list_files(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB,
         shard=part,
-    )
-    destination, empty = prepare_destination(destination, policy=policy)
-    try:  # the manifest is staged as batches finish, committed at the end
-        manifest = None if dry_run else open_manifest(destination, policy)
-    except (StorageUnavailable, RunStopped) as exc:  # the run ends before any copy, with a summary that says why
-        summary = BackupSummary(outcome="failed", error=str(exc), dry_run=dry_run, root=listing.root,
-                                destination=destination.describe(), files_total=listing.files,
-                                bytes_total=listing.bytes, duration_seconds=time.monotonic() - started)
-        publish_summary(summary)
-        return failed_state(summary)
-    if manifest is not None and part is not None:
-        # A manifest of part of the tree would let --as-of restore that part as if it were the
-        # whole tree. The run keeps its lock (prune waits for it), and writes no manifest.
-        manifest.broken = f"shard {part} holds part of the tree, and run manifests describe whole trees"
-    if checkpoint_block:
-        prepare_checkpoints(checkpoint_block, policy)
-    options = CopyOptions(
-        dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
-        files_in_flight=files_in_flight, single_put_size=single_put_mib * MiB, block_size=block_size_mib * MiB,
-        blocks_in_flight=blocks_in_flight, root_id=listing.root_id,
-    )
-    files_total, bytes_total = listing.files, listing.bytes  # each is a pass over the listing
-    announce_backup(listing, destination, dry_run=dry_run, empty=empty)
-    progress.reset(files_total, bytes_total)
-    # An empty prefix holds none of what earlier checkpoints describe: make new ones.
-    copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days)
-    copy_started = time.monotonic()
-    futures = copy.map(unmapped(listing.root), listing.batches, unmapped(destination), unmapped(options),
-                       unmapped(policy))
-    batch_of = {future: batch for future, batch in zip(futures, listing.batches)}
-    shown = ProgressArtifact(files_total, bytes_total)
-    results = []
-    for future in as_completed(futures):
-        batch = batch_of[future]
-        result, cached = batch_outcome(future, batch, lambda failed: BatchResult(failed=failed))
-        if manifest is not None:
-            manifest.add_batch(result, batch)
-            result = replace(result, entries=None)  # in the manifest now: memory stays bounded
-        results.append((result, cached))
-        shown.advance(len(batch), sum(f.size for f in batch))
-    summary = summarize(
-        listing, results, root=listing.root, destination=destination.describe(), dry_run=dry_run,
+    ))
+    walked: list[str] = []  # mirror mode only: the paths the walk saw, for the deletion pass
+    try:
+        listing = walk.listing  # the root and its identity now; the counts grow as the walk goes
+        destination, empty = prepare_destination(destination, policy=policy)
+        try:  # the manifest is staged as batches finish, committed at the end
+            manifest = None if dry_run else open_manifest(destination, policy)
+        except (StorageUnavailable, RunStopped) as exc:  # the run ends before any copy, with a summary that says why
+            summary = BackupSummary(outcome="failed", error=str(exc), dry_run=dry_run, root=listing.root,
+                                    destination=destination.describe(), duration_seconds=time.monotonic() - started)
+            publish_summary(summary)
+            return failed_state(summary)
+        if manifest is not None and part is not None:
+            # A manifest of part of the tree would let --as-of restore that part as if it were the
+            # whole tree. The run keeps its lock (prune waits for it), and writes no manifest.
+            manifest.broken = f"shard {part} holds part of the tree, and run manifests describe whole trees"
+        if checkpoint_block:
+            prepare_checkpoints(checkpoint_block, policy)
+        options = CopyOptions(
+            dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
+            files_in_flight=files_in_flight, single_put_size=single_put_mib * MiB, block_size=block_size_mib * MiB,
+            blocks_in_flight=blocks_in_flight, root_id=listing.root_id,
+        )
+        # Up to two copies queued behind each running one, and heaviest first within as many
+        # batches walked ahead: a tree of that many batches is ordered exactly as a whole list.
+        ahead = 2 * copy_slots()
+        batches = heaviest_first_within(walk, ahead)
+        first = next(batches, None)  # fills the look-ahead: a small tree is walked whole by now
+        batches = chain([first] if first is not None else [], batches)
+        announce_backup(listing, destination, dry_run=dry_run, empty=empty)
+        progress.reset(listing.files, listing.bytes)
+        progress.expect(listing.files, listing.bytes, counting=listing.walking)
+        shown = ProgressArtifact(listing.files, listing.bytes, counting=listing.walking)
+        counting = listing.walking
+        # An empty prefix holds none of what earlier checkpoints describe: make new ones.
+        copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days)
+        submit = partial(copy.submit, listing.root, destination=destination, options=options, policy=policy)
+        tally = BackupTally()
+        copy_started = time.monotonic()
+        for batch, future in copy_as_walked(submit, batches, ahead, until=lambda: bool(tally.run_error)):
+            result, cached = batch_outcome(future, batch, lambda failed: BatchResult(failed=failed))
+            if manifest is not None:
+                manifest.add_batch(result, batch)
+            if delete_missing:
+                walked.extend(f.path for f in batch)
+            tally.add(replace(result, entries=None), cached)  # the manifest has the entries: memory stays bounded
+            if counting and not listing.walking:
+                announce_listed(listing)
+                counting = False
+            progress.expect(listing.files, listing.bytes, counting=counting)
+            shown.expect(listing.files, listing.bytes, counting=counting)
+            shown.advance(len(batch), sum(f.size for f in batch))
+    finally:
+        # Ends list-files when the run stopped early (in its own context, or Prefect's clean-up fails).
+        walk.close()
+    summary = tally.summary(
+        listing, root=listing.root, destination=destination.describe(), dry_run=dry_run,
         duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,
     )
     if part is not None:
         summary.shard = str(part)
     if delete_missing:
-        mirrored = delete_missing_files(destination, listing, include or [], exclude or [], dry_run,
+        mirrored = delete_missing_files(destination, listing, quote(walked), include or [], exclude or [], dry_run,
                                         blocker(listing, summary.outcome, summary.files_failed), policy)
         summary = summary.with_deletions(mirrored)
     if manifest is not None:

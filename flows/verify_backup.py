@@ -15,7 +15,7 @@ from site_backup.summary import VerifySummary, summarize_verify
 from site_backup.units import MiB
 from site_backup.verify import extra_blobs
 from tasks.errors import flow_fails_on_configuration_error
-from tasks.list_files import list_files
+from tasks.list_files import Walk, list_files, listed_whole
 from tasks.prepare_destination import prepare_destination
 from tasks.report import failed_state, final_state, publish_verify_summary
 from tasks.verify import list_blobs, verify_batch
@@ -63,9 +63,10 @@ def verify_backup(
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
     policy = RetryPolicy.checked(retries, storage_timeout)
-    listing = list_files(
+    # Verify compares the whole tree with the whole blob listing: it takes every batch at once.
+    listing = listed_whole(Walk(list_files(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
-    )
+    )))
     destination, _ = prepare_destination(destination, create=False, policy=policy)
     try:
         remote = list_blobs(destination, policy)

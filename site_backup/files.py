@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 import stat
@@ -53,7 +54,9 @@ class Batch(Sequence):
 
 @dataclass
 class FileListing:
-    """The result of walking a tree: the work, and what was left out and why."""
+    """The result of walking a tree: the work, and what was left out and why. A streamed
+    walk hands its batches on and keeps none (`batches` stays empty); the counts grow as
+    batches are cut, and `walking` is True until the walk has ended."""
 
     root: str = ""
     root_id: tuple[int, int] | None = None  # (device, inode) of the root when it was listed
@@ -61,14 +64,18 @@ class FileListing:
     skipped: list[Problem] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
     excluded: int = 0
+    file_count: int = 0
+    byte_count: int = 0
+    batch_count: int = 0
+    walking: bool = False
 
     @property
     def files(self) -> int:
-        return sum(len(b) for b in self.batches)
+        return self.file_count
 
     @property
     def bytes(self) -> int:
-        return sum(f.size for b in self.batches for f in b)
+        return self.byte_count
 
 
 def display_path(path: str) -> str:
@@ -416,6 +423,39 @@ def root_problem(root: str, root_id: tuple[int, int] | None) -> str | None:
     return None
 
 
+def open_listing(root: str) -> FileListing:
+    """An empty listing of `root` (checked, absolute) with the root's identity, before the walk."""
+    listing = FileListing(root=check_root(root))
+    listing.root_id = root_identity(listing.root)
+    return listing
+
+
+def stream_batches(
+    listing: FileListing,
+    *,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    follow_symlinks: bool = False,
+    max_files: int = 1000,
+    max_bytes: int = 256 * MiB,
+    shard: Shard | None = None,
+) -> Iterator[Batch]:
+    """Walk `listing.root` and yield each batch as soon as it is cut, in walk order,
+    counting it in `listing` (which keeps none); what was skipped or failed is recorded
+    there too; only the files of `shard`, if given. The cut points are those of `make_batches`, so they do not depend on how
+    far the walk had got."""
+    listing.walking = True
+    files = walk_tree(listing.root, include=include, exclude=exclude, follow_symlinks=follow_symlinks, listing=listing,
+                      shard=shard)
+    for files_of_batch in make_batches(files, max_files, max_bytes):
+        batch = Batch(files_of_batch)
+        listing.file_count += len(batch)
+        listing.byte_count += sum(f.size for f in batch)
+        listing.batch_count += 1
+        yield batch
+    listing.walking = False
+
+
 def list_batches(
     root: str,
     *,
@@ -426,13 +466,12 @@ def list_batches(
     max_bytes: int = 256 * MiB,
     shard: Shard | None = None,
 ) -> FileListing:
-    """Walk `root` and return its files (of one shard, if given) as batches, heaviest
-    first, plus what was skipped or failed."""
-    listing = FileListing(root=check_root(root))
-    listing.root_id = root_identity(listing.root)
-    files = walk_tree(listing.root, include=include, exclude=exclude, follow_symlinks=follow_symlinks, listing=listing,
-                      shard=shard)
-    listing.batches = heaviest_first([Batch(b) for b in make_batches(files, max_files, max_bytes)])
+    """Walk `root` and return its files (of one shard, if given) as batches, heaviest first,
+    plus what was skipped or failed (the whole tree in memory: the backup flow streams instead)."""
+    listing = open_listing(root)
+    batches = stream_batches(listing, include=include, exclude=exclude, follow_symlinks=follow_symlinks,
+                             max_files=max_files, max_bytes=max_bytes, shard=shard)
+    listing.batches = heaviest_first(list(batches))
     return listing
 
 
@@ -451,3 +490,19 @@ def heaviest_first(batches: list[Batch]) -> list[Batch]:
     than copy tasks at once, the long ones start early and overlap the many short ones
     instead of running alone at the end."""
     return sorted(batches, key=upload_weight, reverse=True)
+
+
+def heaviest_first_within(batches: Iterable[Batch], window: int) -> Iterator[Batch]:
+    """The batches heaviest first among the next `window` of them: the benefit of
+    `heaviest_first` for a stream that is never held whole. A stream of at most `window`
+    batches comes out exactly as `heaviest_first` orders it; no more than `window`
+    batches are held."""
+    if window < 1:
+        raise ValueError("the look-ahead window must hold at least 1 batch")
+    held: list[tuple[int, int, Batch]] = []  # (-weight, arrival, batch): heaviest first, ties in walk order
+    for arrival, batch in enumerate(batches):
+        heapq.heappush(held, (-upload_weight(batch), arrival, batch))
+        if len(held) >= window:
+            yield heapq.heappop(held)[2]
+    while held:
+        yield heapq.heappop(held)[2]

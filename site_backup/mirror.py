@@ -23,8 +23,8 @@ Blob, inside the account, no download) into the history container as
 are the blob and its snapshots deleted. With versioning on and no snapshots, Delete Blob
 alone keeps the content as a previous version.
 
-Memory: the walk's paths are sorted once (references to the listing's strings, 8 bytes a
-file) and the destination is listed page by page (5,000 blobs a page), each blob looked
+Memory: the walk's paths are kept while the backup streams (each path's string, about
+100 bytes a file, in mirror mode only) and sorted once and the destination is listed page by page (5,000 blobs a page), each blob looked
 up by bisection. Neither the container's size nor its history is ever held whole.
 """
 
@@ -61,7 +61,7 @@ class MirrorResult:
 
 def blocker(listing: FileListing, outcome: str, files_failed: int) -> str:
     """Why this run may not delete anything, or '' when it may."""
-    if outcome == "failed":
+    if outcome == "failed" or listing.walking:
         return "the run failed, so the tree was not seen whole"
     if listing.failed:
         first = listing.failed[0]
@@ -120,10 +120,12 @@ def runs_folder_name(prefix: str) -> str:
 
 
 def missing_blobs(store, prefix: str, listing: FileListing, include: Iterable[str] = (),
-                  exclude: Iterable[str] = (), nested: Iterable[str] = ()) -> Iterator[tuple[str, str, int, object]]:
+                  exclude: Iterable[str] = (), nested: Iterable[str] = (),
+                  walked: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, object]]:
     """(blob name, path, size, the listed blob) of every blob under the prefix whose file
-    the tree no longer has, by the rules in this module's docstring."""
-    walked = sorted(f.path for batch in listing.batches for f in batch)
+    the tree no longer has, by the rules in this module's docstring. `walked`: the paths a
+    streamed walk saw (its listing keeps no batches); by default, the listing's batches."""
+    walked = sorted(walked if walked is not None else (f.path for batch in listing.batches for f in batch))
     skipped = sorted(p.path for p in listing.skipped)
     includes, excludes = compile_patterns(include), compile_patterns(exclude)
     nested = tuple(nested)
@@ -144,7 +146,7 @@ def missing_blobs(store, prefix: str, listing: FileListing, include: Iterable[st
 
 
 def delete_missing(store, history_store, prefix: str, listing: FileListing, *, include=(), exclude=(),
-                   dry_run: bool = False, workers: int = 8) -> MirrorResult:
+                   dry_run: bool = False, workers: int = 8, walked: Iterable[str] | None = None) -> MirrorResult:
     """Delete (or, in a dry run, list) the blobs of files the tree no longer has, keeping
     their content first, `workers` blobs at a time. A blob that cannot be kept or deleted
     is a failed file, and the others go on; once the run is stopped or storage stops
@@ -172,7 +174,7 @@ def delete_missing(store, history_store, prefix: str, listing: FileListing, *, i
     lock = threading.Lock()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="delete") as pool:
         pending: set = set()
-        for found in missing_blobs(store, prefix, listing, include, exclude, nested):
+        for found in missing_blobs(store, prefix, listing, include, exclude, nested, walked):
             if ended.is_set():
                 break
             pending.add(pool.submit(one, *found))

@@ -141,28 +141,22 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ").replace("`", "'")
 
 
-def summarize(
-    listing: FileListing,
-    results: Iterable[tuple[BatchResult, bool]],
-    *,
-    root: str,
-    destination: str,
-    dry_run: bool,
-    duration_seconds: float,
-    copy_seconds: float = 0.0,
-) -> BackupSummary:
-    """Reduce the listing and each batch's result (with whether it came from a
-    checkpoint) into one summary."""
-    s = BackupSummary(root=root, destination=destination, dry_run=dry_run, duration_seconds=round(duration_seconds, 3),
-                      copy_seconds=round(copy_seconds, 3))
-    s.files_excluded = listing.excluded
-    skipped = _problems(listing.skipped)
-    failed = _problems(listing.failed)
-    run_error = ""
-    for result, from_checkpoint in results:
+class BackupTally:
+    """The running totals of a backup's batch results, added as each batch finishes: the
+    summary needs counts and problems only, so no batch's files are kept."""
+
+    def __init__(self) -> None:
+        self.totals = BackupSummary()
+        self.skipped: list[FileProblem] = []
+        self.failed: list[FileProblem] = []
+        self.run_error = ""  # the first batch's reason why the run could not go on
+
+    def add(self, result: BatchResult, from_checkpoint: bool) -> None:
+        """Count one finished batch (from a checkpoint: reused, nothing sent)."""
+        s = self.totals
         if from_checkpoint:
             result = result.as_cached()
-        run_error = run_error or result.run_error
+        self.run_error = self.run_error or result.run_error
         s.batches += 1
         s.batches_from_checkpoint += from_checkpoint
         s.files_uploaded += result.files_uploaded
@@ -171,15 +165,24 @@ def summarize(
         s.bytes_total += result.bytes_total
         s.bytes_uploaded += result.bytes_uploaded
         s.retries += result.retries
-        skipped += _problems(result.skipped)
-        failed += _problems(result.failed)
-    s.skipped, s.failed = sorted(skipped, key=_path), sorted(failed, key=_path)
-    s.files_skipped, s.files_failed = len(skipped), len(failed)
-    s.files_total = s.files_uploaded + s.files_unchanged + s.files_skipped + s.files_failed
-    s.outcome = "incomplete" if s.files_failed else "completed"
-    if run_error:
-        s.outcome, s.error = "failed", run_error
-    return s
+        self.skipped += _problems(result.skipped)
+        self.failed += _problems(result.failed)
+
+    def summary(self, listing: FileListing, *, root: str, destination: str, dry_run: bool, duration_seconds: float,
+                copy_seconds: float = 0.0) -> BackupSummary:
+        """The summary of the batches added so far and of what the listing left out."""
+        s = self.totals.model_copy(update=dict(
+            root=root, destination=destination, dry_run=dry_run, duration_seconds=round(duration_seconds, 3),
+            copy_seconds=round(copy_seconds, 3), files_excluded=listing.excluded))
+        skipped = _problems(listing.skipped) + self.skipped
+        failed = _problems(listing.failed) + self.failed
+        s.skipped, s.failed = sorted(skipped, key=_path), sorted(failed, key=_path)
+        s.files_skipped, s.files_failed = len(skipped), len(failed)
+        s.files_total = s.files_uploaded + s.files_unchanged + s.files_skipped + s.files_failed
+        s.outcome = "incomplete" if s.files_failed else "completed"
+        if self.run_error:
+            s.outcome, s.error = "failed", self.run_error
+        return s
 
 
 class RunFailed(Exception):

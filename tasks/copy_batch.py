@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Callable, Iterable, Iterator
 
 from prefect import get_run_logger, task
-from prefect.context import TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.futures import PrefectFuture, as_completed
 
 from site_backup.accounts import open_store
 from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files
 from site_backup.destination import Destination
-from site_backup.files import FileEntry
+from site_backup.files import Batch, FileEntry
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy
 from tasks.checkpoints import checkpoint_key
@@ -68,3 +70,30 @@ def copy_batch(root: str, batch: list[FileEntry], destination: Destination, opti
     if result.failed:
         raise BatchIncomplete(result)
     return result
+
+
+def copy_slots(default: int = 4) -> int:
+    """How many copy tasks the flow run's task runner runs at once: a thread pool's size,
+    else `default` (a Dask cluster does not say)."""
+    context = FlowRunContext.get()
+    workers = getattr(context.task_runner, "_max_workers", None) if context else None
+    return workers if isinstance(workers, int) and 0 < workers < 1024 else default
+
+
+def copy_as_walked(submit: Callable[[Batch], PrefectFuture], batches: Iterable[Batch], max_pending: int,
+                   until: Callable[[], bool] = lambda: False) -> Iterator[tuple[Batch, PrefectFuture]]:
+    """Submit each batch as `batches` yields it, with no more than `max_pending` copies
+    unfinished at once, and yield each (batch, future) as it finishes. The next batch is
+    asked for only when there is room, so the walk never runs more than `max_pending`
+    batches (plus what `batches` holds) ahead of the copies; none is asked for once
+    `until()` is true (the run cannot go on)."""
+    pending: dict[PrefectFuture, Batch] = {}
+    for batch in batches:
+        pending[submit(batch)] = batch
+        while len(pending) >= max_pending:
+            done = next(as_completed(list(pending)))
+            yield pending.pop(done), done
+        if until():
+            break
+    for done in as_completed(list(pending)):
+        yield pending.pop(done), done

@@ -10,6 +10,7 @@ that would only repeat it with a traceback are dropped.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 
 from prefect.states import Failed
@@ -20,6 +21,17 @@ from site_backup.errors import ConfigurationError
 def task_reports_configuration_error(fn):
     """For a task function: Prefect's "Finished in state Failed(... ConfigurationError: ...)"
     line is the run's one line about the error; the flow must not log it again."""
+
+    if inspect.isgeneratorfunction(fn):  # Prefect must still see a generator task (list-files streams)
+        @functools.wraps(fn)
+        def generator_task_body(*args, **kwargs):
+            try:
+                return (yield from fn(*args, **kwargs))
+            except ConfigurationError as exc:
+                exc.logged = True
+                raise
+
+        return generator_task_body
 
     @functools.wraps(fn)
     def task_body(*args, **kwargs):

@@ -72,10 +72,12 @@ def finish_manifest(manifest: ManifestWriter, summary: BackupSummary) -> RunReco
 
 
 @task(name="delete-missing", cache_policy=NO_CACHE, persist_result=False)
-def delete_missing_files(destination: Destination, listing: FileListing, include: list[str], exclude: list[str],
-                         dry_run: bool, blocked: str, policy: RetryPolicy = RetryPolicy()) -> MirrorResult:
-    """Mirror mode: delete the blobs of files the tree no longer has, their content kept in
-    history first (site_backup/mirror.py). `blocked` says why this run may not delete."""
+def delete_missing_files(destination: Destination, listing: FileListing, walked: list[str], include: list[str],
+                         exclude: list[str], dry_run: bool, blocked: str, policy: RetryPolicy = RetryPolicy()
+                         ) -> MirrorResult:
+    """Mirror mode: delete the blobs of files the tree no longer has (`walked`: the paths the
+    walk saw), their content kept in history first (site_backup/mirror.py). `blocked` says
+    why this run may not delete."""
     from prefect import get_run_logger
 
     if blocked:
@@ -84,7 +86,7 @@ def delete_missing_files(destination: Destination, listing: FileListing, include
     budget = run_budget(policy, destination.account_url)
     store = open_store(destination, budget)
     result = delete_missing(store, open_history_store(destination, budget), destination.prefix, listing,
-                            include=include, exclude=exclude, dry_run=dry_run)
+                            include=include, exclude=exclude, dry_run=dry_run, walked=walked)
     if result.deleted and not dry_run:
         try:
             store.touch_container()

@@ -22,17 +22,22 @@ class ProgressArtifact:
     once a second (and at the end), not after every batch. Its metadata carries the counts
     (`progress_counts`): the HTTP status API returns them as the run's customStatus."""
 
-    def __init__(self, files_total: int, bytes_total: int, every_seconds: float = 1.0):
+    def __init__(self, files_total: int, bytes_total: int, every_seconds: float = 1.0, counting: bool = False):
         self.files_total, self.bytes_total, self.every = files_total, bytes_total, every_seconds
+        self.counting = counting  # the walk goes on: the totals are those found so far
         self.files_done = self.bytes_done = 0
         self.id: UUID = create_progress_artifact(progress=0.0, key="backup-progress", description=self._text())
         self._update(0.0)  # the totals, readable before the first batch ends
         self.last = time.monotonic()
 
+    def expect(self, files_total: int, bytes_total: int, counting: bool) -> None:
+        """The totals found so far by a walk that is still going (counting), or in the end."""
+        self.files_total, self.bytes_total, self.counting = files_total, bytes_total, counting
+
     def advance(self, files: int, size: int) -> None:
         self.files_done += files
         self.bytes_done += size
-        finished = self.files_done >= self.files_total
+        finished = self.files_done >= self.files_total and not self.counting
         if finished or time.monotonic() - self.last >= self.every:
             done, total = (self.bytes_done, self.bytes_total) if self.bytes_total else (self.files_done, self.files_total)
             self._update(100.0 * done / total if total else 100.0)
@@ -48,8 +53,9 @@ class ProgressArtifact:
             artifact_id=self.id, artifact=ArtifactUpdate(data=percent, description=self._text(), metadata_=counts))
 
     def _text(self) -> str:
+        more = " found so far (counting)" if self.counting else ""
         return (f"{self.files_done} of {self.files_total} files, "
-                f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}")
+                f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}{more}")
 
 
 def progress_counts(files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> dict[str, str]:
@@ -71,14 +77,33 @@ def failed_state(summary):
 
 
 def announce_backup(listing, destination, *, dry_run: bool, empty: bool) -> None:
-    """One log line saying what this run will back up, before any copy starts."""
+    """One log line saying what this run will back up, before any copy starts. When the
+    walk is still going (a tree larger than the look-ahead), it says what was counted so
+    far, and `announce_listed` gives the totals when the walk ends."""
     from prefect import get_run_logger
 
+    if listing.walking:
+        get_run_logger().info(
+            "%s %s to %s%s: counting files as the copies go (%d files, %s so far)",
+            "Dry run of" if dry_run else "Backing up", listing.root, destination.describe(),
+            " (empty: no comparison needed)" if empty else "", listing.files, human_bytes(listing.bytes))
+        return
     get_run_logger().info(
-        "%s %s (%d files, %s, in %d batches; %d skipped, %d excluded) to %s%s",
-        "Dry run of" if dry_run else "Backing up", listing.root, listing.files, human_bytes(listing.bytes),
-        len(listing.batches), len(listing.skipped) + len(listing.failed), listing.excluded, destination.describe(),
+        "%s %s (%s) to %s%s",
+        "Dry run of" if dry_run else "Backing up", listing.root, _listing_counts(listing), destination.describe(),
         " (empty: no comparison needed)" if empty else "")
+
+
+def announce_listed(listing) -> None:
+    """The totals of a walk that ended after the copies had started, as one log line."""
+    from prefect import get_run_logger
+
+    get_run_logger().info("Listed %s: %s", listing.root, _listing_counts(listing))
+
+
+def _listing_counts(listing) -> str:
+    return (f"{listing.files} files, {human_bytes(listing.bytes)}, in {listing.batch_count} batches; "
+            f"{len(listing.skipped) + len(listing.failed)} skipped, {listing.excluded} excluded")
 
 
 def publish_summary(summary: BackupSummary) -> None:
