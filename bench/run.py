@@ -207,12 +207,12 @@ def connection_string(url: str) -> str:
 
 
 def account_sas() -> str:
-    """A SAS for the whole account with the permissions a backup needs (read, add, create,
-    write, list on containers and blobs)."""
+    """A SAS for the whole account with the permissions the README asks for (read, add,
+    create, write, delete, list on containers and blobs)."""
     from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
     return generate_account_sas(ACCOUNT, KEY, ResourceTypes(container=True, object=True),
-                                AccountSasPermissions(read=True, add=True, create=True, write=True, list=True),
+                                AccountSasPermissions(read=True, add=True, create=True, write=True, delete=True, list=True),
                                 expiry=datetime.now(timezone.utc) + timedelta(hours=6))
 
 

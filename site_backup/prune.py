@@ -86,8 +86,10 @@ class Lease:
             except Exception:
                 pass  # tried again at the next turn; a lease lost here shows as "expired"
 
-    def release(self, delete: bool = True) -> None:
-        """Stop renewing, and delete the lock blob (or give the lease back)."""
+    def release(self, delete: bool = True) -> Exception | None:
+        """Stop renewing, and delete the lock blob (or give the lease back); the error when
+        that was refused. Nothing waits on it: the lease ends by itself within LEASE_SECONDS,
+        but a lock blob left behind each run says the credentials may not delete."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -96,8 +98,9 @@ class Lease:
                 self.store.delete(self.name, lease_id=self.lease_id)
             else:
                 self.store.lease(self.name, "release", self.lease_id)
-        except Exception:
-            pass  # the lease ends by itself within LEASE_SECONDS
+        except Exception as exc:
+            return exc
+        return None
 
 
 def backup_lock(history_store, prefix: str, run_id: str) -> Lease:

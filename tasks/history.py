@@ -61,14 +61,26 @@ def finish_manifest(manifest: ManifestWriter, summary: BackupSummary) -> RunReco
         if summary.outcome != "failed" and not manifest.broken:
             record = manifest.finish(summary.model_dump(mode="json"), summary.root, summary.destination,
                                      dt.datetime.now(dt.timezone.utc))
-            manifest.lock.release()
+            _release(manifest)
             return record
     except Exception as exc:
         manifest.broken = describe(exc)
     if manifest.broken:
         get_run_logger().warning("no manifest for this run (its files are backed up): %s", manifest.broken)
-    manifest.lock.release()
+    _release(manifest)
     return None
+
+
+def _release(manifest: ManifestWriter) -> None:
+    """Release the run's lock; say so when its blob may not be deleted (a SAS without the
+    delete permission leaves one behind per run, which prune cannot remove either)."""
+    from prefect import get_run_logger
+
+    refused = manifest.lock.release()
+    if refused is not None:
+        get_run_logger().warning(
+            "the run's lock blob %s could not be deleted (%s): give the credentials the delete permission "
+            "(a SAS needs d); the lease ends by itself within a minute", manifest.lock.name, describe(refused))
 
 
 @task(name="delete-missing", cache_policy=NO_CACHE, persist_result=False)

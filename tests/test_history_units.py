@@ -138,3 +138,37 @@ def test_a_storage_error_while_staging_gives_up_the_manifest_not_the_backup():
     w.add_batch(BatchResult(entries=[("a", 1, None, 1, None)] * 50), [])
     w.add_batch(BatchResult(entries=[("b", 1, None, 1, None)]), [])
     assert "connection reset" in w.broken and w.files < 51
+
+
+def test_a_lock_blob_that_may_not_be_deleted_is_handed_back_not_swallowed():
+    """A SAS without the delete permission: the run goes on, and its warning names the refusal."""
+    from site_backup.prune import Lease
+
+    class RefusesDelete:
+        def put(self, *args, **kwargs):
+            pass
+
+        def lease(self, *args, **kwargs):
+            pass
+
+        def delete(self, name, lease_id=None):
+            raise PermissionError("403 AuthorizationPermissionMismatch")
+
+    lock = Lease(RefusesDelete(), "locks/run").acquire()
+    refused = lock.release()
+    assert isinstance(refused, PermissionError) and "AuthorizationPermissionMismatch" in str(refused)
+    assert Lease(MemoryLockStore(), "locks/run").acquire(fresh=True).release() is None
+
+
+class MemoryLockStore:
+    def __init__(self):
+        self.blobs = set()
+
+    def put(self, name, *args, **kwargs):
+        self.blobs.add(name)
+
+    def lease(self, *args, **kwargs):
+        pass
+
+    def delete(self, name, lease_id=None):
+        self.blobs.remove(name)
