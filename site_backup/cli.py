@@ -53,9 +53,10 @@ def build_parser(sharded: bool = False) -> argparse.ArgumentParser:
                        help="upload nothing; check every file has a blob of the same size and MD5, and list "
                             "missing, different and extra blobs (exit 1 when a file is missing or different)")
     p.add_argument("--refresh", action="store_true", help="ignore checkpoints of earlier runs and re-check every file")
-    p.add_argument("--delete-missing", action="store_true",
-                   help="mirror: after a run without failures, delete the blobs of files no longer in ROOT (files "
-                        "left out by --include/--exclude are kept); history keeps their content")
+    if not sharded:  # a shard sees part of the tree: it may not mirror it
+        p.add_argument("--delete-missing", action="store_true",
+                       help="mirror: after a run without failures, delete the blobs of files no longer in ROOT "
+                            "(files left out by --include/--exclude are kept); history keeps their content")
     p.add_argument("--checkpoint-block", metavar="NAME",
                    help="keep checkpoints in this saved AzureBlobStorageContainer block (container and folder) "
                         "instead of the local Prefect home, so a run on another machine resumes too")
@@ -166,7 +167,6 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         follow_symlinks=args.follow_symlinks,
         dry_run=args.dry_run,
         refresh=args.refresh,
-        delete_missing=args.delete_missing,
         checkpoint_block=args.checkpoint_block,
         checkpoint_days=args.checkpoint_days,
         files_per_batch=args.files_per_batch,
@@ -177,6 +177,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         blocks_in_flight=args.blocks_in_flight,
         retries=args.retries,
         storage_timeout=args.storage_timeout,
+        **({"delete_missing": True} if args.delete_missing else {}),
         **({"shard": str(shard), "shard_by": args.shard_by} if shard else {}),
     )
 
@@ -334,7 +335,7 @@ def build_sharded_parser() -> argparse.ArgumentParser:
 def sharded_main(flow, argv: list[str] | None = None) -> int:
     """Run the sharded backup flow from the command line; returns the exit code."""
     args = build_sharded_parser().parse_args(argv)
-    args.shard, args.verify = None, False
+    args.shard, args.verify, args.delete_missing = None, False, False
     try:
         destination = Destination.checked(args.container, args.prefix, args.credentials_block)
         parameters = flow_parameters(args)

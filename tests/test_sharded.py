@@ -224,13 +224,14 @@ def pool(azurite, tmp_path_factory):
                           PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path_factory.mktemp("results")),
                           AZURE_STORAGE_CONNECTION_STRING=azurite_connection_string(
                               f"http://127.0.0.1:{proxy.port}/devstoreaccount1"),
-                          PWD=str(PROJECT), PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_LEVEL="INFO")
+                          PWD=str(PROJECT), PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_LEVEL="INFO",
+                          WORK_POOL="site-backup")  # prefect.yaml's deployments name their pool through it
         server = start_process([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                env=server_env, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
         workers = []
         try:
             wait_for_health(f"{api_url}/health", 240, logs / "server.log")
-            for step in ([str(PROJECT / "scripts" / "ensure-work-pool")],
+            for step in ([PREFECT, "work-pool", "create", "site-backup", "--type", "process"],
                          [PREFECT, "--no-prompt", "deploy", "--name", "backup-site-content/shard",
                           "--name", "backup-site-sharded/local"]):
                 done = subprocess.run(step, cwd=PROJECT, env=client_env, capture_output=True, text=True, timeout=300)
