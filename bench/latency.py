@@ -1,7 +1,7 @@
 """Storage as users live with it, for the benchmark's latency scenario: an HTTPS Azurite that
 also accepts Entra ID tokens (`--oauth basic`), reached through the project's fault proxy
-adding a fixed delay to every request, and a managed-identity token endpoint, so the flow
-signs in with DefaultAzureCredential exactly as on an Azure VM or App Service.
+adding a fixed delay to every request; with the tests' managed-identity token endpoint
+(tests/azurite_auth.py) the flow signs in with DefaultAzureCredential as on App Service.
 
 Every tool and every sign-in mode goes through TLS here (real Azure is HTTPS only), so the
 Entra ID, SAS and account-key runs differ in their sign-in alone. The proxy ends TLS and
@@ -10,58 +10,13 @@ opens it again towards Azurite, which checks the bearer tokens itself."""
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
-from tests.azurite_auth import unsigned_storage_token as storage_token
 from tests.faultproxy import FaultProxy
-
-
-class TokenEndpoint:
-    """A managed-identity endpoint as App Service provides one (IDENTITY_ENDPOINT and
-    IDENTITY_HEADER): azure-identity's DefaultAzureCredential asks it for storage tokens."""
-
-    SECRET = "bench"
-
-    def __enter__(self) -> "TokenEndpoint":
-        self.tokens = 0
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.headers.get("X-IDENTITY-HEADER") != TokenEndpoint.SECRET:
-                    self.send_error(401)
-                    return
-                token, expires = storage_token()
-                endpoint.tokens += 1
-                body = json.dumps({"access_token": token, "expires_on": str(expires), "token_type": "Bearer",
-                                   "resource": "https://storage.azure.com"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def environment(self) -> dict[str, str]:
-        return {"IDENTITY_ENDPOINT": f"http://127.0.0.1:{self._server.server_port}/msi/token",
-                "IDENTITY_HEADER": self.SECRET}
 
 
 class LatencyProxy:

@@ -672,11 +672,11 @@ def main(argv=None) -> int:
     identity = None
     try:
         if "latency" in scenarios:
-            from bench.latency import TokenEndpoint
+            from tests.azurite_auth import TokenEndpoint
             from tests.azurite_auth import self_signed_certificate
 
             ctx["tls"] = self_signed_certificate(tmp / "tls")
-            ctx["identity"] = identity = TokenEndpoint().__enter__()
+            ctx["identity"] = identity = TokenEndpoint()
         warm = make_tree("tiny")[0] if "tiny" not in trees else trees["tiny"][0]
         for tool in {"flow", "flow-ephemeral"} & set(tools):
             # Not measured: a server's first flow and task runs are slower (its database is
@@ -702,7 +702,7 @@ def main(argv=None) -> int:
     finally:
         server.stop()
         if identity:
-            identity.__exit__(None, None, None)
+            identity.close()
     table, checks = report(runs, trees, args.rounds)
     latency_table, latency_checks = latency_report(runs, trees, args.latency_ms)
     checks += latency_checks

@@ -51,7 +51,10 @@ def unsigned_storage_token(lifetime: int = 3600) -> tuple[str, int]:
 class TokenEndpoint:
     """An App Service managed identity endpoint on 127.0.0.1 handing out tokens the HTTPS
     Azurite accepts: with `environment()` set, azure-identity's DefaultAzureCredential gets
-    its tokens here, in any process (a command-line run, a worker's flow run)."""
+    its tokens here, in any process (a command-line run, a worker's flow run). Used by the
+    tests and by the benchmark's latency scenario."""
+
+    SECRET = "test-identity-header"  # App Service's IDENTITY_HEADER: a request without it is refused
 
     def __init__(self):
         import json
@@ -62,6 +65,9 @@ class TokenEndpoint:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                if self.headers.get("X-IDENTITY-HEADER") != TokenEndpoint.SECRET:
+                    self.send_error(401)
+                    return
                 endpoint.requests += 1
                 token, expires = unsigned_storage_token()
                 body = json.dumps({"access_token": token, "expires_on": str(expires), "token_type": "Bearer",
@@ -82,7 +88,7 @@ class TokenEndpoint:
 
     def environment(self) -> dict[str, str]:
         return {"IDENTITY_ENDPOINT": f"http://127.0.0.1:{self.server.server_port}/msi/token",
-                "IDENTITY_HEADER": "test-identity-header"}
+                "IDENTITY_HEADER": self.SECRET}
 
     def close(self) -> None:
         self.server.shutdown()
