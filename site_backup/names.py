@@ -32,6 +32,8 @@ _DECODED = {v: k for k, v in _ENCODED.items()}
 _QUOTED = set(_DECODED) | {QUOTE}
 
 _NEEDS_ENCODING = re.compile("[\x00-\x1f\x7f/\\\\\u2400-\u241f\u2421\u201b\uff0f\uff3c\ud800-\udfff]|[.\uff0e]\\Z")
+# The same over a whole path: a `.` ends a segment before a `/` too.
+_PATH_NEEDS_ENCODING = re.compile("[\x00-\x1f\x7f\\\\\u2400-\u241f\u2421\u201b\uff0f\uff3c\ud800-\udfff]|[.\uff0e](?:/|\\Z)")
 _NEEDS_DECODING = re.compile("[\u2400-\u241f\u2421\u201b\uff0f\uff3c]|\uff0e\\Z")
 _HEX = set("0123456789ABCDEFabcdef")
 
@@ -89,6 +91,8 @@ def decode_segment(segment: str) -> str:
 
 def encode_path(path: str) -> str:
     """The blob name (without prefix) for a '/'-separated path relative to the root."""
+    if not _PATH_NEEDS_ENCODING.search(path):
+        return path
     return "/".join(encode_segment(s) for s in path.split("/"))
 
 

@@ -92,6 +92,18 @@ def test_generated_paths_round_trip():
         assert decode_path(blob) == path
 
 
+def test_whole_path_shortcut_agrees_with_segment_by_segment():
+    # encode_path skips the per-segment work when the path holds nothing to encode: it must
+    # give exactly the segment-by-segment result, hostile and ordinary names mixed.
+    rng = random.Random(3)
+    pool = ORDINARY + ["a.", "b\uff0e", "c\\d", "e\u201bf"]
+    for _ in range(5_000):
+        segments = [rng.choice(pool) if rng.random() < 0.7 else (_random_name(rng).replace("/", "") or "x")
+                    for _ in range(rng.randint(1, 4))]
+        path = "/".join(segments)
+        assert encode_path(path) == "/".join(encode_segment(s) for s in segments), path
+
+
 def test_names_other_tools_wrote_decode_leniently():
     assert decode_segment("it\u201bs") == "it\u201bs"  # a quote before an ordinary character stays
     assert decode_segment("\u201b") == "\u201b"
