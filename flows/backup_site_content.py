@@ -24,7 +24,7 @@ from prefect.utilities.annotations import quote
 
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import ContainerName, Destination
-from site_backup.files import heaviest_first_within
+from site_backup.files import heaviest_first_within, joined
 from site_backup.mirror import blocker
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
@@ -38,6 +38,10 @@ from tasks.list_files import Walk, list_files
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import ProgressArtifact, announce_backup, announce_listed, failed_state, final_state, publish_summary
+
+
+# A dry run's copy task takes this many batches at once (see site_backup.files.joined).
+DRY_RUN_BATCHES_PER_TASK = 8
 
 
 @flow(name="backup-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
@@ -148,6 +152,8 @@ def backup_site_content(
         # batches walked ahead: a tree of that many batches is ordered exactly as a whole list.
         ahead = 2 * copy_slots()
         batches = heaviest_first_within(walk, ahead)
+        if dry_run:  # no checkpoints to keep per batch: fewer, larger task runs
+            batches = joined(batches, DRY_RUN_BATCHES_PER_TASK)
         first = next(batches, None)  # fills the look-ahead: a small tree is walked whole by now
         batches = chain([first] if first is not None else [], batches)
         announce_backup(listing, destination, dry_run=dry_run, empty=empty)
@@ -156,7 +162,7 @@ def backup_site_content(
         shown = ProgressArtifact(listing.files, listing.bytes, counting=listing.walking)
         counting = listing.walking
         # An empty prefix holds none of what earlier checkpoints describe: make new ones.
-        copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days)
+        copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days, dry_run)
         submit = partial(copy.submit, listing.root, destination=destination, options=options, policy=policy)
         tally = BackupTally()
         copy_started = time.monotonic()
@@ -166,13 +172,13 @@ def backup_site_content(
                 manifest.add_batch(result, batch)
             if delete_missing:
                 walked.extend(f.path for f in batch)
-            tally.add(replace(result, entries=None), cached)  # the manifest has the entries: memory stays bounded
+            tally.add(replace(result, entries=None), cached, batch.parts)  # the manifest has the entries: memory stays bounded
             if counting and not listing.walking:
                 announce_listed(listing)
                 counting = False
             progress.expect(listing.files, listing.bytes, counting=counting)
             shown.expect(listing.files, listing.bytes, counting=counting)
-            shown.advance(len(batch), sum(f.size for f in batch))
+            shown.advance(len(batch), batch.bytes)
     finally:
         # Ends list-files when the run stopped early (in its own context, or Prefect's clean-up fails).
         walk.close()

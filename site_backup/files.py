@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import re
 import stat
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from collections.abc import Sequence
 from typing import Iterable, Iterator, NamedTuple
 
@@ -36,11 +38,20 @@ class Batch(Sequence):
     list: Prefect walks list and tuple parameters item by item looking for futures, which
     cost seconds per 100,000 files; this it passes along as one value."""
 
-    def __init__(self, items: Iterable = ()):
+    def __init__(self, items: Iterable = (), parts: int = 1):
         self.items = tuple(items)
+        self.parts = parts  # how many batches of the walk this one joins (see `joined`)
 
     def __getitem__(self, index):
         return self.items[index]
+
+    def __iter__(self):  # Sequence's own __iter__ calls __getitem__ once per item, in Python
+        return iter(self.items)
+
+    @cached_property
+    def bytes(self) -> int:
+        """The size of every item together."""
+        return sum(item.size for item in self.items)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -281,14 +292,14 @@ def walk_tree(
             if found is None:
                 continue
             if not isinstance(found, FileEntry):  # a folder to descend into
-                if _matches(excludes, rel) or _matches(excludes, rel + "/"):
+                if excludes and (_matches(excludes, rel) or _matches(excludes, rel + "/")):
                     record.excluded += 1
                     continue
                 subdirs.append((rel, *found))
                 continue
             if not ours:
                 continue
-            if (includes and not _matches(includes, rel)) or _matches(excludes, rel):
+            if (includes and not _matches(includes, rel)) or (excludes and _matches(excludes, rel)):
                 listing.excluded += 1
                 continue
             yield found
@@ -450,7 +461,7 @@ def stream_batches(
     for files_of_batch in make_batches(files, max_files, max_bytes):
         batch = Batch(files_of_batch)
         listing.file_count += len(batch)
-        listing.byte_count += sum(f.size for f in batch)
+        listing.byte_count += batch.bytes
         listing.batch_count += 1
         yield batch
     listing.walking = False
@@ -480,9 +491,10 @@ def list_batches(
 REQUEST_COST_BYTES = 256 * 1024
 
 
-def upload_weight(files: Iterable[FileEntry]) -> int:
+def upload_weight(files: Sequence[FileEntry]) -> int:
     """What copying `files` costs the storage, in bytes, counting each request as 256 KiB."""
-    return sum(f.size + REQUEST_COST_BYTES for f in files)
+    size = files.bytes if isinstance(files, Batch) else sum(f.size for f in files)
+    return size + REQUEST_COST_BYTES * len(files)
 
 
 def heaviest_first(batches: list[Batch]) -> list[Batch]:
@@ -490,6 +502,17 @@ def heaviest_first(batches: list[Batch]) -> list[Batch]:
     than copy tasks at once, the long ones start early and overlap the many short ones
     instead of running alone at the end."""
     return sorted(batches, key=upload_weight, reverse=True)
+
+
+def joined(batches: Iterable[Batch], count: int) -> Iterator[Batch]:
+    """Every `count` consecutive batches as one. A dry run copies them so: it keeps no
+    checkpoint, so where one batch ends means nothing to it, and each task run costs the
+    orchestrator the same, however many files it holds."""
+    if count < 1:
+        raise ValueError("batches are joined at least 1 at a time")
+    stream = iter(batches)
+    while group := list(itertools.islice(stream, count)):
+        yield group[0] if len(group) == 1 else Batch(itertools.chain.from_iterable(group), parts=sum(b.parts for b in group))
 
 
 def heaviest_first_within(batches: Iterable[Batch], window: int) -> Iterator[Batch]:

@@ -151,14 +151,15 @@ class BackupTally:
         self.failed: list[FileProblem] = []
         self.run_error = ""  # the first batch's reason why the run could not go on
 
-    def add(self, result: BatchResult, from_checkpoint: bool) -> None:
-        """Count one finished batch (from a checkpoint: reused, nothing sent)."""
+    def add(self, result: BatchResult, from_checkpoint: bool, batches: int = 1) -> None:
+        """Count one finished batch (from a checkpoint: reused, nothing sent), or the
+        `batches` that one task copied together."""
         s = self.totals
         if from_checkpoint:
             result = result.as_cached()
         self.run_error = self.run_error or result.run_error
-        s.batches += 1
-        s.batches_from_checkpoint += from_checkpoint
+        s.batches += batches
+        s.batches_from_checkpoint += from_checkpoint * batches
         s.files_uploaded += result.files_uploaded
         s.files_unchanged += result.files_unchanged
         s.files_changed += getattr(result, "files_changed", 0)  # checkpoints from before it was counted

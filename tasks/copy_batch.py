@@ -32,10 +32,13 @@ def batch_checkpoint_key(context, parameters) -> str | None:
                           (f"{f.path}\0{f.size}\0{f.mtime_ns}" for f in parameters["batch"]))
 
 
-def with_checkpoints(refresh: bool = False, block: str | None = None, days: float | None = None):
+def with_checkpoints(refresh: bool = False, block: str | None = None, days: float | None = None,
+                     dry_run: bool = False):
     """The copy task with the run's checkpoint settings: ignore earlier checkpoints,
     keep them in a saved AzureBlobStorageContainer block instead of the local Prefect
-    home, or let them expire after some days."""
+    home, or let them expire after some days. A dry run keeps no checkpoint at all."""
+    if dry_run:  # its results live in memory: nothing is written per batch
+        return copy_batch.with_options(persist_result=False)
     options: dict = {}
     if refresh:
         options["refresh_cache"] = True

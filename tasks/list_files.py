@@ -9,7 +9,8 @@ from typing import Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from site_backup.files import Batch, FileListing, compile_patterns, heaviest_first, open_listing, stream_batches
+from site_backup.files import Batch, FileListing, compile_patterns, heaviest_first, open_listing
+from site_backup.walker import walk_elsewhere
 from site_backup.shards import Shard
 from tasks.errors import task_reports_configuration_error
 
@@ -27,12 +28,12 @@ def list_files(
 ) -> Iterator[FileListing | Batch]:
     """Walk `root` as the flow asks for work: first the listing (the root, its identity,
     and counts that grow as the walk goes), then each batch of regular files as soon as it
-    is cut (of one shard, if given). Links, special files and unreadable folders are
-    reported in the listing."""
+    is cut (of one shard, if given), walked by a process of its own. Links, special files
+    and unreadable folders are reported in the listing."""
     listing = open_listing(root)
     compile_patterns([*include, *exclude])  # a bad pattern fails the run before anything is created
     yield listing
-    yield from stream_batches(listing, include=include, exclude=exclude, follow_symlinks=follow_symlinks,
+    yield from walk_elsewhere(listing, include=include, exclude=exclude, follow_symlinks=follow_symlinks,
                               max_files=max_files, max_bytes=max_bytes, shard=shard)
 
 

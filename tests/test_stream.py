@@ -12,7 +12,7 @@ import pytest
 from site_backup.copy import CopyOptions
 from site_backup.destination import Destination
 from site_backup.files import (
-    Batch, FileEntry, heaviest_first, heaviest_first_within, list_batches, open_listing, stream_batches,
+    Batch, FileEntry, heaviest_first, heaviest_first_within, joined, list_batches, open_listing, stream_batches,
 )
 from tasks.copy_batch import batch_checkpoint_key
 
@@ -70,22 +70,59 @@ def test_heaviest_first_within_holds_no_more_than_its_window():
     assert sorted(b[0].path for b in out) == [f"b{i:03d}" for i in range(100)]
 
 
+def test_joined_batches_keep_every_file_in_order_and_count_the_walks_batches():
+    batches = [Batch([FileEntry(f"b{i}/f{j}", i + j, 0) for j in range(i % 3 + 1)]) for i in range(19)]
+    out = list(joined(iter(batches), 8))
+    assert [len(b) for b in out] == [sum(map(len, batches[k:k + 8])) for k in (0, 8, 16)]
+    assert [f for b in out for f in b] == [f for b in batches for f in b]
+    assert [b.parts for b in out] == [8, 8, 3] and [b.bytes for b in out] == [
+        sum(b.bytes for b in batches[k:k + 8]) for k in (0, 8, 16)]
+    assert list(joined(iter(batches), 1)) == batches and list(joined(iter([]), 8)) == []
+    with pytest.raises(ValueError):
+        list(joined(iter(batches), 0))
+
+
 # ---- the flow ----------------------------------------------------------------------------
+
+def test_a_dry_run_copies_eight_batches_a_task_and_reports_the_walks_batches(storage, checkpoints, container_name,
+                                                                              make_tree, monkeypatch):
+    import tasks.copy_batch
+    from flows.backup_site_content import DRY_RUN_BATCHES_PER_TASK, backup_site_content
+
+    root = make_tree(tree_of(300))
+    copy_files, calls = tasks.copy_batch.copy_files, []
+
+    def counted_copy(root, batch, *args, **kwargs):
+        calls.append(len(batch))
+        return copy_files(root, batch, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.copy_batch, "copy_files", counted_copy)
+    walked = len(list_batches(str(root), max_files=6).batches)
+    summary = backup_site_content(str(root), container=container_name, files_per_batch=6, dry_run=True)
+    assert DRY_RUN_BATCHES_PER_TASK == 8 and walked > 30
+    assert len(calls) == -(-walked // 8) and sum(calls) == 300
+    assert (summary.batches, summary.files_uploaded, summary.files_total) == (walked, 300, 300)
+    assert len(os.listdir(checkpoints)) == 1  # the run's own result: no batch leaves a checkpoint or a result
+    real = backup_site_content(str(root), container=container_name, files_per_batch=6)
+    assert len(calls) == -(-walked // 8) + walked and real.batches == walked  # a real run: a task a batch
+
 
 def test_the_first_upload_happens_while_the_walk_still_runs(storage, checkpoints, container_name, make_tree,
                                                             monkeypatch):
     """The walk stops three quarters of the way through and waits for a blob in the container:
     with the whole tree listed before any copy (as before streaming) none would come."""
-    import site_backup.files as files
+    import tasks.list_files
     from flows.backup_site_content import backup_site_content
 
     tree = tree_of(400)
     root = make_tree(tree)
-    walk_tree, seen = files.walk_tree, {}
+    walk, seen = tasks.list_files.walk_elsewhere, {}
 
     def walk_that_waits_for_a_blob(*args, **kwargs):
-        for i, entry in enumerate(walk_tree(*args, **kwargs)):
-            if i == 300:
+        walked = 0
+        for batch in walk(*args, **kwargs):
+            walked += len(batch)
+            if walked >= 300 and "blob" not in seen:
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and "blob" not in seen:
                     blobs = list(storage.container(container_name).list_blobs())
@@ -93,9 +130,9 @@ def test_the_first_upload_happens_while_the_walk_still_runs(storage, checkpoints
                         seen["blob"], seen["walk went on"] = blobs[0].name, False
                     time.sleep(0.05)
             seen.setdefault("walk went on", True)
-            yield entry
+            yield batch
 
-    monkeypatch.setattr(files, "walk_tree", walk_that_waits_for_a_blob)
+    monkeypatch.setattr(tasks.list_files, "walk_elsewhere", walk_that_waits_for_a_blob)
     summary = backup_site_content(str(root), container=container_name, files_per_batch=5)
     assert seen.get("blob") in tree, "no blob appeared while the walk was held"
     assert (summary.outcome, summary.files_uploaded, summary.files_total) == ("completed", 400, 400)
@@ -109,7 +146,7 @@ def test_the_walk_is_never_more_than_a_bounded_number_of_batches_ahead(storage, 
 
     root = make_tree(tree_of(600))
     lock, counts, ahead = threading.Lock(), {"walked": 0, "copied": 0}, []
-    stream, copy_files = tasks.list_files.stream_batches, tasks.copy_batch.copy_files
+    stream, copy_files = tasks.list_files.walk_elsewhere, tasks.copy_batch.copy_files
 
     def counted_stream(*args, **kwargs):
         for b in stream(*args, **kwargs):
@@ -125,7 +162,7 @@ def test_the_walk_is_never_more_than_a_bounded_number_of_batches_ahead(storage, 
             counts["copied"] += 1
         return outcomes
 
-    monkeypatch.setattr(tasks.list_files, "stream_batches", counted_stream)
+    monkeypatch.setattr(tasks.list_files, "walk_elsewhere", counted_stream)
     monkeypatch.setattr(tasks.copy_batch, "copy_files", slow_copy)
     summary = backup_site_content(str(root), container=container_name, files_per_batch=4)
     # 4 copy tasks at once: 8 in flight or queued, and a look-ahead window of 8.
