@@ -33,6 +33,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # the project's constants, and the tests' fault proxy (bench.latency)
 
 from site_backup.credentials import AZURITE_ACCOUNT as ACCOUNT, AZURITE_KEY as KEY  # noqa: E402
+from site_backup.files import DRY_RUN_BATCHES_PER_TASK  # noqa: E402
 from site_backup.units import MiB  # noqa: E402
 
 DATA = PROJECT / "bench" / ".data"
@@ -408,7 +409,8 @@ def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
                 run.requests = storage.proxy.count() - before
             if tool.startswith("flow") and code == 0 and mode != "first-upload":
                 summary = json.loads(out)
-                run.task_runs = summary["batches"] + 2
+                copy_tasks = summary["batches"] if mode != "dry-run" else -(-summary["batches"] // DRY_RUN_BATCHES_PER_TASK)
+                run.task_runs = copy_tasks + 2  # and list-files, and the flow
                 run.copy_seconds = summary.get("copy_seconds")
             if code != 0:
                 run.note = log.with_suffix(".err").read_text()[-300:]

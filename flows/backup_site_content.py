@@ -24,7 +24,7 @@ from prefect.utilities.annotations import quote
 
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import ContainerName, Destination
-from site_backup.files import heaviest_first_within, joined
+from site_backup.files import DRY_RUN_BATCHES_PER_TASK, heaviest_first_within, joined
 from site_backup.mirror import blocker
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
@@ -38,10 +38,6 @@ from tasks.list_files import Walk, list_files
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import ProgressArtifact, announce_backup, announce_listed, failed_state, final_state, publish_summary
-
-
-# A dry run's copy task takes this many batches at once (see site_backup.files.joined).
-DRY_RUN_BATCHES_PER_TASK = 8
 
 
 @flow(name="backup-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)

@@ -205,8 +205,12 @@ def copy_batch(
             on_file(outcome)
         return outcome
 
-    if options.listing_suffices:
-        return list(map(one, batch))  # no I/O at all: threads would only add overhead
+    if options.listing_suffices:  # no I/O at all: threads would only add overhead
+        outcomes = [done.get(entry.path) or _as_listed(prefix, entry) for entry in batch]
+        if on_file:
+            for outcome in outcomes:
+                on_file(outcome)
+        return outcomes
     # Files above the block size jump the queue, largest first, whichever batch they are in:
     # queued behind another batch's many small files they would start late and finish last.
     # Smaller files keep batch order, so batches finish (and are checkpointed)
@@ -222,16 +226,24 @@ def copy_batch(
             future.cancel()
 
 
+def _as_listed(prefix: str, entry: FileEntry) -> FileOutcome:
+    """What copying `entry` to an empty destination would do, from the listing alone."""
+    refused = blob_name_problem(blob_name(prefix, entry.path))
+    if refused:
+        return FileOutcome(entry.path, "failed", 0, entry.size, refused)
+    return FileOutcome(entry.path, "uploaded", entry.size, entry.size)
+
+
 def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, options: CopyOptions,
               remote: RemoteLookup | None = None) -> FileOutcome:
     """Back up one file; a file that changes while read is tried once more. `remote` answers
     what the destination held at the start; a second attempt asks the store itself."""
     path = entry.path
+    if options.listing_suffices:
+        return _as_listed(prefix, entry)
     refused = blob_name_problem(blob_name(prefix, path))
     if refused:
         return FileOutcome(path, "failed", size=entry.size, reason=refused)
-    if options.listing_suffices:
-        return FileOutcome(path, "uploaded", bytes_uploaded=entry.size, size=entry.size)
     if STOP.is_set():
         return _not_stored(entry, stopped_error())
     for attempt in (0, 1):

@@ -504,6 +504,10 @@ def heaviest_first(batches: list[Batch]) -> list[Batch]:
     return sorted(batches, key=upload_weight, reverse=True)
 
 
+# A dry run's copy task takes this many batches at once (see `joined`).
+DRY_RUN_BATCHES_PER_TASK = 32
+
+
 def joined(batches: Iterable[Batch], count: int) -> Iterator[Batch]:
     """Every `count` consecutive batches as one. A dry run copies them so: it keeps no
     checkpoint, so where one batch ends means nothing to it, and each task run costs the

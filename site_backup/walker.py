@@ -12,6 +12,7 @@ child, so it never runs more than a few batches ahead.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import signal
@@ -23,44 +24,69 @@ from typing import Iterator
 from .files import Batch, FileListing, stream_batches
 
 
+PIPE_BYTES = 1 << 20  # how far (pickled) the child may walk ahead of the flow
+
+
 class WalkFailed(RuntimeError):
     """The walking process ended without finishing the walk."""
 
 
-def walk_elsewhere(listing: FileListing, **options) -> Iterator[Batch]:
-    """`stream_batches(listing, **options)`, walked by a child process."""
-    child = subprocess.Popen([sys.executable, "-m", "site_backup.walker"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, env=_child_environment())
-    try:
+class ChildWalk:
+    """`stream_batches(listing, **options)`, walked by a child process that starts at once
+    (so it walks while the flow prepares storage). Iterate for the batches; `close()` ends
+    the child whenever the batches are no longer wanted."""
+
+    def __init__(self, listing: FileListing, **options):
+        self.listing = listing
+        self.child = subprocess.Popen([sys.executable, "-m", "site_backup.walker"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, env=_child_environment())
+        _widen(self.child.stdout)
         try:
-            pickle.dump((listing.root, options), child.stdin)
-            child.stdin.close()
+            pickle.dump((listing.root, options), self.child.stdin)
+            self.child.stdin.close()
         except BrokenPipeError:  # it ended at once: reading says how
             pass
         listing.walking = True
-        while True:
-            message = _receive(child)
-            kind, skipped, failed, listing.excluded = message[:4]
-            listing.skipped.extend(skipped)
-            listing.failed.extend(failed)
-            if kind == "end":
-                break
-            batch = Batch(message[4])
-            listing.file_count += len(batch)
-            listing.byte_count += batch.bytes
-            listing.batch_count += 1
-            yield batch
-        listing.walking = False
-        child.wait(timeout=30)  # it has sent everything, and ends
-    finally:
-        if child.poll() is None:  # the run stopped asking (or failed): the walk is not needed
-            child.kill()
-        child.wait()
-        for pipe in (child.stdin, child.stdout):
+
+    def __iter__(self) -> Iterator[Batch]:
+        listing = self.listing
+        try:
+            while True:
+                message = _receive(self.child)
+                kind, skipped, failed, listing.excluded = message[:4]
+                listing.skipped.extend(skipped)
+                listing.failed.extend(failed)
+                if kind == "end":
+                    break
+                batch = Batch(message[4])
+                listing.file_count += len(batch)
+                listing.byte_count += batch.bytes
+                listing.batch_count += 1
+                yield batch
+            listing.walking = False
+            self.child.wait(timeout=30)  # it has sent everything, and ends
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the child if it still runs (the batches are not wanted), and wait for it."""
+        if self.child.poll() is None:
+            self.child.kill()
+        self.child.wait()
+        for pipe in (self.child.stdin, self.child.stdout):
             try:
                 pipe.close()
             except OSError:  # a request the child never read
                 pass
+
+
+def _widen(pipe) -> None:
+    # The child walks while this process is busy copying only as far as the pipe holds: the
+    # default 64 KiB is a few batches; Linux lets a pipe hold up to 1 MiB unprivileged.
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (AttributeError, OSError):  # not Linux, or a lower limit: the default then
+        pass
 
 
 def _receive(child: subprocess.Popen) -> tuple:

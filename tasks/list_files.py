@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from site_backup.files import Batch, FileListing, compile_patterns, heaviest_first, open_listing
-from site_backup.walker import walk_elsewhere
+from site_backup.walker import ChildWalk
 from site_backup.shards import Shard
 from tasks.errors import task_reports_configuration_error
 
@@ -32,9 +32,13 @@ def list_files(
     and unreadable folders are reported in the listing."""
     listing = open_listing(root)
     compile_patterns([*include, *exclude])  # a bad pattern fails the run before anything is created
-    yield listing
-    yield from walk_elsewhere(listing, include=include, exclude=exclude, follow_symlinks=follow_symlinks,
-                              max_files=max_files, max_bytes=max_bytes, shard=shard)
+    walk = ChildWalk(listing, include=include, exclude=exclude, follow_symlinks=follow_symlinks,
+                     max_files=max_files, max_bytes=max_bytes, shard=shard)  # walking while the flow prepares
+    try:
+        yield listing
+        yield from walk
+    finally:
+        walk.close()
 
 
 class Walk:

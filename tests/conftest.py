@@ -201,6 +201,39 @@ def container_name() -> str:
     return f"t-{uuid.uuid4().hex[:16]}"
 
 
+def flow_run_messages(run, until: str = "Backup completed", tries: int = 50) -> tuple:
+    """Call `run()` (a flow called with return_state=True) with the flow's INFO lines on, as
+    a deployment run logs them (the suite logs warnings only), and return its state and the
+    log messages the server has for it once one starts with `until` (logs reach the server
+    in the background), or after `tries` polls."""
+    import asyncio
+    import logging
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    flow_runs = logging.getLogger("prefect.flow_runs")
+    level = flow_runs.level
+    flow_runs.setLevel(logging.INFO)
+    try:
+        state = run()
+    finally:
+        flow_runs.setLevel(level)
+
+    async def messages() -> list[str]:
+        async with get_client() as client:
+            for _ in range(tries):
+                logs = await client.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+                text = [log.message for log in logs]
+                if any(m.startswith(until) for m in text):
+                    break
+                await asyncio.sleep(0.2)
+            return text
+
+    return state, asyncio.run(messages())
+
+
 def md5(data: bytes) -> bytes:
     return hashlib.md5(data).digest()
 

@@ -12,7 +12,7 @@ import pytest
 from flows.backup_site_content import backup_site_content
 from site_backup.errors import ConfigurationError
 from site_backup.storage import parse_mtime
-from tests.conftest import read_container
+from tests.conftest import flow_run_messages, read_container
 
 SITE = {
     "index.html": b"<html><body>home</body></html>",
@@ -382,31 +382,7 @@ def test_a_container_scoped_sas_backs_up_into_its_existing_container(azurite, mo
 
 
 def test_the_run_log_says_what_is_backed_up_and_how_it_ended(storage, checkpoints, container_name, make_tree):
-    import asyncio
-    import logging
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
     root = make_tree(SITE)
-    flow_runs = logging.getLogger("prefect.flow_runs")
-    level = flow_runs.level
-    flow_runs.setLevel(logging.INFO)  # the suite logs warnings only; a deployment run logs INFO
-    try:
-        state = backup_site_content(str(root), container=container_name, return_state=True)
-    finally:
-        flow_runs.setLevel(level)
-
-    async def messages():
-        async with get_client() as client:
-            for _ in range(50):  # logs reach the server in the background
-                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-                text = [log.message for log in logs]
-                if any(m.startswith("Backup completed") for m in text):
-                    return text
-                await asyncio.sleep(0.2)
-            return text
-
-    text = asyncio.run(messages())
+    _, text = flow_run_messages(lambda: backup_site_content(str(root), container=container_name, return_state=True))
     assert any(m.startswith(f"Backing up {root} ({len(SITE)} files") and container_name in m for m in text), text
     assert any(m.startswith(f"Backup completed: {len(SITE)} files, {len(SITE)} uploaded") for m in text), text

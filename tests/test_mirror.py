@@ -96,7 +96,7 @@ def test_an_unreadable_folder_blocks_every_deletion(storage, checkpoints, contai
     monkeypatch.setattr(files.os, "scandir", scandir)
     import tasks.list_files  # walked in this process, where the failing scandir is
 
-    monkeypatch.setattr(tasks.list_files, "walk_elsewhere", files.stream_batches)
+    monkeypatch.setattr(tasks.list_files, "ChildWalk", files.stream_batches)
     blocked = backup_site_content(str(root), container=container_name, delete_missing=True)
     assert blocked.outcome == "incomplete" and blocked.files_deleted == 0
     assert blocked.deletion_blocked.startswith("1 folder(s) or file(s) could not be read (first: locked: ")

@@ -12,9 +12,11 @@ import pytest
 from site_backup.copy import CopyOptions
 from site_backup.destination import Destination
 from site_backup.files import (
-    Batch, FileEntry, heaviest_first, heaviest_first_within, joined, list_batches, open_listing, stream_batches,
+    DRY_RUN_BATCHES_PER_TASK, Batch, FileEntry, heaviest_first, heaviest_first_within, joined, list_batches,
+    open_listing, stream_batches,
 )
 from tasks.copy_batch import batch_checkpoint_key
+from tests.conftest import flow_run_messages
 
 
 def tree_of(count: int, folders: int = 4) -> dict[str, bytes]:
@@ -84,10 +86,10 @@ def test_joined_batches_keep_every_file_in_order_and_count_the_walks_batches():
 
 # ---- the flow ----------------------------------------------------------------------------
 
-def test_a_dry_run_copies_eight_batches_a_task_and_reports_the_walks_batches(storage, checkpoints, container_name,
+def test_a_dry_run_copies_32_batches_a_task_and_reports_the_walks_batches(storage, checkpoints, container_name,
                                                                               make_tree, monkeypatch):
     import tasks.copy_batch
-    from flows.backup_site_content import DRY_RUN_BATCHES_PER_TASK, backup_site_content
+    from flows.backup_site_content import backup_site_content
 
     root = make_tree(tree_of(300))
     copy_files, calls = tasks.copy_batch.copy_files, []
@@ -99,12 +101,12 @@ def test_a_dry_run_copies_eight_batches_a_task_and_reports_the_walks_batches(sto
     monkeypatch.setattr(tasks.copy_batch, "copy_files", counted_copy)
     walked = len(list_batches(str(root), max_files=6).batches)
     summary = backup_site_content(str(root), container=container_name, files_per_batch=6, dry_run=True)
-    assert DRY_RUN_BATCHES_PER_TASK == 8 and walked > 30
-    assert len(calls) == -(-walked // 8) and sum(calls) == 300
+    assert DRY_RUN_BATCHES_PER_TASK == 32 and walked > 32
+    assert len(calls) == -(-walked // 32) and sum(calls) == 300
     assert (summary.batches, summary.files_uploaded, summary.files_total) == (walked, 300, 300)
     assert len(os.listdir(checkpoints)) == 1  # the run's own result: no batch leaves a checkpoint or a result
     real = backup_site_content(str(root), container=container_name, files_per_batch=6)
-    assert len(calls) == -(-walked // 8) + walked and real.batches == walked  # a real run: a task a batch
+    assert len(calls) == -(-walked // 32) + walked and real.batches == walked  # a real run: a task a batch
 
 
 def test_the_first_upload_happens_while_the_walk_still_runs(storage, checkpoints, container_name, make_tree,
@@ -116,7 +118,7 @@ def test_the_first_upload_happens_while_the_walk_still_runs(storage, checkpoints
 
     tree = tree_of(400)
     root = make_tree(tree)
-    walk, seen = tasks.list_files.walk_elsewhere, {}
+    walk, seen = tasks.list_files.ChildWalk, {}
 
     def walk_that_waits_for_a_blob(*args, **kwargs):
         walked = 0
@@ -132,7 +134,7 @@ def test_the_first_upload_happens_while_the_walk_still_runs(storage, checkpoints
             seen.setdefault("walk went on", True)
             yield batch
 
-    monkeypatch.setattr(tasks.list_files, "walk_elsewhere", walk_that_waits_for_a_blob)
+    monkeypatch.setattr(tasks.list_files, "ChildWalk", walk_that_waits_for_a_blob)
     summary = backup_site_content(str(root), container=container_name, files_per_batch=5)
     assert seen.get("blob") in tree, "no blob appeared while the walk was held"
     assert (summary.outcome, summary.files_uploaded, summary.files_total) == ("completed", 400, 400)
@@ -146,7 +148,7 @@ def test_the_walk_is_never_more_than_a_bounded_number_of_batches_ahead(storage, 
 
     root = make_tree(tree_of(600))
     lock, counts, ahead = threading.Lock(), {"walked": 0, "copied": 0}, []
-    stream, copy_files = tasks.list_files.walk_elsewhere, tasks.copy_batch.copy_files
+    stream, copy_files = tasks.list_files.ChildWalk, tasks.copy_batch.copy_files
 
     def counted_stream(*args, **kwargs):
         for b in stream(*args, **kwargs):
@@ -162,7 +164,7 @@ def test_the_walk_is_never_more_than_a_bounded_number_of_batches_ahead(storage, 
             counts["copied"] += 1
         return outcomes
 
-    monkeypatch.setattr(tasks.list_files, "walk_elsewhere", counted_stream)
+    monkeypatch.setattr(tasks.list_files, "ChildWalk", counted_stream)
     monkeypatch.setattr(tasks.copy_batch, "copy_files", slow_copy)
     summary = backup_site_content(str(root), container=container_name, files_per_batch=4)
     # 4 copy tasks at once: 8 in flight or queued, and a look-ahead window of 8.
@@ -187,36 +189,11 @@ def test_a_streamed_run_writes_the_checkpoints_of_todays_whole_listing(storage, 
 @pytest.mark.parametrize("count", [30, 3000])
 def test_the_log_says_what_is_backed_up_before_and_after_the_walk(storage, checkpoints, container_name, make_tree,
                                                                   count):
-    import asyncio
-    import logging
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
     from flows.backup_site_content import backup_site_content
 
     root = make_tree(tree_of(count))
-    flow_runs = logging.getLogger("prefect.flow_runs")
-    level = flow_runs.level
-    flow_runs.setLevel(logging.INFO)
-    try:
-        state = backup_site_content(str(root), container=container_name, files_per_batch=100, dry_run=True,
-                                    return_state=True)
-    finally:
-        flow_runs.setLevel(level)
-
-    async def messages():
-        async with get_client() as client:
-            for _ in range(50):
-                logs = await client.read_logs(
-                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-                text = [log.message for log in logs]
-                if any(m.startswith("Backup completed") for m in text):
-                    return text
-                await asyncio.sleep(0.2)
-            return text
-
-    text = asyncio.run(messages())
+    _, text = flow_run_messages(lambda: backup_site_content(
+        str(root), container=container_name, files_per_batch=100, dry_run=True, return_state=True))
     if count == 30:  # walked whole within the look-ahead: the totals come first, as before streaming
         assert any(m.startswith(f"Dry run of {root} (30 files") for m in text), text
         assert not any(m.startswith("Listed") for m in text), text

@@ -9,14 +9,15 @@ import time
 import pytest
 
 from site_backup.files import open_listing, stream_batches
+import site_backup.walker as walker
 from site_backup.shards import Shard
-from site_backup.walker import WalkFailed, walk_elsewhere
+from site_backup.walker import ChildWalk, WalkFailed
 
 
 def both_ways(root, **options):
     here, there = open_listing(str(root)), open_listing(str(root))
     batches_here = list(stream_batches(here, **options))
-    batches_there = list(walk_elsewhere(there, **options))
+    batches_there = list(ChildWalk(there, **options))
     return (here, batches_here), (there, batches_there)
 
 
@@ -76,7 +77,7 @@ def test_a_folder_that_cannot_be_read_is_reported_by_the_child(tmp_path, monkeyp
         "os.scandir = scandir\n")
     monkeypatch.setenv("PYTHONPATH", str(hooks))
     listing = open_listing(str(root))
-    batches = list(walk_elsewhere(listing))
+    batches = list(ChildWalk(listing))
     assert [f.path for b in batches for f in b] == ["a.txt", "z/after.txt"]
     assert listing.failed == [("locked", "cannot read folder: Permission denied")]
 
@@ -87,12 +88,10 @@ def test_an_error_in_the_child_is_raised_here(tmp_path):
     listing = open_listing(str(root))
     root.rmdir()  # gone between the check and the walk
     with pytest.raises(FileNotFoundError):
-        list(walk_elsewhere(listing))
+        list(ChildWalk(listing))
 
 
 def test_a_child_that_dies_fails_the_walk_with_its_exit_code(tmp_path, monkeypatch):
-    import site_backup.walker as walker
-
     dying = tmp_path / "python"
     dying.write_text("#!/bin/sh\nexit 3\n")
     dying.chmod(0o755)
@@ -100,7 +99,7 @@ def test_a_child_that_dies_fails_the_walk_with_its_exit_code(tmp_path, monkeypat
     root = tmp_path / "site"
     root.mkdir()
     with pytest.raises(WalkFailed, match=r"ended unexpectedly \(exit code 3\)"):
-        list(walk_elsewhere(open_listing(str(root))))
+        list(ChildWalk(open_listing(str(root))))
 
 
 def children_walking() -> list[int]:
@@ -118,18 +117,33 @@ def children_walking() -> list[int]:
     return found
 
 
-def test_stopping_early_ends_the_child(tmp_path):
+def test_stopping_early_ends_the_child(tmp_path, monkeypatch):
+    monkeypatch.setattr(walker, "PIPE_BYTES", 4096)  # the child blocks on the full pipe, unfinished
     root = tmp_path / "site"
     for i in range(3000):
         (root / f"d{i // 100:02d}").mkdir(parents=True, exist_ok=True)
         (root / f"d{i // 100:02d}/f{i}.txt").write_bytes(b"x")
-    walk = walk_elsewhere(open_listing(str(root)), max_files=10)
+    walk = iter(ChildWalk(open_listing(str(root)), max_files=10))
     next(walk)
     assert len(children_walking()) == 1  # blocked on the full pipe, not finished
     walk.close()
     deadline = time.monotonic() + 5
     while children_walking() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert children_walking() == []
+
+
+def test_a_walk_closed_before_its_first_batch_ends_the_child(tmp_path, monkeypatch):
+    """The child starts at once, while the flow prepares storage: a run that fails there ends it."""
+    monkeypatch.setattr(walker, "PIPE_BYTES", 4096)
+    root = tmp_path / "site"
+    for i in range(3000):
+        (root / f"d{i // 100:02d}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i // 100:02d}/f{i}.txt").write_bytes(b"x")
+    walk = ChildWalk(open_listing(str(root)), max_files=10)
+    time.sleep(0.5)  # it has started, and fills the pipe
+    assert len(children_walking()) == 1
+    walk.close()
     assert children_walking() == []
 
 
@@ -144,7 +158,7 @@ def test_the_child_does_not_import_prefect(tmp_path, monkeypatch):
         "import atexit, sys\n"
         f"atexit.register(lambda: open({str(tmp_path / 'modules')!r}, 'w').write('\\n'.join(sys.modules)))\n")
     monkeypatch.setenv("PYTHONPATH", str(probe))
-    assert len(list(walk_elsewhere(open_listing(str(root))))) == 1
+    assert len(list(ChildWalk(open_listing(str(root))))) == 1
     modules = (tmp_path / "modules").read_text().split()
     assert "site_backup.files" in modules
     assert not [m for m in modules if m.split(".")[0] in ("prefect", "azure", "pydantic")]
