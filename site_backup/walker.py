@@ -5,7 +5,7 @@ walking a large tree there (a system call per file, and the Python around it) ta
 with them. A child process walks on another core instead and hands each batch over a pipe:
 the same batches, in the same order, as `stream_batches` in this process (so the same
 checkpoint keys), with the same problems recorded in the listing. A full pipe stops the
-child, so it never runs more than a few batches ahead.
+child, so it never runs more than a pipe (PIPE_BYTES of pickled batches) ahead.
 
     python -m site_backup.walker      (the child: a request on stdin, messages on stdout)
 """
