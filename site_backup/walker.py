@@ -38,8 +38,8 @@ class ChildWalk:
 
     def __init__(self, listing: FileListing, **options):
         self.listing = listing
-        self.child = subprocess.Popen([sys.executable, "-m", "site_backup.walker"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, env=_child_environment())
+        self.child = subprocess.Popen([sys.executable, "-m", "site_backup.walker", str(os.getpid())],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_environment())
         _widen(self.child.stdout)
         try:
             pickle.dump((listing.root, options), self.child.stdin)
@@ -134,8 +134,23 @@ def _serve(source, sink) -> None:
     send("end")
 
 
+def _end_with(parent: int) -> None:
+    """Be killed when `parent` dies, even by SIGKILL: a walk stalled in a folder (a hung
+    network mount) would not notice the closed pipe until its next batch. Linux only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(0)
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle; it ends this
+    if len(sys.argv) > 1:
+        _end_with(int(sys.argv[1]))
     try:
         _serve(sys.stdin.buffer, sys.stdout.buffer)
     except BrokenPipeError:  # the parent stopped reading: it no longer needs the walk

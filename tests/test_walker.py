@@ -4,6 +4,9 @@ batches (so the same checkpoint keys) and the same problems, on hostile trees to
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -162,3 +165,47 @@ def test_the_child_does_not_import_prefect(tmp_path, monkeypatch):
     modules = (tmp_path / "modules").read_text().split()
     assert "site_backup.files" in modules
     assert not [m for m in modules if m.split(".")[0] in ("prefect", "azure", "pydantic")]
+
+
+def test_a_stalled_child_ends_with_its_parent_even_when_that_is_killed(tmp_path):
+    """A parent killed with SIGKILL closes no pipe in time for a child stalled in one folder
+    (a hung network mount): the child asked the kernel to end it with its parent."""
+    root = tmp_path / "site"
+    (root / "stall").mkdir(parents=True)
+    (root / "stall/a.txt").write_bytes(b"a")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "real = os.scandir\n"
+        "def scandir(path='.'):\n"
+        "    if isinstance(path, str) and path.endswith('/stall'):\n"
+        "        time.sleep(120)\n"
+        "    return real(path)\n"
+        "os.scandir = scandir\n")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from site_backup.files import open_listing; "
+         "from site_backup.walker import ChildWalk; w = ChildWalk(open_listing(sys.argv[1])); "
+         "print(w.child.pid, flush=True); list(w)", str(root)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(hooks)})
+    try:
+        child = int(parent.stdout.readline())
+        time.sleep(1)  # the child is in the stalled folder now
+        assert os.path.exists(f"/proc/{child}")
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
