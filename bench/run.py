@@ -409,7 +409,9 @@ def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
                 run.requests = storage.proxy.count() - before
             if tool.startswith("flow") and code == 0 and mode != "first-upload":
                 summary = json.loads(out)
-                copy_tasks = summary["batches"] if mode != "dry-run" else -(-summary["batches"] // DRY_RUN_BATCHES_PER_TASK)
+                copy_tasks = summary["batches"]
+                if mode == "dry-run":  # a dry run's copy task takes several batches
+                    copy_tasks = -(-copy_tasks // DRY_RUN_BATCHES_PER_TASK)
                 run.task_runs = copy_tasks + 2  # and list-files, and the flow
                 run.copy_seconds = summary.get("copy_seconds")
             if code != 0:

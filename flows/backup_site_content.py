@@ -168,7 +168,8 @@ def backup_site_content(
                 manifest.add_batch(result, batch)
             if delete_missing:
                 walked.extend(f.path for f in batch)
-            tally.add(replace(result, entries=None), cached, batch.parts)  # the manifest has the entries: memory stays bounded
+            # The manifest has the entries: the tally drops them, so memory stays bounded.
+            tally.add(replace(result, entries=None), cached, batch.parts)
             if counting and not listing.walking:
                 announce_listed(listing)
                 counting = False

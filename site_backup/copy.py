@@ -226,12 +226,15 @@ def copy_batch(
             future.cancel()
 
 
+def _refused(prefix: str, entry: FileEntry) -> FileOutcome | None:
+    """The failed outcome of a file whose blob name Azure would refuse, else None."""
+    problem = blob_name_problem(blob_name(prefix, entry.path))
+    return FileOutcome(entry.path, "failed", 0, entry.size, problem) if problem else None
+
+
 def _as_listed(prefix: str, entry: FileEntry) -> FileOutcome:
     """What copying `entry` to an empty destination would do, from the listing alone."""
-    refused = blob_name_problem(blob_name(prefix, entry.path))
-    if refused:
-        return FileOutcome(entry.path, "failed", 0, entry.size, refused)
-    return FileOutcome(entry.path, "uploaded", entry.size, entry.size)
+    return _refused(prefix, entry) or FileOutcome(entry.path, "uploaded", entry.size, entry.size)
 
 
 def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, options: CopyOptions,
@@ -241,9 +244,9 @@ def copy_file(root: str, entry: FileEntry, store: BlobStore, prefix: str, option
     path = entry.path
     if options.listing_suffices:
         return _as_listed(prefix, entry)
-    refused = blob_name_problem(blob_name(prefix, path))
+    refused = _refused(prefix, entry)
     if refused:
-        return FileOutcome(path, "failed", size=entry.size, reason=refused)
+        return refused
     if STOP.is_set():
         return _not_stored(entry, stopped_error())
     for attempt in (0, 1):

@@ -80,6 +80,12 @@ class FileListing:
     batch_count: int = 0
     walking: bool = False
 
+    def count(self, batch: Batch) -> None:
+        """Count one batch the walk has cut (a streamed listing keeps only the counts)."""
+        self.file_count += len(batch)
+        self.byte_count += batch.bytes
+        self.batch_count += 1
+
     @property
     def files(self) -> int:
         return self.file_count
@@ -460,9 +466,7 @@ def stream_batches(
                       shard=shard)
     for files_of_batch in make_batches(files, max_files, max_bytes):
         batch = Batch(files_of_batch)
-        listing.file_count += len(batch)
-        listing.byte_count += batch.bytes
-        listing.batch_count += 1
+        listing.count(batch)
         yield batch
     listing.walking = False
 
@@ -516,7 +520,10 @@ def joined(batches: Iterable[Batch], count: int) -> Iterator[Batch]:
         raise ValueError("batches are joined at least 1 at a time")
     stream = iter(batches)
     while group := list(itertools.islice(stream, count)):
-        yield group[0] if len(group) == 1 else Batch(itertools.chain.from_iterable(group), parts=sum(b.parts for b in group))
+        if len(group) == 1:
+            yield group[0]
+        else:
+            yield Batch(itertools.chain.from_iterable(group), parts=sum(b.parts for b in group))
 
 
 def heaviest_first_within(batches: Iterable[Batch], window: int) -> Iterator[Batch]:

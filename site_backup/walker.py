@@ -59,9 +59,7 @@ class ChildWalk:
                 if kind == "end":
                     break
                 batch = Batch(message[4])
-                listing.file_count += len(batch)
-                listing.byte_count += batch.bytes
-                listing.batch_count += 1
+                listing.count(batch)
                 yield batch
             listing.walking = False
             self.child.wait(timeout=30)  # it has sent everything, and ends
