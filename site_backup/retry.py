@@ -28,6 +28,8 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from .errors import TRANSIENT_STATUSES, ConfigurationError, describe
+
 PER_REQUEST = 8  # retries of one request after transient answers, before its file fails
 FIRST_BACKOFF = 0.5  # seconds; doubles each retry of a request
 MAX_BACKOFF = 30.0
@@ -46,8 +48,6 @@ class RetryPolicy:
     @classmethod
     def checked(cls, retries: int, storage_timeout: float) -> "RetryPolicy":
         """A policy from user input; ConfigurationError names a bad value and the fix."""
-        from .errors import ConfigurationError
-
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ConfigurationError(f"retries {retries!r} is not a whole number of 0 or more: give e.g. 100")
         if not isinstance(storage_timeout, (int, float)) or not 0 < storage_timeout < float("inf"):
@@ -121,7 +121,9 @@ def stops_on_termination(fn):
         try:
             return fn(*args, **kwargs)
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal":
+            from prefect.exceptions import TerminationSignal  # loaded already: this wraps a flow
+
+            if isinstance(exc, (KeyboardInterrupt, TerminationSignal)):
                 number = getattr(exc, "signal", signal.SIGINT)
                 request_stop(f"stopped by {signal.Signals(number).name}", number)
                 # The process ends next (a worker's run exits after the engine's report):
@@ -304,52 +306,64 @@ def retry_after_seconds(headers) -> float | None:
     return None
 
 
+# Beyond the statuses above, what Azure's own storage policy retries: a copy whose source
+# answered busy or failed, and a transactional MD5 that did not survive the trip.
+_COPY_SOURCE_RETRY = {"OperationTimedOut", "InternalError", "ServerBusy"}
+
+
+def _retryable(response) -> bool:
+    """Whether an SDK pipeline response is worth trying again."""
+    status = response.http_response.status_code
+    headers = response.http_response.headers
+    if status in TRANSIENT_STATUSES or (status >= 500 and status not in (501, 505)):
+        return True
+    if status >= 400:
+        return headers.get("x-ms-copy-source-error-code") in _COPY_SOURCE_RETRY
+    sent = response.http_request.headers.get("content-md5")
+    # Only requests that sent a transactional MD5 (uploads with validate_content) are
+    # compared: no download on the SDK path asks for one.
+    return bool(response.context.get("validate_content") and sent
+                and headers.get("content-md5") not in (None, sent))
+
+
 def sdk_retry_policy(budget: StorageBudget):
     """The Azure SDK's retry policy, deciding by `budget` (the SDK path: behind a proxy,
-    downloads, listings), with the same timeouts as the direct requests."""
+    downloads, listings), with the same timeouts as the direct requests. Built on the
+    public ExponentialRetry and azure-core's pipeline contract only."""
     from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
-    from azure.storage.blob._shared.authentication import AzureSigningError
-    from azure.storage.blob._shared.policies import StorageRetryPolicy, is_checksum_retry, is_retry, retry_hook
+    from azure.storage.blob import ExponentialRetry
 
-    from .errors import TRANSIENT_STATUSES, describe
 
-    class BudgetRetry(StorageRetryPolicy):
-        def configure_retries(self, request):
-            settings = super().configure_retries(request)
+    class BudgetRetry(ExponentialRetry):
+        def send(self, request):
+            # The SDK's loop, except that the budget decides (and waits), and every transient
+            # status is retried: the SDK's own rule never retries 429 TooManyRequests.
+            settings = self.configure_retries(request)  # takes our per-request retry_hook out of the options
             settings["options"] = request.context.options  # what the transport reads per attempt
             _set_timeouts(settings)
-            return settings
-
-        def send(self, request):
-            # The SDK's loop, except that every transient status is retried: the SDK's own
-            # is_retry never retries 429 TooManyRequests (it retries only 408 below 500).
-            settings = self.configure_retries(request)
             while True:
                 budget.check()
                 budget.begin()
                 try:
                     response, error = self.next.send(request), None
-                except AzureSigningError:
-                    raise
                 except AzureError as exc:
+                    # A shared-key signing error cannot happen here: the key was decoded when
+                    # the credentials were checked.
                     response, error = None, exc
                 finally:
                     budget.end()
                 if error is not None:
                     if not self.increment(settings, request.http_request, error=error):
                         raise error
-                    retry_hook(settings, request=request.http_request, response=None, error=error)
+                    _hook(settings, request.http_request, None, error)
                     continue
                 status = response.http_response.status_code
                 if status not in TRANSIENT_STATUSES:
                     budget.answered()
-                if (status in TRANSIENT_STATUSES or is_retry(response, settings["mode"])
-                        or is_checksum_retry(response)) and self.increment(
-                            settings, request.http_request, response=response.http_response):
-                    retry_hook(settings, request=request.http_request, response=response.http_response, error=None)
+                if _retryable(response) and self.increment(settings, request.http_request,
+                                                           response=response.http_response):
+                    _hook(settings, request.http_request, response.http_response, None)
                     continue
-                if settings["history"]:
-                    response.context["history"] = settings["history"]
                 response.http_response.location_mode = settings["mode"]
                 return response
 
@@ -370,6 +384,12 @@ def sdk_retry_policy(budget: StorageBudget):
 
         def sleep(self, settings, transport):
             pass  # budget.retry waited already (and wakes on stop)
+
+    def _hook(settings, request, response, error) -> None:
+        # The SDK's contract for the `retry_hook` keyword of each call (RetryLog here).
+        if settings["hook"]:
+            settings["hook"](retry_count=settings["count"] - 1, location_mode=settings["mode"], request=request,
+                             response=response, error=error)
 
     def _set_timeouts(settings) -> None:
         settings["options"]["connection_timeout"] = budget.connect_timeout()
