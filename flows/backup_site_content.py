@@ -19,7 +19,6 @@ if __name__ == "__main__":
     gc.disable()  # importing Prefect makes ~10^6 objects, none garbage; on again in run_flow
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from site_backup.copy import BatchResult, CopyOptions
@@ -31,7 +30,7 @@ from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops
 from site_backup.shards import Shard, check_mirror
 from site_backup.summary import BackupSummary, BackupTally
 from site_backup.units import MiB
-from tasks.copy_batch import copy_as_walked, copy_slots, with_checkpoints
+from tasks.copy_batch import CopyTaskRunner, copy_as_walked, copy_slots, with_checkpoints
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import delete_missing_files, finish_manifest, open_manifest
 from tasks.list_files import Walk, list_files
@@ -40,7 +39,7 @@ from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import ProgressArtifact, announce_backup, announce_listed, failed_state, final_state, publish_summary
 
 
-@flow(name="backup-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
+@flow(name="backup-site-content", task_runner=CopyTaskRunner(max_workers=4), persist_result=True)
 @flow_fails_on_configuration_error
 @stops_on_termination
 def backup_site_content(

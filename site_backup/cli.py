@@ -314,9 +314,9 @@ def task_runner(args: argparse.Namespace):
         DaskTaskRunner = import_dask_runner()
         # Without an address, prefect-dask starts a temporary local cluster.
         return DaskTaskRunner(address=args.dask_address) if args.dask_address else DaskTaskRunner()
-    from prefect.task_runners import ThreadPoolTaskRunner
+    from tasks.copy_batch import CopyTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=args.parallel_batches)
+    return CopyTaskRunner(max_workers=args.parallel_batches)
 
 
 def build_sharded_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Iterator
 from prefect import get_run_logger, task
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.accounts import open_store
 from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files
@@ -75,12 +76,24 @@ def copy_batch(root: str, batch: list[FileEntry], destination: Destination, opti
     return result
 
 
+class CopyTaskRunner(ThreadPoolTaskRunner):
+    """Prefect's thread-pool task runner, saying how many tasks it runs at once (`slots`):
+    Prefect keeps that number private, and the flow sizes its look-ahead by it."""
+
+    def __init__(self, max_workers: int | None = None):
+        super().__init__(max_workers=max_workers)
+        self.slots = max_workers
+
+    def duplicate(self) -> "CopyTaskRunner":
+        return type(self)(max_workers=self.slots)
+
+
 def copy_slots(default: int = 4) -> int:
-    """How many copy tasks the flow run's task runner runs at once: a thread pool's size,
-    else `default` (a Dask cluster does not say)."""
+    """How many copy tasks the flow run's task runner runs at once: a CopyTaskRunner's
+    size, else `default` (a Dask cluster does not say)."""
     context = FlowRunContext.get()
-    workers = getattr(context.task_runner, "_max_workers", None) if context else None
-    return workers if isinstance(workers, int) and 0 < workers < 1024 else default
+    slots = getattr(context.task_runner, "slots", None) if context else None
+    return slots if isinstance(slots, int) and 0 < slots < 1024 else default
 
 
 def copy_as_walked(submit: Callable[[Batch], PrefectFuture], batches: Iterable[Batch], max_pending: int,
