@@ -78,3 +78,33 @@ def test_a_file_to_recheck_is_compared_by_content_even_when_the_stored_mtime_mat
     assert store.blobs["a.txt"].data == b"mine"
     assert [blob.data for blob in store.snapshots.values()] == [b"MINE"]
     assert os.path.exists(root / "a.txt")
+
+
+def test_a_slice_of_a_flat_folder_of_100000_blobs_costs_a_few_listings_not_a_request_per_file():
+    from site_backup.remote import PAGE
+
+    names = sorted(hashlib.sha1(str(i).encode()).hexdigest() for i in range(100_000))
+    blob = stored(b"x")
+    store = MemoryBlobStore(blobs=dict.fromkeys((f"flat/{n}" for n in names), blob))
+    pages = []
+    listing = store.list_folder
+
+    def list_folder(prefix):  # counts the pages a real listing of 5,000 names each would take
+        count = 0
+        try:
+            for count, item in enumerate(listing(prefix), 1):
+                yield item
+        finally:  # also when the reader stops early
+            pages.append(-(-count // PAGE) if count else 1)
+
+    store.list_folder = list_folder
+    middle = next(i for i, n in enumerate(names) if n >= "8") - 500  # names that share no first letter
+    for start in (0, middle, 99_000):  # the first, a middle and the last batch of the folder
+        files = {n: b"x" for n in names[start:start + 1000]}
+        batch, entries = claim(files)
+        entries = [(f"flat/{p}", s, m, t, v) for p, s, m, t, v in entries]
+        batch = [FileEntry(f"flat/{f.path}", f.size, 0) for f in batch]
+        store.requests.clear()
+        pages.clear()
+        assert unconfirmed(store, "", [(batch, entries)]) == [frozenset()]
+        assert not [r for r in store.requests if r[0] == "get"] and sum(pages) <= 8, (start, pages)
