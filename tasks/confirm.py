@@ -15,6 +15,7 @@ from site_backup.accounts import open_store
 from site_backup.confirm import unconfirmed
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import Destination
+from site_backup.errors import describe
 from site_backup.files import Batch, display_path
 from site_backup.retry import RetryPolicy
 from tasks.outcomes import batch_outcome
@@ -54,17 +55,20 @@ def confirmed(finished: Iterable[tuple[Batch, PrefectFuture]], copy, root: str, 
     def settle(check) -> Iterator[tuple[Batch, BatchResult, bool]]:
         future, batches = check
         future.wait()
-        answer = future.result(raise_on_failure=False) if future.state.is_completed() else None
-        if not isinstance(answer, list):  # not confirmed: copy every file again, comparing with storage
+        answer = future.result(raise_on_failure=False)
+        if not future.state.is_completed():  # not confirmed: copy every file again, comparing with storage
+            get_run_logger().warning("%d batch(es) from checkpoints could not be confirmed (%s): copying them again",
+                                     len(batches), describe(answer) if isinstance(answer, BaseException) else answer)
             answer = [frozenset(f.path for f in batch) for batch, _ in batches]
         again = []
         for (batch, result), missing in zip(batches, answer):
             if not missing:
                 yield batch, result, True
                 continue
-            get_run_logger().warning(
-                "%d file(s) a checkpoint vouched for are not stored as it recorded (first %s): copying them "
-                "again", len(missing), display_path(min(missing)))
+            if future.state.is_completed():
+                get_run_logger().warning(
+                    "%d file(s) a checkpoint vouched for are not stored as it recorded (first %s): copying them "
+                    "again", len(missing), display_path(min(missing)))
             again.append((batch, copy.with_options(refresh_cache=True).submit(
                 root, batch, destination=destination, options=replace(options, recheck=missing), policy=policy)))
         for batch, redo in again:
