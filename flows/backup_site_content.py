@@ -21,7 +21,7 @@ if __name__ == "__main__":
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from site_backup.copy import BatchResult, CopyOptions
+from site_backup.copy import CopyOptions
 from site_backup.destination import ContainerName, Destination
 from site_backup.files import DRY_RUN_BATCHES_PER_TASK, heaviest_first_within, joined
 from site_backup.mirror import blocker
@@ -30,11 +30,11 @@ from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops
 from site_backup.shards import Shard, check_mirror
 from site_backup.summary import BackupSummary, BackupTally
 from site_backup.units import MiB
+from tasks.confirm import confirmed
 from tasks.copy_batch import CopyTaskRunner, copy_as_walked, copy_slots, with_checkpoints
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import delete_missing_files, finish_manifest, open_manifest
 from tasks.list_files import Walk, list_files
-from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import ProgressArtifact, announce_backup, announce_listed, failed_state, final_state, publish_summary
 
@@ -161,8 +161,9 @@ def backup_site_content(
         submit = partial(copy.submit, listing.root, destination=destination, options=options, policy=policy)
         tally = BackupTally()
         copy_started = time.monotonic()
-        for batch, future in copy_as_walked(submit, batches, ahead, until=lambda: bool(tally.run_error)):
-            result, cached = batch_outcome(future, batch, lambda failed: BatchResult(failed=failed))
+        copied = copy_as_walked(submit, batches, ahead, until=lambda: bool(tally.run_error))
+        # A batch from a checkpoint counts only once this run's listing shows its blobs.
+        for batch, result, cached in confirmed(copied, copy, listing.root, destination, options, policy):
             if manifest is not None:
                 manifest.add_batch(result, batch)
             if delete_missing:

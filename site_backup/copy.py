@@ -46,6 +46,9 @@ class CopyOptions:
     block_size: int = 8 * MiB  # larger files go up in blocks of this size
     blocks_in_flight: int = 4  # per large file
     root_id: tuple[int, int] | None = None  # the root's (device, inode) when it was listed
+    # Paths whose blob is not what a checkpoint recorded (deleted or replaced by another
+    # tool): compared by content only, as the stored mtime may have been copied with it.
+    recheck: frozenset[str] = frozenset()
 
     @property
     def listing_suffices(self) -> bool:
@@ -313,7 +316,7 @@ def _copy_once(root, entry, store, prefix, options, attempt, remote=None) -> Fil
     with os.fdopen(fd, "rb", buffering=0) as f:
         size = before.st_size
         found = (remote or store).get(name) if options.check_remote else None
-        if options.check_remote and _matches_remote(found, f, before):
+        if options.check_remote and _matches_remote(found, f, before, by_mtime=entry.path not in options.recheck):
             return FileOutcome(entry.path, "unchanged", size=size, changed_retries=attempt, md5=found.content_md5,
                                mtime_ns=before.st_mtime_ns, version_id=found.version_id)
         if options.dry_run:
@@ -426,10 +429,10 @@ def _check_hashes_the_same(f, before: os.stat_result, md5_digest: bytes) -> None
     _check_unchanged(f, before, total)
 
 
-def _matches_remote(remote, f, st) -> bool:
+def _matches_remote(remote, f, st, by_mtime: bool = True) -> bool:
     if remote is None or remote.size != st.st_size:
         return False
-    if remote.mtime_ns == st.st_mtime_ns:
+    if by_mtime and remote.mtime_ns == st.st_mtime_ns:
         return True
     if remote.content_md5 is None:
         return False

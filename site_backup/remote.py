@@ -21,8 +21,9 @@ class RemoteLookup:
     A folder's listing is narrowed to the longest prefix its wanted names share, and only
     those names are kept, so memory follows the batch, not the folder. When a folder holds
     far more blobs than the batch wants (a page per 1,000 wanted names, at least one, has
-    been read and names are still unresolved), the rest are asked for one by one: the
-    cost stays within a page or a request per file, whatever the folder holds."""
+    been read and names are still unresolved), the rest are split by their next character
+    and listed again, narrower, and a name left alone is asked for by itself: the cost
+    stays within a few pages per part or a request per file, whatever the folder holds."""
 
     def __init__(self, store: BlobStore, names: Iterable[str]):
         self.store = store
@@ -63,26 +64,46 @@ class RemoteLookup:
         if mine:
             self._groups.setdefault(folder, {name})
             self._fill(folder, future)
-        found, complete = future.result()
+        found, unsettled = future.result()
         if name in found:
             return found[name]
-        return None if complete else self.store.get(name)
+        return self.store.get(name) if name in unsettled else None
 
-    def _list(self, folder: str, wanted: set[str]) -> tuple[dict[str, RemoteBlob], bool]:
-        """The wanted blobs found, and whether the listing was read to its end."""
-        budget = PAGE * (1 + len(wanted) // 1000)
+    def _list(self, folder: str, wanted: set[str]) -> tuple[dict[str, RemoteBlob], set[str]]:
+        """The wanted blobs found, and the wanted names the listings did not settle."""
         found: dict[str, RemoteBlob] = {}
-        seen = 0
-        for name, blob in self.store.list_folder(folder + os.path.commonprefix(
-                [n[len(folder):] for n in wanted])):
+        return found, self._read(folder, wanted, found)
+
+    def _read(self, start: str, wanted: set[str], found: dict[str, RemoteBlob]) -> set[str]:
+        """List from the longest prefix beyond `start` that the wanted names share, into
+        `found`; the names left unsettled. When the budget runs out first (a folder far
+        larger than the batch), the names still wanted are split by their next character
+        and each part is listed on its own, narrower: a slice of a flat folder of 10^5
+        blobs then costs a few listings, not a request per file; a lone name is left for
+        `get`."""
+        prefix = start + os.path.commonprefix([n[len(start):] for n in wanted])
+        budget = PAGE * (1 + len(wanted) // 1000)
+        seen = settled = 0
+        for name, blob in self.store.list_folder(prefix):
             if name in wanted:
                 found[name] = blob
-                if len(found) == len(wanted):
-                    return found, True
+                settled += 1
+                if settled == len(wanted):
+                    return set()
             seen += 1
             if seen >= budget:
-                return found, False
-        return found, True
+                break
+        else:
+            return set()
+        parts: dict[str, set[str]] = defaultdict(set)
+        for name in wanted:
+            if name not in found:
+                parts[name[: len(prefix) + 1]].add(name)
+        unsettled: set[str] = set()
+        for part in parts.values():
+            narrower = len(part) > 1 and os.path.commonprefix(list(part)) != prefix
+            unsettled |= self._read(prefix, part, found) if narrower else part
+        return unsettled
 
 
 def _folder(name: str) -> str:

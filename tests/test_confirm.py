@@ -1,0 +1,168 @@
+"""A run never claims a blob it has not seen in this run: checkpoints vouch for local files,
+and each batch taken from one is confirmed against this run's listing of the destination
+(real Azurite, the real flow and its child-process walk)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from flows.backup_site_content import backup_site_content
+from site_backup.accounts import open_store
+from site_backup.confirm import unconfirmed
+from site_backup.destination import Destination
+from site_backup.files import FileEntry
+from site_backup.history import check_run, history_container, open_history_store
+from site_backup.storage import AzureBlobStore
+from tasks.confirm import CONFIRM_BATCHES
+from tests.conftest import TestTokenCredential, md5
+from tests.test_durability import proxy, sas_via, tree, via  # noqa: F401 (proxy is a fixture)
+from tests.test_history import runs_of
+
+
+def ten_files():
+    return {f"d{i % 3}/page{i}.html": f"page {i} ".encode() * (20 + i) for i in range(10)}
+
+
+def manifest_paths(storage, container, run) -> dict[str, dict]:
+    history = storage.container(history_container(container))
+    lines = [json.loads(line) for line in gzip.decompress(history.download_blob(run.manifest).readall()).splitlines()]
+    return {line["p"]: line for line in lines[:-1]}
+
+
+def stored_and_missing(container, prefix, run):
+    destination = Destination.checked(container, prefix)
+    return check_run(open_history_store(destination), run, open_store(destination), prefix)
+
+
+def test_a_blob_deleted_behind_the_checkpoints_is_uploaded_again(storage, checkpoints, container_name, make_tree):
+    files = ten_files()
+    root = make_tree(files)
+    first = backup_site_content(str(root), container=container_name, prefix="site")
+    assert first.files_uploaded == 10
+    # What a lifecycle rule, the portal or another tool does: the container's ETag stays.
+    storage.container(container_name).delete_blob("site/d1/page4.html")
+
+    dry = backup_site_content(str(root), container=container_name, prefix="site", dry_run=True)
+    assert dry.files_uploaded == 1 and dry.files_unchanged == 9  # the same decision, nothing sent
+
+    second = backup_site_content(str(root), container=container_name, prefix="site")
+    assert second.outcome == "completed"
+    assert second.files_uploaded == 1 and second.files_unchanged == 9 and second.bytes_uploaded == len(
+        files["d1/page4.html"])
+    blob = storage.container(container_name).get_blob_client("site/d1/page4.html")
+    assert blob.download_blob().readall() == files["d1/page4.html"]
+    run = runs_of(container_name, "site")[-1]
+    listed = manifest_paths(storage, container_name, run)
+    assert set(listed) == set(files) and listed["d1/page4.html"]["s"] == len(files["d1/page4.html"])
+    assert stored_and_missing(container_name, "site", run) == (10, [])
+
+    third = backup_site_content(str(root), container=container_name, prefix="site")
+    assert third.files_uploaded == 0 and third.files_unchanged == 10
+
+
+def test_a_blob_replaced_by_another_tool_is_uploaded_again_and_its_content_kept(storage, checkpoints,
+                                                                                 container_name, make_tree):
+    files = ten_files()
+    root = make_tree(files)
+    backup_site_content(str(root), container=container_name)
+    container = storage.container(container_name)
+    foreign = bytes(reversed(files["d2/page5.html"]))  # same size, other content, no mtime metadata
+    from azure.storage.blob import ContentSettings
+    container.upload_blob("d2/page5.html", foreign, overwrite=True,
+                          content_settings=ContentSettings(content_md5=bytearray(md5(foreign))))
+
+    again = backup_site_content(str(root), container=container_name)
+    assert again.outcome == "completed" and again.files_uploaded == 1 and again.files_changed == 1
+    assert container.get_blob_client("d2/page5.html").download_blob().readall() == files["d2/page5.html"]
+    [snapshot] = [b for b in container.list_blobs(include=["snapshots"]) if b.snapshot]
+    kept = container.get_blob_client("d2/page5.html", snapshot=snapshot.snapshot).download_blob().readall()
+    assert snapshot.name == "d2/page5.html" and kept == foreign
+    run = runs_of(container_name)[-1]
+    assert stored_and_missing(container_name, "", run) == (10, [])
+
+
+def test_a_blob_replaced_with_its_recorded_mtime_is_still_compared_by_content(storage, checkpoints,
+                                                                              container_name, make_tree):
+    """Another tool that copies the mtime metadata (rclone does) makes the stored time match:
+    only the MD5 the checkpoint recorded shows the blob is not this file's content."""
+    files = ten_files()
+    root = make_tree(files)
+    backup_site_content(str(root), container=container_name)
+    container = storage.container(container_name)
+    metadata = container.get_blob_client("d0/page3.html").get_blob_properties().metadata
+    foreign = bytes(reversed(files["d0/page3.html"]))
+    from azure.storage.blob import ContentSettings
+    container.upload_blob("d0/page3.html", foreign, overwrite=True, metadata=metadata,
+                          content_settings=ContentSettings(content_md5=bytearray(md5(foreign))))
+
+    again = backup_site_content(str(root), container=container_name)
+    assert again.files_uploaded == 1 and again.files_changed == 1
+    assert container.get_blob_client("d0/page3.html").download_blob().readall() == files["d0/page3.html"]
+
+
+def test_a_no_change_run_with_every_blob_present_uploads_nothing(storage, checkpoints, container_name, make_tree):
+    root = make_tree(ten_files())
+    backup_site_content(str(root), container=container_name)
+    container = storage.container(container_name)
+    before = {(b.name, b.etag) for b in container.list_blobs(include=["snapshots"])}
+    again = backup_site_content(str(root), container=container_name)
+    assert again.outcome == "completed" and again.files_uploaded == 0 and again.files_unchanged == 10
+    assert again.batches_from_checkpoint == again.batches
+    assert {(b.name, b.etag) for b in container.list_blobs(include=["snapshots"])} == before
+
+
+def test_the_listing_confirms_on_the_signed_path_and_the_sdk(storage, checkpoints, container_name, make_tree):
+    """The same answer from both request paths."""
+    files = ten_files()
+    root = make_tree(files)
+    backup_site_content(str(root), container=container_name, prefix="p")
+    storage.container(container_name).delete_blob("p/d0/page0.html")
+    entries = [(path, len(data), md5(data), 0, None) for path, data in sorted(files.items())]
+    batch = [FileEntry(path, len(data), 0) for path, data in sorted(files.items())]
+    destination = Destination.checked(container_name, "p")
+    signed = open_store(destination)
+    assert signed.signed is not None
+    assert unconfirmed(signed, "p", [(batch, entries)]) == [frozenset({"d0/page0.html"})]
+    sdk = AzureBlobStore(container_name, lambda: storage.container(container_name))
+    assert unconfirmed(sdk, "p", [(batch, entries)]) == [frozenset({"d0/page0.html"})]
+
+
+@pytest.mark.parametrize("mode", ["sas", "entra"])
+def test_each_sign_in_mode_uploads_a_deleted_blob_again(mode, request, checkpoints, container_name, make_tree,
+                                                        monkeypatch):
+    """The account key is the tests above; a SAS and Entra ID list the same way."""
+    from azure.storage.blob import ContainerClient
+
+    if mode == "entra":
+        url, cert = request.getfixturevalue("azurite_oauth")
+        request.getfixturevalue("entra_storage")
+        container = ContainerClient(url, container_name, credential=TestTokenCredential(), connection_verify=str(cert))
+    else:
+        azurite = request.getfixturevalue("azurite")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", sas_via(azurite.port))
+        container = azurite.container(container_name)
+    files = ten_files()
+    root = make_tree(files)
+    backup_site_content(str(root), container=container_name)
+    container.delete_blob("d0/page6.html")
+    again = backup_site_content(str(root), container=container_name)
+    assert again.outcome == "completed" and again.files_uploaded == 1 and again.files_unchanged == 9
+    assert container.download_blob("d0/page6.html").readall() == files["d0/page6.html"]
+
+
+def test_a_no_change_run_lists_each_folder_once_for_all_its_batches(azurite, proxy, checkpoints, monkeypatch,
+                                                                     make_tree, container_name):
+    files, root = tree(make_tree, 600, seed=5)  # 13 folders
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
+    backup_site_content(str(root), container=container_name, files_per_batch=200)
+    before = proxy.requests
+    again = backup_site_content(str(root), container=container_name, files_per_batch=200)
+    assert (again.files_unchanged, again.files_uploaded) == (600, 0) and again.batches_from_checkpoint == again.batches
+    assert 3 <= again.batches <= CONFIRM_BATCHES  # several batches, confirmed by one task run
+    # Create Container, its properties, one page to see the prefix is not empty, 13 folders
+    # (one listing each, however many batches share it); history: the lock (Put Blob, Lease
+    # Blob, Delete Blob) and the manifest (Put Block, Put Block List).
+    assert proxy.requests - before <= 3 + 13 + 5, proxy.requests - before
