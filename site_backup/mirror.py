@@ -332,6 +332,8 @@ def remove_keeping_history(store, history_store, prefix: str, name: str, remote=
             history_store.copy_in(attic, store.source_url(name, snapshot), source_etag=None if snapshot else etag)
             exists = True
     except Exception as exc:
+        # Any 412: Azure documents SourceConditionNotMet for a failed source condition,
+        # Azurite answers ConditionNotMet (as it does for a blob already gone).
         if status_of(exc) != 412:
             raise
         return "changed" if store.get(name) is not None else "gone"
