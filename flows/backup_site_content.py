@@ -24,7 +24,7 @@ from prefect.utilities.annotations import quote
 from site_backup.copy import CopyOptions
 from site_backup.destination import ContainerName, Destination
 from site_backup.files import DRY_RUN_BATCHES_PER_TASK, heaviest_first_within, joined
-from site_backup.mirror import blocker
+from site_backup.mirror import DEFAULT_MAX_DELETE, DeleteLimit, blocker
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.shards import Shard, check_mirror
@@ -53,6 +53,7 @@ def backup_site_content(
     dry_run: bool = False,
     refresh: bool = False,
     delete_missing: bool = False,
+    max_delete: int | str = DEFAULT_MAX_DELETE,
     checkpoint_block: str | None = None,
     checkpoint_days: float | None = None,
     files_per_batch: int = 1000,
@@ -89,6 +90,9 @@ def backup_site_content(
         delete_missing: Mirror mode: after a run with no failure, delete the blobs of files no longer in
             the tree (files left out by include/exclude are kept); their content stays in history, so an
             earlier run still restores them. A dry run lists what would be deleted.
+        max_delete: With delete_missing: the most files one run may delete, a count (100) or a share of
+            the destination's files (50%); past it, or when the walk found no file at all (an unmounted
+            share), nothing is deleted and the run fails. 100% lifts both checks.
         checkpoint_block: Name of a saved AzureBlobStorageContainer block to keep checkpoints in, so
             a run on another worker resumes too; empty for the local Prefect home.
         checkpoint_days: Do not trust checkpoints older than this many days; empty: they never
@@ -115,6 +119,7 @@ def backup_site_content(
     policy = RetryPolicy.checked(retries, storage_timeout)
     part = Shard.parse(shard, shard_by)
     check_mirror(part, delete_missing)
+    DeleteLimit.parse(max_delete)  # a bad limit is refused before anything is uploaded
     # A generator task: each batch is walked when the flow asks for it, so copies start
     # after the first batch and memory holds the batches in flight, not the tree.
     walk = Walk(list_files(
@@ -187,7 +192,8 @@ def backup_site_content(
         summary.shard = str(part)
     if delete_missing:
         mirrored = delete_missing_files(destination, listing, quote(walked), include or [], exclude or [], dry_run,
-                                        blocker(listing, summary.outcome, summary.files_failed), policy)
+                                        blocker(listing, summary.outcome, summary.files_failed), policy,
+                                        max_delete)
         summary = summary.with_deletions(mirrored)
     if manifest is not None:
         finish_manifest(manifest, summary)  # none for a failed run: it claims nothing

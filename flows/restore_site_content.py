@@ -19,12 +19,12 @@ if __name__ == "__main__" and "--list" in sys.argv[1:]:
 if __name__ == "__main__":
     gc.disable()  # importing Prefect makes ~10^6 objects, none garbage; on again in run_flow
 
-from prefect import flow, unmapped
+from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
-from site_backup.restore import RestoreBatchResult
+from site_backup.restore import RestoreBatchResult, exclusive_target
 from site_backup.summary import RestoreSummary, summarize_restore
 from site_backup.units import MiB
 from tasks.errors import flow_fails_on_configuration_error
@@ -83,38 +83,42 @@ def restore_site_content(
     policy = RetryPolicy.checked(retries, storage_timeout)
     destination, _ = prepare_destination(destination, create=False, policy=policy)
     target, target_identity = prepare_restore_target(target_directory)
-    restore_id = open_restore(target_identity, destination)
-    try:
-        if run_id or as_of:
-            plan = plan_history_restore(destination, run_id, as_of, files_per_batch, mib_per_batch * MiB,
-                                        policy)
-        else:
-            plan = list_backup(destination, files_per_batch, mib_per_batch * MiB, policy)
-    except (StorageUnavailable, RunStopped) as exc:  # the run ends, with a summary that says why
-        summary = RestoreSummary(outcome="failed", error=str(exc), source=destination.describe(), target=target,
-                                 duration_seconds=time.monotonic() - started)
+    # One restore at a time into a folder: two would leave a tree that matches neither.
+    with exclusive_target(target) as unguarded:
+        if unguarded:
+            get_run_logger().warning(unguarded)
+        restore_id = open_restore(target_identity, destination)
+        try:
+            if run_id or as_of:
+                plan = plan_history_restore(destination, run_id, as_of, files_per_batch, mib_per_batch * MiB,
+                                            policy)
+            else:
+                plan = list_backup(destination, files_per_batch, mib_per_batch * MiB, policy)
+        except (StorageUnavailable, RunStopped) as exc:  # the run ends, with a summary that says why
+            summary = RestoreSummary(outcome="failed", error=str(exc), source=destination.describe(), target=target,
+                                     duration_seconds=time.monotonic() - started)
+            publish_restore_summary(summary)
+            return failed_state(summary)
+        restore = restore_batch.with_options(refresh_cache=True) if refresh else restore_batch
+        futures = restore.map(unmapped(target), unmapped(restore_id), plan.batches, unmapped(destination),
+                              unmapped(overwrite), unmapped(policy))
+        results = [batch_outcome(f, b, lambda failed: RestoreBatchResult(failed=failed))
+                   for f, b in zip(futures, plan.batches)]
+        if plan.folders:
+            folders = restore_folders(target, plan.folders)
+            if folders.failed:  # made folders count nowhere; those that failed are failures
+                results.append((folders, False))
+        summary = summarize_restore(plan.refused, results, source=destination.describe(), target=target,
+                                    duration_seconds=time.monotonic() - started)
+        if summary.outcome == "completed":
+            close_restore(target_identity, destination)
         publish_restore_summary(summary)
-        return failed_state(summary)
-    restore = restore_batch.with_options(refresh_cache=True) if refresh else restore_batch
-    futures = restore.map(unmapped(target), unmapped(restore_id), plan.batches, unmapped(destination),
-                          unmapped(overwrite), unmapped(policy))
-    results = [batch_outcome(f, b, lambda failed: RestoreBatchResult(failed=failed))
-               for f, b in zip(futures, plan.batches)]
-    if plan.folders:
-        folders = restore_folders(target, plan.folders)
-        if folders.failed:  # made folders count nowhere; those that failed are failures
-            results.append((folders, False))
-    summary = summarize_restore(plan.refused, results, source=destination.describe(), target=target,
-                                duration_seconds=time.monotonic() - started)
-    if summary.outcome == "completed":
-        close_restore(target_identity, destination)
-    publish_restore_summary(summary)
-    if summary.outcome == "failed":
-        return failed_state(summary)
-    if summary.outcome != "completed":
-        return final_state(summary, "Incomplete",
-                           f"{summary.files_failed} failed, {summary.files_refused} refused: see the summary")
-    return summary
+        if summary.outcome == "failed":
+            return failed_state(summary)
+        if summary.outcome != "completed":
+            return final_state(summary, "Incomplete",
+                               f"{summary.files_failed} failed, {summary.files_refused} refused: see the summary")
+        return summary
 
 
 if __name__ == "__main__":

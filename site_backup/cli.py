@@ -14,6 +14,7 @@ import urllib.request
 from .destination import Destination, prepare, storage_account
 from .errors import ConfigurationError, redact
 from .files import check_root, compile_patterns
+from .mirror import DEFAULT_MAX_DELETE, DeleteLimit
 from .retry import (STOP, RetryPolicy, RunStopped, StorageBudget, StorageUnavailable, forget_on_stop, on_stop,
                     request_stop, stop_signal)
 from .prune import HeldLock
@@ -57,6 +58,10 @@ def build_parser(sharded: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--delete-missing", action="store_true",
                        help="mirror: after a run without failures, delete the blobs of files no longer in ROOT "
                             "(files left out by --include/--exclude are kept); history keeps their content")
+        p.add_argument("--max-delete", metavar="N|P%",
+                       help="with --delete-missing: delete at most N files, or P%% of the destination's files "
+                            f"(default {DEFAULT_MAX_DELETE.replace('%', '%%')}); past it, or when ROOT holds no file at all (an "
+                            "unmounted share), nothing is deleted and the run exits 2. 100%% lifts both checks")
     p.add_argument("--checkpoint-block", metavar="NAME",
                    help="keep checkpoints in this saved AzureBlobStorageContainer block (container and folder) "
                         "instead of the local Prefect home, so a run on another machine resumes too")
@@ -146,6 +151,11 @@ def flow_parameters(args: argparse.Namespace) -> dict:
     if shard is None and args.shard_by != "path":
         raise ConfigurationError("--shard-by says how to split the tree, --shard which part to back up: give --shard K/N too")
     check_mirror(shard, args.delete_missing)
+    if args.max_delete is not None:
+        if not args.delete_missing:
+            raise ConfigurationError("--max-delete limits what --delete-missing deletes: give --delete-missing too, "
+                                     "or leave out --max-delete")
+        DeleteLimit.parse(args.max_delete)
     if args.verify:
         if shard is not None:
             raise ConfigurationError("--verify checks the whole tree: leave out --shard")
@@ -178,6 +188,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         retries=args.retries,
         storage_timeout=args.storage_timeout,
         **({"delete_missing": True} if args.delete_missing else {}),
+        **({"max_delete": args.max_delete} if args.max_delete is not None else {}),
         **({"shard": str(shard), "shard_by": args.shard_by} if shard else {}),
     )
 
@@ -335,7 +346,7 @@ def build_sharded_parser() -> argparse.ArgumentParser:
 def sharded_main(flow, argv: list[str] | None = None) -> int:
     """Run the sharded backup flow from the command line; returns the exit code."""
     args = build_sharded_parser().parse_args(argv)
-    args.shard, args.verify, args.delete_missing = None, False, False
+    args.shard, args.verify, args.delete_missing, args.max_delete = None, False, False, None
     try:
         destination = Destination.checked(args.container, args.prefix, args.credentials_block)
         parameters = flow_parameters(args)

@@ -1,6 +1,6 @@
 """The requests a backup makes, sent directly over http.client: Create Container, Get
 Container Properties, List Blobs, Put Blob, Get Blob Properties, Put Block, Put Block List,
-Snapshot Blob.
+Snapshot Blob; and mirror mode's Copy Blob and Delete Blob, conditional on the ETag listed.
 Every sign-in mode takes this path: Shared Key (signed here), a SAS (its query appended) and
 Entra ID (a bearer token from an azure-identity credential, refreshed before it expires).
 
@@ -149,6 +149,7 @@ class DirectBlobs:
     def __init__(self, endpoint: str, auth, api_version: str, settings, ca_bundle: str | None = None):
         parts = urlsplit(endpoint.rstrip("/"))
         self.base_path = parts.path  # "/devstoreaccount1" on Azurite, "" on Azure
+        self.origin = f"{parts.scheme}://{parts.netloc}"
         self.auth = auth
         self.version = api_version
         self.settings = settings
@@ -229,10 +230,39 @@ class DirectBlobs:
             headers["x-ms-lease-id"] = lease_id
         self._send("PUT", container, name, headers, b"", on_retry, query={"comp": "lease"})
 
-    def delete(self, container: str, name: str, on_retry, lease_id: str | None = None) -> None:
-        """Delete Blob (with its lease's id when it is leased); a missing blob is no error."""
-        self._send("DELETE", container, name, {"x-ms-lease-id": lease_id} if lease_id else {}, b"", on_retry,
-                   missing_ok=True)
+    def delete(self, container: str, name: str, on_retry, lease_id: str | None = None, *,
+               if_match: str | None = None, snapshots: bool = False) -> None:
+        """Delete Blob (with its lease's id when it is leased; with its snapshots when
+        `snapshots`; with `if_match`, only while its ETag is that one, else 412 ConditionNotMet);
+        a missing blob is no error."""
+        headers = {"x-ms-lease-id": lease_id} if lease_id else {}
+        if if_match:
+            headers["If-Match"] = if_match
+        if snapshots:
+            headers["x-ms-delete-snapshots"] = "include"
+        self._send("DELETE", container, name, headers, b"", on_retry, missing_ok=True)
+
+    def url(self, container: str, name: str, snapshot: str | None = None) -> str:
+        """The blob's (or a snapshot's) URL as a Copy Blob source in this account, with the
+        SAS when the credentials are one (as the SDK's BlobClient.url)."""
+        query = "&".join(q for q in (f"snapshot={snapshot}" if snapshot else "",
+                                     self.auth.query if isinstance(self.auth, Sas) else "") if q)
+        return f"{self.origin}{self.base_path}/{container}/{quote(name, safe='~/')}" + (f"?{query}" if query else "")
+
+    def copy(self, container: str, name: str, source_url: str, on_retry, source_if_match: str | None = None) -> str:
+        """Copy Blob from `source_url` (this account) to `name`, with `source_if_match` only
+        while the source's ETag is that one (else 412); the copy's status ("success", or
+        "pending" while the service still copies)."""
+        headers = {"x-ms-copy-source": source_url}
+        if source_if_match:
+            headers["x-ms-source-if-match"] = source_if_match
+        response = self._send("PUT", container, name, headers, b"", on_retry)
+        return response.headers.get("x-ms-copy-status") or "success"
+
+    def copy_status(self, container: str, name: str, on_retry) -> str:
+        """Get Blob Properties: the status of the last copy into the blob."""
+        response = self._send("HEAD", container, name, {}, b"", on_retry)
+        return response.headers.get("x-ms-copy-status") or "success"
 
     def snapshot(self, container: str, name: str, on_retry) -> str:
         """Snapshot Blob: a read-only copy of the blob as it is now (content, properties

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from site_backup.destination import normalize_prefix, validate_container_name
 from site_backup.errors import ConfigurationError
 from site_backup.files import compile_patterns
+from site_backup.mirror import DEFAULT_MAX_DELETE, DeleteLimit
 from site_backup.shards import Shard, check_mirror
 
 __all__ = ["BackupParameters", "ValidationError", "describe"]
@@ -41,6 +42,7 @@ class BackupParameters(BaseModel):
     dry_run: bool = False
     refresh: bool = False
     delete_missing: bool = False
+    max_delete: int | str = DEFAULT_MAX_DELETE
     checkpoint_block: str | None = None
     checkpoint_days: float | None = Field(None, gt=0, allow_inf_nan=False)
     files_per_batch: int = Field(1000, gt=0)
@@ -82,6 +84,11 @@ class BackupParameters(BaseModel):
             except re.error as exc:  # a glob the translation turns into a bad regular expression
                 raise ValueError(f"invalid pattern {pattern!r} ({exc.msg}): check its [...] ranges") from None
         return value
+
+    @field_validator("max_delete")
+    @classmethod
+    def _max_delete(cls, value: int | str) -> int | str:
+        return _checked(DeleteLimit.parse, value)
 
     @field_validator("shard")
     @classmethod

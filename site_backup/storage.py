@@ -32,6 +32,7 @@ class RemoteBlob:
     folder: bool = False
     last_modified_ns: int | None = None
     version_id: str | None = None  # listed on accounts with blob versioning on
+    etag: str | None = None  # as listed: what a conditional request (If-Match) names
 
 
 class BlobStore(Protocol):
@@ -245,15 +246,16 @@ class HistoryStore:
         else:
             getattr(client, action)()
 
-    def delete(self, name: str, lease_id: str | None = None) -> None:
-        """Delete a blob (a leased one with its lease id); gone already is no error."""
+    def delete(self, name: str, lease_id: str | None = None, if_match: str | None = None) -> None:
+        """Delete a blob (a leased one with its lease id); gone already is no error. With
+        `if_match`, only while the blob's ETag is that one (else 412: it changed)."""
         if self.signed is not None:
-            self.signed.delete(self.container_name, name, self.retries, lease_id)
+            self.signed.delete(self.container_name, name, self.retries, lease_id, if_match=if_match)
             return
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            self.container.delete_blob(name, lease=lease_id, retry_hook=self.retries)
+            self.container.delete_blob(name, lease=lease_id, retry_hook=self.retries, **_if_match(if_match))
         except ResourceNotFoundError:
             pass
 
@@ -288,15 +290,28 @@ class HistoryStore:
     def source_url(self, name: str, snapshot: str | None = None) -> str:
         """The URL another request of this account copies the blob (or one snapshot) from;
         it carries the SAS when the credentials are one."""
+        if self.signed is not None:
+            return self.signed.url(self.container_name, name, snapshot)
         return self.container.get_blob_client(name, snapshot=snapshot).url
 
-    def copy_in(self, name: str, source_url: str) -> None:
+    def copy_in(self, name: str, source_url: str, source_etag: str | None = None) -> None:
         """Copy Blob from `source_url` (same account) to `name`: content, Content-MD5 and
-        metadata, without a download; returns once the copy has ended."""
+        metadata, without a download; returns once the copy has ended. With `source_etag`,
+        only while the source's ETag is that one (else 412: the source changed)."""
         from .mirror import wait_for_copy
 
+        if self.signed is not None:
+            signed, container = self.signed, self.container_name
+            status = signed.copy(container, name, source_url, self.retries, source_if_match=source_etag)
+            wait_for_copy(status, lambda: signed.copy_status(container, name, self.retries), self.retries.budget)
+            return
         client = self.container.get_blob_client(name)
-        answer = client.start_copy_from_url(source_url, retry_hook=self.retries)
+        conditions = {}
+        if source_etag:
+            from azure.core import MatchConditions
+
+            conditions = dict(source_etag=source_etag, source_match_condition=MatchConditions.IfNotModified)
+        answer = client.start_copy_from_url(source_url, retry_hook=self.retries, **conditions)
         wait_for_copy(answer.get("copy_status") or "success",
                       lambda: client.get_blob_properties(retry_hook=self.retries).copy.status,
                       self.retries.budget)
@@ -307,13 +322,18 @@ class HistoryStore:
         metadata = self.container.get_container_properties(retry_hook=self.retries).metadata
         self.container.set_container_metadata(metadata, retry_hook=self.retries)
 
-    def delete_with_snapshots(self, name: str) -> None:
+    def delete_with_snapshots(self, name: str, if_match: str | None = None) -> None:
         """Delete a blob and its snapshots (Azure refuses to delete a blob that has
-        snapshots without them); gone already is no error."""
+        snapshots without them); gone already is no error. With `if_match`, only while the
+        blob's ETag is that one (else 412: it changed)."""
+        if self.signed is not None:
+            self.signed.delete(self.container_name, name, self.retries, if_match=if_match, snapshots=True)
+            return
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            self.container.delete_blob(name, delete_snapshots="include", retry_hook=self.retries)
+            self.container.delete_blob(name, delete_snapshots="include", retry_hook=self.retries,
+                                       **_if_match(if_match))
         except ResourceNotFoundError:
             pass
 
@@ -459,7 +479,24 @@ def _remote(props) -> RemoteBlob:
     return RemoteBlob(props.size, bytes(md5) if md5 else None, stored_mtime(props.metadata),
                       is_folder_marker(props.metadata),
                       calendar.timegm(written.utctimetuple()) * 10**9 + written.microsecond * 1000 if written else None,
-                      getattr(props, "version_id", None))
+                      getattr(props, "version_id", None), getattr(props, "etag", None))
+
+
+def _if_match(etag: str | None) -> dict:
+    """The SDK's keywords for If-Match: `etag` (nothing without one)."""
+    if not etag:
+        return {}
+    from azure.core import MatchConditions
+
+    return dict(etag=etag, match_condition=MatchConditions.IfNotModified)
+
+
+def _condition_not_met():
+    from azure.core.exceptions import ResourceModifiedError
+
+    exc = ResourceModifiedError(message="412 ConditionNotMet")
+    exc.status_code, exc.error_code = 412, "ConditionNotMet"
+    return exc
 
 
 def _content_settings(md5: bytes, content_type: str):
@@ -468,12 +505,16 @@ def _content_settings(md5: bytes, content_type: str):
     return ContentSettings(content_type=content_type, content_md5=bytearray(md5))
 
 
+_etags = itertools.count(1)
+
+
 @dataclass
 class StoredBlob:
     data: bytes
     content_md5: bytes | None
     content_type: str
     metadata: dict[str, str]
+    etag: str = field(default_factory=lambda: f'"0x{next(_etags):X}"')  # new with every write, as Azure's
 
 
 @dataclass
@@ -516,7 +557,12 @@ class MemoryBlobStore:
         if blob is None:
             return None
         return RemoteBlob(len(blob.data), blob.content_md5, stored_mtime(blob.metadata), is_folder_marker(blob.metadata),
-                          version_id="current" if self.versioning else None)
+                          version_id="current" if self.versioning else None, etag=blob.etag)
+
+    def _check(self, name: str, etag: str | None) -> None:
+        """As Azure answers a condition that fails: 412 (a blob that is gone fails If-Match too)."""
+        if etag and (name not in self.blobs or self.blobs[name].etag != etag):
+            raise _condition_not_met()
 
     def list(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
         for name in sorted(self.blobs):
@@ -596,16 +642,19 @@ class MemoryBlobStore:
     def source_url(self, name: str, snapshot: str | None = None):
         return (self, name, snapshot)  # what copy_in of another MemoryBlobStore reads
 
-    def copy_in(self, name: str, source_url) -> None:
+    def copy_in(self, name: str, source_url, source_etag: str | None = None) -> None:
         store, source, snapshot = source_url
+        with store._lock:
+            store._check(source, source_etag)
         blob = store.snapshots[(source, snapshot)] if snapshot else store.blobs[source]
         with self._lock:
             self.requests.append(("copy", name))
             self.blobs[name] = StoredBlob(blob.data, blob.content_md5, blob.content_type, dict(blob.metadata))
 
-    def delete(self, name: str, lease_id: str | None = None) -> None:
+    def delete(self, name: str, lease_id: str | None = None, if_match: str | None = None) -> None:
         with self._lock:
             self.requests.append(("delete", name))
+            self._check(name, if_match)
             if any(n == name and not when.startswith("v") for n, when in self.snapshots):
                 raise ValueError("SnapshotsPresent: This operation is not permitted because the blob has snapshots.")
             self._version(name)  # a versioning account keeps the deleted blob as a previous version
@@ -621,9 +670,10 @@ class MemoryBlobStore:
         with self._lock:
             self.requests.append(("touch", ""))
 
-    def delete_with_snapshots(self, name: str) -> None:
+    def delete_with_snapshots(self, name: str, if_match: str | None = None) -> None:
         with self._lock:
             self.requests.append(("delete", name))
+            self._check(name, if_match)
             self.blobs.pop(name, None)
             for key in [k for k in self.snapshots if k[0] == name and not k[1].startswith("v")]:
                 del self.snapshots[key]

@@ -53,9 +53,17 @@ class BackupSummary(BaseModel):
     bytes_deleted: int = 0
     deleted: list[FileProblem] = Field(default_factory=list)
     deletion_blocked: str = ""
+    # Nothing deleted because the walk found no file, or more would go than --max-delete
+    # allows: the run fails with exit code 2 and names what to pass.
+    deletion_refused: bool = False
+    # Blobs another writer changed (or deleted) after this run listed them: not deleted by it.
+    files_changed_meanwhile: int = 0
+    changed_meanwhile: list[FileProblem] = Field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
+        if self.deletion_refused:
+            return EXIT_BAD_INPUT
         return EXIT_INCOMPLETE if self.files_failed or self.outcome == "failed" else EXIT_OK
 
     def to_text(self) -> str:
@@ -68,7 +76,8 @@ class BackupSummary(BaseModel):
                                self.sections())
 
     def sections(self):
-        deleted = (("Would delete" if self.dry_run else "Deleted", self.deleted),) if self.delete_missing else ()
+        deleted = (("Would delete" if self.dry_run else "Deleted", self.deleted),
+                   ("Changed meanwhile, not deleted", self.changed_meanwhile)) if self.delete_missing else ()
         return (("Skipped", self.skipped), ("Failed", self.failed), *deleted)
 
     def with_deletions(self, result) -> "BackupSummary":
@@ -78,9 +87,15 @@ class BackupSummary(BaseModel):
         deleted = [FileProblem(path=p, reason=f"no longer in the tree: {how}") for p in result.deleted]
         failed = sorted(self.failed + _problems(result.failed), key=_path)
         outcome = self.outcome if self.outcome == "failed" or not failed else "incomplete"
+        error = self.error
+        if result.refused and self.outcome != "failed":  # the refused run is no restore point: it fails
+            outcome, error = "failed", f"--delete-missing deleted nothing: {result.refused}"
+        changed = _problems(result.changed)
         return self.model_copy(update=dict(
             delete_missing=True, files_deleted=len(deleted), bytes_deleted=result.bytes_deleted, deleted=deleted,
-            deletion_blocked=result.blocked, failed=failed, files_failed=len(failed), outcome=outcome))
+            deletion_blocked=result.blocked or result.refused, deletion_refused=bool(result.refused),
+            files_changed_meanwhile=len(changed), changed_meanwhile=changed, failed=failed, files_failed=len(failed),
+            outcome=outcome, error=error))
 
     def rows(self) -> list[tuple[str, str]]:
         verb = "would upload" if self.dry_run else "uploaded"
@@ -105,10 +120,14 @@ class BackupSummary(BaseModel):
 
 
     def _deleted_row(self) -> str:
+        if self.deletion_refused:
+            return "nothing, refused: see Error"
         if self.deletion_blocked:
             return f"nothing: {self.deletion_blocked}"
         verb = "would be deleted" if self.dry_run else "deleted (their content is kept in history)"
-        return f"{self.files_deleted} file(s) no longer in the tree, {human_bytes(self.bytes_deleted)}, {verb}"
+        changed = (f"; {self.files_changed_meanwhile} changed by another writer meanwhile, not deleted"
+                   if self.files_changed_meanwhile else "")
+        return f"{self.files_deleted} file(s) no longer in the tree, {human_bytes(self.bytes_deleted)}, {verb}{changed}"
 
 
 def render(rows: list[tuple[str, str]], sections) -> str:

@@ -15,7 +15,7 @@ from site_backup.destination import Destination
 from site_backup.retry import RetryPolicy
 from site_backup.errors import describe
 from site_backup.files import FileListing
-from site_backup.mirror import MirrorResult, delete_missing
+from site_backup.mirror import DEFAULT_MAX_DELETE, MirrorResult, delete_missing
 from site_backup.history import ManifestWriter, RunRecord, list_runs, open_history_store, pick_run, plan_run_restore
 from site_backup.prune import backup_lock, describe_run, prune
 from site_backup.restore import RestorePlan
@@ -85,11 +85,11 @@ def _release(manifest: ManifestWriter) -> None:
 
 @task(name="delete-missing", cache_policy=NO_CACHE, persist_result=False)
 def delete_missing_files(destination: Destination, listing: FileListing, walked: list[str], include: list[str],
-                         exclude: list[str], dry_run: bool, blocked: str, policy: RetryPolicy = RetryPolicy()
-                         ) -> MirrorResult:
+                         exclude: list[str], dry_run: bool, blocked: str, policy: RetryPolicy = RetryPolicy(),
+                         max_delete: int | str = DEFAULT_MAX_DELETE) -> MirrorResult:
     """Mirror mode: delete the blobs of files the tree no longer has (`walked`: the paths the
     walk saw), their content kept in history first (site_backup/mirror.py). `blocked` says
-    why this run may not delete."""
+    why this run may not delete; `max_delete` how many it may."""
     from prefect import get_run_logger
 
     if blocked:
@@ -98,7 +98,13 @@ def delete_missing_files(destination: Destination, listing: FileListing, walked:
     budget = run_budget(policy, destination.account_url)
     store = open_store(destination, budget)
     result = delete_missing(store, open_history_store(destination, budget), destination.prefix, listing,
-                            include=include, exclude=exclude, dry_run=dry_run, walked=walked)
+                            include=include, exclude=exclude, dry_run=dry_run, walked=walked, max_delete=max_delete)
+    if result.refused:
+        get_run_logger().error("--delete-missing: deleted nothing%s: %s", " (dry run)" if dry_run else "",
+                               result.refused)
+        return result
+    for kept in result.changed:
+        get_run_logger().warning("--delete-missing: %s %s", kept.path, kept.reason)
     if result.deleted and not dry_run:
         try:
             store.touch_container()

@@ -7,7 +7,8 @@ know). It can add latency to every request, throttle any request (429 with a Ret
 and counts what it did. It can also stop answering part-way, as storage does when it goes
 away: after N requests, accept connections and never answer (`silent_after`), or refuse new
 connections and cut open ones (`refuse_after`). With `tls=(cert, key)` it serves HTTPS in front of an HTTPS upstream
-(the Entra ID Azurite), trusting that certificate."""
+(the Entra ID Azurite), trusting that certificate. `before` lets a test act as another
+writer just before a request goes on; `gate` holds matching requests until `release()`."""
 
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ class FaultProxy:
         self.silent_after: int | None = None  # from this many requests on, never answer
         self.refuse_after: int | None = None  # from this many requests on, refuse connections
         self.went_away_at: float | None = None  # time.monotonic() of the last answer before that
+        # Called as before(method, "container/blob" path, query, headers) in a worker thread before a
+        # request is forwarded (the request waits for it): another writer acting at that moment.
+        self.before = None
+        self.held = threading.Event()  # set once a request waits at the gate
+        self.gate = None  # a predicate like `before`'s: matching requests wait until release()
+        self._open: asyncio.Event | None = None
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -75,7 +82,12 @@ class FaultProxy:
             raise RuntimeError("fault proxy did not start")
         return self
 
+    def release(self) -> None:
+        """Let the requests held at the gate (and any later ones) go on."""
+        self._loop.call_soon_threadsafe(self._open.set)
+
     def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._open.set)
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 
@@ -85,6 +97,7 @@ class FaultProxy:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
+        self._open = asyncio.Event()
         server_tls = upstream_tls = None
         if self.tls:
             cert, key = map(str, self.tls)
@@ -170,6 +183,12 @@ class FaultProxy:
                 self.faults[fault] += 1
             return _error(int(fault), "ServerBusy" if fault == "503" else "OperationTimedOut")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        where = unquote(request.rel_url.path).split("/", 2)[-1]
+        if self.gate is not None and not self._open.is_set() and self.gate(request.method, where, query, headers):
+            self.held.set()
+            await self._open.wait()
+        if self.before is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.before, request.method, where, query, headers)
         # The path exactly as the client encoded it: the request's signature covers it.
         url = URL(self.upstream + request.raw_path, encoded=True)
         async with self._session.request(

@@ -139,3 +139,71 @@ def test_deleting_makes_the_history_container_when_no_run_has_yet(storage, conta
     assert (done.deleted, done.failed) == (["old/b.txt"], [])
     attic = storage.container(history_container(container_name)).download_blob(attic_folder("") + "old/b.txt")
     assert attic.readall() == b"bb"
+
+
+# ---- issue 21: an empty root or too many deletions never empty the destination ----
+
+
+def _cli(root, container, prefect_server, checkpoints, *extra):
+    env = dict(os.environ, PREFECT_API_URL=prefect_server, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints))
+    return subprocess.run([sys.executable, "flows/backup_site_content.py", str(root), "--container", container,
+                           "--no-progress", *extra], cwd=PROJECT, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_an_empty_root_deletes_nothing_and_the_refused_run_is_no_restore_point(storage, prefect_server, checkpoints,
+                                                                               container_name, make_tree, tmp_path):
+    """The unmounted share: a 23-file tree backed up, then the same command with an empty
+    folder as ROOT and --delete-missing. It used to exit 0 having deleted all 23 blobs, and
+    a prune keeping the 3 newest runs then dropped the first run's snapshots."""
+    from flows.prune_backups import prune_backups
+
+    files = {f"d{i % 4}/page-{i:02d}.html": f"page {i}".encode() for i in range(23)}
+    root = make_tree(files)
+    first = backup_site_content(str(root), container=container_name, prefix="site")
+    assert first.files_uploaded == 23
+    empty = tmp_path / "unmounted"
+    empty.mkdir()
+    for extra in ((), ("--dry-run",)):  # a dry run decides the same
+        refused = _cli(empty, container_name, prefect_server, checkpoints, "--prefix", "site", "--delete-missing",
+                       *extra)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "Deleted:      nothing, refused: see Error" in refused.stdout
+        assert ("Error:        --delete-missing deleted nothing: the walk found no file in the root, while the "
+                "destination holds 23 file(s) this run would delete") in refused.stdout
+        assert "pass --max-delete 100%" in refused.stdout
+    assert current_view(storage, container_name) == sorted(f"site/{p}" for p in files)
+    assert len(runs_of(container_name, "site")) == 1  # a refused run writes no manifest
+    pruned = prune_backups(container_name, prefix="site", keep_last=3)
+    assert pruned.manifests_deleted == 0 and pruned.snapshots_deleted == 0
+    target = tmp_path / "restored"
+    restored = restore_site_content(container_name, str(target), prefix="site",
+                                    run_id=runs_of(container_name, "site")[0].run_id)
+    assert restored.outcome == "completed" and read_tree(target) == files
+
+
+def test_more_deletions_than_max_delete_delete_nothing_until_allowed(storage, prefect_server, checkpoints,
+                                                                     container_name, make_tree):
+    from site_backup.summary import RunFailed
+
+    import pytest
+
+    root = make_tree({f"f{i}.txt": b"x" * i for i in range(10)})
+    backup_site_content(str(root), container=container_name)
+    for i in range(6):
+        (root / f"f{i}.txt").unlink()
+    with pytest.raises(RunFailed) as ended:  # 6 of 10 is more than the default 50%
+        backup_site_content(str(root), container=container_name, delete_missing=True)
+    refused = ended.value.summary
+    assert (refused.outcome, refused.exit_code, refused.files_deleted) == ("failed", 2, 0)
+    assert "would delete 6 of the destination's 10 file(s) (60%), more than --max-delete 50% allows" in refused.error
+    assert "pass --max-delete 6" in refused.error
+    assert len(current_view(storage, container_name)) == 10 and len(runs_of(container_name, "")) == 1
+    done = _cli(root, container_name, prefect_server, checkpoints, "--delete-missing", "--max-delete", "6", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"files_deleted": 6' in done.stdout
+    assert current_view(storage, container_name) == [f"f{i}.txt" for i in range(6, 10)]
+    bad = _cli(root, container_name, prefect_server, checkpoints, "--delete-missing", "--max-delete", "half")
+    assert bad.returncode == 2 and "--max-delete 'half' is neither a count of files" in bad.stderr
+    alone = _cli(root, container_name, prefect_server, checkpoints, "--max-delete", "5")
+    assert alone.returncode == 2 and "give --delete-missing too" in alone.stderr

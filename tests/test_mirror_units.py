@@ -71,7 +71,7 @@ def test_a_deleted_blob_and_its_snapshots_are_copied_to_the_attic_first():
 def test_on_a_versioning_account_delete_blob_alone_keeps_the_content():
     store, history = MemoryBlobStore(versioning=True), MemoryBlobStore()
     put(store, "gone.txt", b"old")
-    done = delete_missing(store, history, "", listing())
+    done = delete_missing(store, history, "", listing(), max_delete="100%")
     assert done.deleted == ["gone.txt"] and not history.blobs
     assert [b.data for b in store.snapshots.values()] == [b"old"]  # the previous version
 
@@ -81,13 +81,13 @@ def test_a_blob_that_cannot_be_deleted_is_a_failed_file_and_the_rest_go_on(monke
     put(store, "a.txt")
     put(store, "b.txt")
 
-    def refuse(name):
+    def refuse(name, if_match=None):
         if name == "a.txt":
             raise ValueError("AuthorizationPermissionMismatch: no delete permission")
-        MemoryBlobStore.delete_with_snapshots(store, name)
+        MemoryBlobStore.delete_with_snapshots(store, name, if_match)
 
     monkeypatch.setattr(store, "delete_with_snapshots", refuse)
-    done = delete_missing(store, history, "", listing())
+    done = delete_missing(store, history, "", listing(), max_delete="100%")
     assert done.deleted == ["b.txt"]
     assert [p.path for p in done.failed] == ["a.txt"] and "not deleted" in done.failed[0].reason
 
@@ -106,7 +106,7 @@ def test_prune_keeps_the_attic_copies_kept_runs_need_and_plans_the_rest():
     manifest.finish({"outcome": "completed"}, "/r", "d", dt.datetime(2026, 11, 1, 1, tzinfo=dt.timezone.utc))
     store.snapshot("gone.txt")
     put(store, "gone.txt", b"two")
-    delete_missing(store, history, "", listing())
+    delete_missing(store, history, "", listing(), max_delete="100%")
     runs = list_runs(history, "")
     attic = attic_folder("") + "gone.txt"
     keep_r1 = plan_prune(history, store, "", runs, {"r1"})
@@ -132,3 +132,98 @@ def test_the_summary_counts_deletions_and_a_blob_not_deleted_as_a_failed_file():
     assert "## Deleted (1)" in done.to_markdown()
     plain = BackupSummary().to_text()
     assert "Deleted" not in plain  # a run without the flag prints as before
+
+
+# ---- issue 21: an empty walk or too many deletions delete nothing; conditions on the ETag ----
+
+
+def test_max_delete_takes_a_count_or_a_share_and_names_both_forms_otherwise():
+    import pytest
+
+    from site_backup.errors import ConfigurationError
+    from site_backup.mirror import DeleteLimit
+
+    assert DeleteLimit.parse("50%").allowed(7) == 3 and DeleteLimit.parse(" 100% ").everything
+    assert DeleteLimit.parse(12).allowed(10**6) == 12 and DeleteLimit.parse("0").allowed(5) == 0
+    assert DeleteLimit.parse("33.3%").allowed(1000) == 333
+    for bad in ("-1", "101%", "lots", "", "5%%", "1e3", True, "nan%"):
+        with pytest.raises(ConfigurationError, match="neither a count of files .* nor a share"):
+            DeleteLimit.parse(bad)
+
+
+def test_an_empty_walk_deletes_nothing_and_says_what_to_pass():
+    store, history = MemoryBlobStore(), MemoryBlobStore()
+    for name in ("a.txt", "b.txt"):
+        put(store, name)
+    for dry_run in (True, False):  # a dry run decides the same
+        refused = delete_missing(store, history, "", listing(), dry_run=dry_run, max_delete="99%")
+        assert refused.deleted == [] and refused.refused.startswith("the walk found no file in the root, while the "
+                                                                    "destination holds 2 file(s)")
+        assert "--max-delete 100%" in refused.refused
+    assert sorted(store.blobs) == ["a.txt", "b.txt"] and not history.blobs
+    # a count does not let an empty walk delete; only 100% does
+    assert delete_missing(store, history, "", listing(), max_delete=10).refused
+    assert delete_missing(store, history, "", listing(), max_delete="100%").deleted == ["a.txt", "b.txt"]
+
+
+def test_more_deletions_than_the_limit_delete_nothing():
+    store, history = MemoryBlobStore(), MemoryBlobStore()
+    for i in range(10):
+        put(store, f"f{i}.txt")
+    put(store, "excluded.log")  # the destination's too: counted among its files, never deleted
+    walk = listing("f0.txt", "f1.txt", "f2.txt", "f3.txt")
+    refused = delete_missing(store, history, "", walk, exclude=["*.log"])  # 6 of 11 > 50%
+    assert refused.refused.startswith("this run would delete 6 of the destination's 11 file(s) (55%), more than "
+                                      "--max-delete 50% allows")
+    assert "pass --max-delete 6" in refused.refused and len(store.blobs) == 11
+    assert delete_missing(store, history, "", walk, exclude=["*.log"], max_delete=5).refused
+    done = delete_missing(store, history, "", walk, exclude=["*.log"], max_delete=6)
+    assert not done.refused and len(done.deleted) == 6 and len(store.blobs) == 5
+    # within the default: 1 of 5
+    put(store, "f4.txt")
+    assert delete_missing(store, history, "", walk, exclude=["*.log"]).deleted == ["f4.txt"]
+
+
+def test_a_blob_rewritten_after_the_listing_is_kept_and_reported(monkeypatch):
+    """The in-memory store answers a failed condition 412 as Azure does; the Azurite tests
+    (tests/test_mirror_conditions.py) rewrite blobs for real."""
+    store, history = MemoryBlobStore(), MemoryBlobStore()
+    for name in ("a.txt", "copied.txt", "deleted.txt", "plain.txt"):
+        put(store, name, b"listed")
+    real_copy, real_delete = history.copy_in, store.delete_with_snapshots
+
+    def copy_in(name, source, source_etag=None):
+        if name.endswith("copied.txt"):
+            put(store, "copied.txt", b"newer")  # another writer, between the listing and the copy
+        real_copy(name, source, source_etag)
+
+    def delete_with_snapshots(name, if_match=None):
+        if name == "deleted.txt":
+            put(store, "deleted.txt", b"newer")  # another writer, between the copy and the delete
+        real_delete(name, if_match)
+
+    monkeypatch.setattr(history, "copy_in", copy_in)
+    monkeypatch.setattr(store, "delete_with_snapshots", delete_with_snapshots)
+    done = delete_missing(store, history, "", listing("a.txt"), max_delete="100%")
+    assert done.deleted == ["plain.txt"] and done.failed == []
+    assert [(p.path, p.reason) for p in done.changed] == [
+        ("copied.txt", "changed by another writer since this run listed it: kept"),
+        ("deleted.txt", "changed by another writer since this run listed it: kept")]
+    assert store.blobs["copied.txt"].data == store.blobs["deleted.txt"].data == b"newer"
+
+
+def test_a_refused_deletion_fails_the_run_with_exit_code_2_and_no_deletions_listed():
+    from site_backup.mirror import MirrorResult
+    from site_backup.summary import BackupSummary
+
+    why = "the walk found no file in the root, ... pass --max-delete 100% (flow parameter max_delete)"
+    done = BackupSummary(files_total=0).with_deletions(MirrorResult(refused=why))
+    assert (done.outcome, done.exit_code, done.deletion_refused, done.files_deleted) == ("failed", 2, True, 0)
+    assert done.error == f"--delete-missing deleted nothing: {why}"
+    text = done.to_text()
+    assert "Deleted:      nothing, refused: see Error" in text and f"Error:        --delete-missing deleted nothing" in text
+    changed = BackupSummary(files_total=1).with_deletions(MirrorResult(
+        deleted=["b"], changed=[Problem("a", "changed by another writer since this run listed it: kept")]))
+    assert (changed.outcome, changed.exit_code, changed.files_changed_meanwhile) == ("completed", 0, 1)
+    assert "1 changed by another writer meanwhile, not deleted" in changed.to_text()
+    assert "Changed meanwhile, not deleted (1):" in changed.to_text()

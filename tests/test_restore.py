@@ -358,3 +358,119 @@ def test_a_folder_marker_where_a_file_stands_is_reported(tmp_path):
     assert sorted(p.path for p in result.failed) == ["link/x/", "taken/"]
     assert (tmp_path / "taken").read_bytes() == b"a file" and not (tmp_path / "x").exists()
     assert os.stat(tmp_path / "new/deep").st_mtime_ns == 10**18
+
+
+# ---- issue 21: one restore at a time into a target ----
+
+
+def _restore_env(prefect_server, checkpoints, connection_string):
+    return dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=connection_string, PREFECT_API_URL=prefect_server,
+                PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints))
+
+
+def _two_runs(container_name, make_tree):
+    """Two backup runs of one tree: the second changed a file and added one."""
+    from tests.test_history import runs_of
+
+    first = {"a.txt": b"first a", "b/b.txt": b"bee"}
+    root = make_tree(first)
+    backup_site_content(str(root), container=container_name)
+    (root / "a.txt").write_bytes(b"second a, longer")
+    (root / "c.txt").write_bytes(b"new in the second run")
+    backup_site_content(str(root), container=container_name)
+    second = read_tree(root)
+    runs = runs_of(container_name)
+    return (runs[0].run_id, first), (runs[1].run_id, second)
+
+
+def _held_restore(proxy, container_name, target, run_id, env):
+    """A restore whose read of the run's manifest the proxy holds: it has taken the target
+    (the lock comes before the plan) and written nothing into it yet."""
+    from site_backup.history import history_container
+    from tests.conftest import start_process
+
+    history = history_container(container_name)
+    proxy.gate = lambda method, where, query, headers: (method == "GET" and where.startswith(f"{history}/runs/")
+                                                       and "comp" not in query)
+    script = str(PROJECT / "flows" / "restore_site_content.py")
+    first = start_process([sys.executable, script, container_name, str(target), "--run", run_id, "--json"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    from tests.test_durability import wait_until
+
+    wait_until(lambda: proxy.held.is_set() or first.poll() is not None, 240, "the first restore to read its run")
+    assert first.poll() is None, first.communicate()[1][-3000:]
+    return first
+
+
+def test_a_second_restore_into_the_same_target_is_refused_while_the_first_runs(storage, prefect_server, checkpoints,
+                                                                              container_name, make_tree, tmp_path):
+    """Two different runs restored into one folder at once used to both exit 0 with a tree
+    that matched neither; now the second is refused (exit 2) and the first ends whole."""
+    from site_backup.credentials import azurite_connection_string
+    from tests.conftest import stop_process
+    from tests.faultproxy import FaultProxy
+
+    (run_a, tree_a), (run_b, _) = _two_runs(container_name, make_tree)
+    target = tmp_path / "target"
+    script = str(PROJECT / "flows" / "restore_site_content.py")
+    with FaultProxy(storage.port) as proxy:
+        via = azurite_connection_string(f"http://127.0.0.1:{proxy.port}/devstoreaccount1")
+        first = _held_restore(proxy, container_name, target, run_a, _restore_env(prefect_server, checkpoints, via))
+        try:
+            second = subprocess.run([sys.executable, script, container_name, str(target), "--run", run_b],
+                                    env=_restore_env(prefect_server, checkpoints, storage.connection_string),
+                                    capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+            assert second.returncode == 2, second.stderr[-3000:]
+            assert f"another restore is writing into {target.resolve()} now: wait for it to end" in second.stderr
+            proxy.release()
+            out, err = first.communicate(timeout=300)
+        finally:
+            stop_process(first)
+    assert first.returncode == 0, err[-3000:]
+    assert json.loads(out)["files_restored"] == 2
+    assert read_tree(target) == tree_a and sorted(os.listdir(target)) == ["a.txt", "b"]  # no lock file left
+
+
+def test_a_killed_restore_leaves_the_target_free(storage, prefect_server, checkpoints, container_name, make_tree,
+                                                 tmp_path):
+    """The lock is the kernel's (flock on the folder): a restore killed with SIGKILL holds
+    the target no longer, and no file of the lock is left in it."""
+    import signal
+
+    from site_backup.credentials import azurite_connection_string
+    from tests.conftest import stop_process
+    from tests.faultproxy import FaultProxy
+
+    (run_a, _), (run_b, tree_b) = _two_runs(container_name, make_tree)
+    target = tmp_path / "target"
+    with FaultProxy(storage.port) as proxy:
+        via = azurite_connection_string(f"http://127.0.0.1:{proxy.port}/devstoreaccount1")
+        first = _held_restore(proxy, container_name, target, run_a, _restore_env(prefect_server, checkpoints, via))
+        try:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
+        finally:
+            stop_process(first)
+    assert os.listdir(target) == []
+    script = str(PROJECT / "flows" / "restore_site_content.py")
+    after = subprocess.run([sys.executable, script, container_name, str(target), "--run", run_b, "--json"],
+                           env=_restore_env(prefect_server, checkpoints, storage.connection_string),
+                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert read_tree(target) == tree_b and sorted(os.listdir(target)) == ["a.txt", "b", "c.txt"]
+
+
+def test_the_target_lock_refuses_any_path_to_the_same_folder_and_ends_with_its_holder(tmp_path):
+    from site_backup.errors import ConfigurationError
+    from site_backup.restore import exclusive_target
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with exclusive_target(str(tmp_path / "real")) as unguarded:
+        assert unguarded == ""
+        with pytest.raises(ConfigurationError, match="another restore is writing into .*alias now"):
+            with exclusive_target(str(tmp_path / "alias")):
+                pass
+    with exclusive_target(str(tmp_path / "alias")):  # released with the first
+        pass
+    assert os.listdir(tmp_path / "real") == []
