@@ -6,7 +6,8 @@ write and then drop the connection without answering (the write landed, the clie
 know). It can add latency to every request, throttle any request (429 with a Retry-After),
 and counts what it did. It can also stop answering part-way, as storage does when it goes
 away: after N requests, accept connections and never answer (`silent_after`), or refuse new
-connections and cut open ones (`refuse_after`). With `tls=(cert, key)` it serves HTTPS in front of an HTTPS upstream
+connections and cut open ones (`refuse_after`); or hold the uploads (Put Blob, Put Block, Put Block List) to one container until
+the test lets them through (`hold_writes_to`, `release_writes`). With `tls=(cert, key)` it serves HTTPS in front of an HTTPS upstream
 (the Entra ID Azurite), trusting that certificate."""
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class FaultProxy:
         self.silent_after: int | None = None  # from this many requests on, never answer
         self.refuse_after: int | None = None  # from this many requests on, refuse connections
         self.went_away_at: float | None = None  # time.monotonic() of the last answer before that
+        self.hold_writes_to: str | None = None  # a container whose uploads wait until `release_writes`
+        self.held = 0  # writes waiting now
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -67,6 +70,11 @@ class FaultProxy:
     def landed(self) -> int:
         with self._lock:
             return sum(self.writes.values())
+
+    def release_writes(self) -> None:
+        """Let the writes held by `hold_writes_to` (and later ones) through."""
+        self.hold_writes_to = None
+        self._loop.call_soon_threadsafe(self._released.set)
 
     def __enter__(self) -> "FaultProxy":
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -85,6 +93,7 @@ class FaultProxy:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
+        self._released = asyncio.Event()
         server_tls = upstream_tls = None
         if self.tls:
             cert, key = map(str, self.tls)
@@ -164,6 +173,20 @@ class FaultProxy:
         blob = _blob_name(request)
         if is_write and blob and self.blob_write_status:
             return _error(self.blob_write_status, "AuthenticationFailed")
+        if (is_write and blob and self.hold_writes_to and request.rel_url.path.split("/")[2] == self.hold_writes_to
+                and request.rel_url.query.get("comp") in (None, "block", "blocklist")):
+            with self._lock:
+                self.held += 1
+            waits = [asyncio.ensure_future(self._released.wait()), asyncio.ensure_future(self._stop.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+                with self._lock:
+                    self.held -= 1
+            if self._stop.is_set() or request.transport is None or request.transport.is_closing():
+                return web.Response(status=500)
         fault = self._roll() if is_write else None
         if fault in ("503", "500"):
             with self._lock:
