@@ -83,9 +83,9 @@ class LockInfo:
         what = f"{'a backup' if self.kind == 'backup' else 'a prune'} of prefix {self.prefix or '(none)'!r}"
         who = f"run {self.run_id}" + (f" on {self.host}, pid {self.pid}" if self.host else "")
         if self.host and self.host == socket.gethostname() and self.pid and not _alive(self.pid):
-            return (f"{what} ({who}): its process has ended without releasing the lock (killed); "
-                    f"its lease ends within {LEASE_SECONDS} s")
-        return f"{what} ({who}) is running: its holder renewed its lease within the last {LEASE_SECONDS} s"
+            return (f"{what} ({who}) has ended without releasing its lock (its process is gone: killed), "
+                    f"and its lease ends within {LEASE_SECONDS} s")
+        return f"{what} ({who}) is running (it renewed its lease within the last {LEASE_SECONDS} s)"
 
 
 def _alive(pid: int) -> bool:
@@ -195,9 +195,9 @@ def lock_for_prune(open_store, prefix: str, run_id: str) -> tuple[Lease, list[Lo
         found = list_locks(lock.store)
         held = conflicts(found, lock, prefix, ("backup", "prune"))
         if held:
-            raise HeldLock(f"{held[0].describe()}" + (f" (and {len(held) - 1} more)" if len(held) > 1 else "")
-                           + ": prune when it has finished; a lock whose holder was killed ends within "
-                           f"{LEASE_SECONDS} s")
+            raise HeldLock(f"{held[0].describe()}" + (f", and {len(held) - 1} more" if len(held) > 1 else "")
+                           + f": prune when it has finished (the lease of a killed holder ends within "
+                           f"{LEASE_SECONDS} s)")
     except BaseException:
         lock.release()
         raise
