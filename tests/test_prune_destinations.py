@@ -166,8 +166,9 @@ def test_two_prunes_of_overlapping_prefixes_exclude_each_other(storage, checkpoi
     assert list(lock_blobs(storage, container_name)) == []  # the refused prune left no lock either
 
 
+@pytest.mark.parametrize("shard", [None, "0/1"])  # a shard run writes no manifest; its lock counts the same
 def test_a_backup_refuses_before_any_snapshot_while_an_overlapping_prune_holds_its_lock(
-        storage, checkpoints, container_name, make_tree, monkeypatch):
+        storage, checkpoints, container_name, make_tree, monkeypatch, shard):
     root = make_tree({"a.txt": b"old"})
     backup_site_content(str(root), container=container_name, prefix="site")
     (root / "a.txt").write_bytes(b"new content")  # the next run would snapshot a.txt
@@ -175,7 +176,7 @@ def test_a_backup_refuses_before_any_snapshot_while_an_overlapping_prune_holds_i
     prune = take_lock(partial(open_history_store, Destination.checked(container_name)), "", "prune", "prune-2")
     try:
         with pytest.raises(HeldLock, match=r"a prune of prefix '\(none\)' \(run prune-2 .*this backup waited"):
-            backup_site_content(str(root), container=container_name, prefix="site")
+            backup_site_content(str(root), container=container_name, prefix="site", shard=shard)
         assert snapshots(storage, container_name) == []
         assert storage.container(container_name).download_blob("site/a.txt").readall() == b"old"
         assert list(lock_blobs(storage, container_name)) == [prune.name]  # its own lock is gone
