@@ -33,7 +33,7 @@ from site_backup.units import MiB
 from tasks.confirm import confirmed
 from tasks.copy_batch import CopyTaskRunner, copy_as_walked, copy_slots, with_checkpoints
 from tasks.errors import flow_fails_on_configuration_error
-from tasks.history import delete_missing_files, finish_manifest, open_manifest
+from tasks.history import commit_run_history, delete_missing_files, open_run_history, releases_run_history
 from tasks.list_files import Walk, list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
 from tasks.report import ProgressArtifact, announce_backup, announce_listed, failed_state, final_state, publish_summary
@@ -42,6 +42,7 @@ from tasks.report import ProgressArtifact, announce_backup, announce_listed, fai
 @flow(name="backup-site-content", task_runner=CopyTaskRunner(max_workers=4), persist_result=True)
 @flow_fails_on_configuration_error
 @stops_on_termination
+@releases_run_history
 def backup_site_content(
     root_directory: str,
     container: ContainerName = "backups",
@@ -130,17 +131,13 @@ def backup_site_content(
     try:
         listing = walk.listing  # the root and its identity now; the counts grow as the walk goes
         destination, empty = prepare_destination(destination, policy=policy)
-        try:  # the manifest is staged as batches finish, committed at the end
-            manifest = None if dry_run else open_manifest(destination, policy)
+        try:  # the lock, before any snapshot; the manifest, staged as batches finish, committed at the end
+            history = open_run_history(destination, policy, dry_run, part)
         except (StorageUnavailable, RunStopped) as exc:  # the run ends before any copy, with a summary that says why
             summary = BackupSummary(outcome="failed", error=str(exc), dry_run=dry_run, root=listing.root,
                                     destination=destination.describe(), duration_seconds=time.monotonic() - started)
             publish_summary(summary)
             return failed_state(summary)
-        if manifest is not None and part is not None:
-            # A manifest of part of the tree would let --as-of restore that part as if it were the
-            # whole tree. The run keeps its lock (prune waits for it), and writes no manifest.
-            manifest.broken = f"shard {part} holds part of the tree, and run manifests describe whole trees"
         if checkpoint_block:
             prepare_checkpoints(checkpoint_block, policy)
         options = CopyOptions(
@@ -169,8 +166,7 @@ def backup_site_content(
         copied = copy_as_walked(submit, batches, ahead, until=lambda: bool(tally.run_error))
         # A batch from a checkpoint counts only once this run's listing shows its blobs.
         for batch, result, cached in confirmed(copied, copy, listing.root, destination, options, policy):
-            if manifest is not None:
-                manifest.add_batch(result, batch)
+            history.add_batch(result, batch)
             if delete_missing:
                 walked.extend(f.path for f in batch)
             # The manifest has the entries: the tally drops them, so memory stays bounded.
@@ -195,8 +191,7 @@ def backup_site_content(
                                         blocker(listing, summary.outcome, summary.files_failed), policy,
                                         max_delete)
         summary = summary.with_deletions(mirrored)
-    if manifest is not None:
-        finish_manifest(manifest, summary)  # none for a failed run: it claims nothing
+    commit_run_history(history, summary)  # none for a failed run: it claims nothing
     publish_summary(summary)
     if summary.outcome == "failed":
         return failed_state(summary)

@@ -37,13 +37,15 @@ def prune_backups(
     retries: int = 100,
     storage_timeout: float = 60.0,
 ) -> PruneSummary:
-    """Keep the runs the policy selects (restic's --keep-* rules); delete the other runs'
-    manifests and every snapshot no kept run needs. Never a current blob; never while a
-    backup of the same destination runs.
+    """Keep the runs of `prefix` the policy selects (restic's --keep-* rules); delete the
+    other runs' manifests and every snapshot or attic copy under `prefix` that no kept run,
+    nor any run of another destination, needs. Never a current blob; never while a backup
+    or prune of an overlapping prefix (the same, an ancestor or a descendant) runs.
 
     Args:
         container: Blob container holding the backup.
-        prefix: The backup's blob-name prefix; empty for none.
+        prefix: The backup's blob-name prefix; empty for none (a destination of its own: only its
+            runs are pruned).
         credentials_block: Name of a saved prefect-azure AzureBlobStorageCredentials block; empty to
             use the worker's environment or the local Azurite.
         keep_last: Keep the N newest runs.

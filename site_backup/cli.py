@@ -17,7 +17,6 @@ from .files import check_root, compile_patterns
 from .mirror import DEFAULT_MAX_DELETE, DeleteLimit
 from .retry import (STOP, RetryPolicy, RunStopped, StorageBudget, StorageUnavailable, forget_on_stop, on_stop,
                     request_stop, stop_signal)
-from .prune import HeldLock
 from .shards import SHARD_BY, Shard, check_mirror
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
 
@@ -574,9 +573,6 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
                 except RunFailed as exc:  # what was done is still reported
                     summary = exc.summary
     except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except HeldLock as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, _Stopped, TerminationSignal, RunStopped) as exc:

@@ -5,8 +5,8 @@ never the backup's own container. There a manifest cannot collide with a backed-
 (whatever names a tree holds, `.site-backup` included), and the backup's container keeps
 holding exactly the tree: rclone (`rclone check` reports 0 differences), AzCopy, verify and
 restore list it as before, with no filter to remember. Snapshots do not show in a plain
-listing either (List Blobs shows them only with include=snapshots). The prune lock blob
-lives in the companion container too.
+listing either (List Blobs shows them only with include=snapshots). The locks
+(site_backup/locks.py) live in the companion container too.
 
 A manifest is `runs/<prefix, quoted>/<start time>-<run id>.jsonl.gz`: gzip of JSON lines,
 one per file backed up (`p` path, `s` size, `m` Content-MD5 in base64, `t` mtime in ns,
@@ -33,7 +33,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from .copy import BatchResult, blob_name
 from .errors import ConfigurationError, describe, error_code
@@ -112,7 +112,6 @@ class ManifestWriter:
         self._upload = uuid.uuid4().hex[:16]
         self.files = self.bytes = self.size = 0
         self._record: RunRecord | None = None
-        self.lock = None  # the run's prune.Lease, held until the manifest is written
         self.broken = ""  # why the manifest could not be written: the backup goes on without it
 
     def add_batch(self, result: BatchResult, batch: Iterable) -> None:
@@ -224,21 +223,28 @@ def open_history_store(destination, budget=None):
 
 def list_runs(history_store, prefix: str) -> list[RunRecord]:
     """Every run of this destination that wrote a manifest, oldest first."""
-    runs = []
+    return runs_by_prefix(history_store, runs_folder(prefix)).get(prefix, [])
+
+
+def runs_by_prefix(history_store, folder: str = "runs/") -> dict[str, list[RunRecord]]:
+    """The runs of every destination (prefix) whose manifests are under `folder`, each
+    destination's oldest first: one listing of the manifests' metadata."""
+    found: dict[str, list[RunRecord]] = {}
     try:
-        for name, size, meta in history_store.list_metadata(runs_folder(prefix)):
-            if not name.endswith(".jsonl.gz") or "runid" not in meta:
+        for name, size, meta in history_store.list_metadata(folder):
+            if not name.endswith(".jsonl.gz") or "runid" not in meta or not name.startswith("runs/%2F"):
                 continue
             try:
-                runs.append(RunRecord(meta["runid"], parse_iso(meta["started"]), parse_iso(meta["finished"]),
-                                      meta.get("outcome", ""), int(meta.get("files", 0)), int(meta.get("bytes", 0)),
-                                      name, size))
+                run = RunRecord(meta["runid"], parse_iso(meta["started"]), parse_iso(meta["finished"]),
+                                meta.get("outcome", ""), int(meta.get("files", 0)), int(meta.get("bytes", 0)),
+                                name, size)
             except (KeyError, ValueError):
                 continue  # not one of ours
+            found.setdefault(unquote(name.split("/", 2)[1])[1:], []).append(run)
     except Exception as exc:
         if error_code(exc) != "ContainerNotFound":
             raise
-    return sorted(runs, key=lambda r: (r.started, r.run_id))
+    return {prefix: sorted(runs, key=lambda r: (r.started, r.run_id)) for prefix, runs in found.items()}
 
 
 _DATE = re.compile(r"\d{4}-\d\d-\d\d")

@@ -1,13 +1,18 @@
 """Retention: which runs a policy keeps (restic's --keep-* rules), deleting the manifests of
-the others and the snapshots no kept run needs, and the locks that keep a prune from
-running while a backup of the same destination does.
+the others and the snapshots and attic copies no run of any destination needs.
 
-Locks are blobs in the history container, under `locks/<quoted prefix>/`, each held by a
-blob lease of LEASE_SECONDS that its holder renews every RENEW_SECONDS. Each backup run
-holds its own (`backup-<run id>`), so overlapping backups do not exclude each other; a
-prune refuses to start while any of them is leased, and holds `prune` itself, so two
-prunes do not run at once. A run killed without releasing its lease stops renewing it:
-Azure ends the lease LEASE_SECONDS later at most, and the next prune removes the blob.
+A prune forgets only runs of its own prefix, but other destinations of the container can
+need the same blobs: a prefix's blobs are also those of its ancestors ('x/y/a' is file 'a'
+of prefix 'x/y' and file 'y/a' of prefix 'x'). So the needed set holds what the kept runs
+of this prefix and every run of each overlapping prefix (site_backup/locks.py) name under
+this prefix; a snapshot or attic copy outside it goes. Runs of other prefixes all count as
+kept: this prune does not touch them. Locks (site_backup/locks.py) keep it from running
+alongside a backup or prune of an overlapping prefix.
+
+Cost: every manifest of every overlapping destination is read (streamed, about 40 bytes a
+file a run, compressed; for the empty prefix, every manifest of the container). Memory is
+the needed set: one 12-byte fingerprint per distinct (blob, size, MD5), about 100 bytes
+each in Python, so unchanged files count once however many runs name them.
 """
 
 from __future__ import annotations
@@ -15,112 +20,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import threading
-import uuid
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from typing import Iterable
 
-from .errors import ConfigurationError, error_code
+from .errors import ConfigurationError
 from .copy import blob_name
-from .history import RunRecord, iso, list_runs, read_manifest
-
-LEASE_SECONDS = 60  # Azure allows 15-60 s, or infinite (which a killed run would never give back)
-RENEW_SECONDS = 20
-
-
-def locks_folder(prefix: str) -> str:
-    return f"locks/{quote('/' + prefix, safe='')}/"
-
-
-class HeldLock(Exception):
-    """The lock is held by someone else; the message says by whom and what to do."""
-
-
-class Lease:
-    """A lease on one lock blob, renewed in a background thread until released."""
-
-    def __init__(self, store, name: str):
-        self.store, self.name, self.lease_id = store, name, str(uuid.uuid4())
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def acquire(self, fresh: bool = False) -> "Lease":
-        """Lease the lock blob, creating it (and its container) when missing; HeldLock when
-        another holds it. `fresh`: the blob is known not to exist yet (a run's own lock), so
-        it is made first instead of after a refused lease."""
-        if fresh:
-            self._make()
-        for attempt in (0, 1, 2):
-            try:
-                self.store.lease(self.name, "acquire", self.lease_id, LEASE_SECONDS)
-                break
-            except Exception as exc:
-                code = error_code(exc)
-                if code == "LeaseAlreadyPresent":
-                    raise HeldLock(self.name) from None
-                if code not in ("BlobNotFound", "ContainerNotFound") or attempt == 2:
-                    raise
-                self._make()
-        self._thread = threading.Thread(target=self._renew, name="lock-renew", daemon=True)
-        self._thread.start()
-        return self
-
-    def _make(self) -> None:
-        for attempt in (0, 1):
-            try:
-                self.store.put(self.name, b"", md5=hashlib.md5(b"").digest(), content_type="text/plain",
-                               metadata={})
-                return
-            except Exception as exc:
-                code = error_code(exc)
-                if code in ("LeaseIdMissing", "LeaseAlreadyPresent"):
-                    return  # made and leased meanwhile by another: the lease says who wins
-                if code != "ContainerNotFound" or attempt == 1:
-                    raise
-                self.store.create_container()  # the first use of this destination's history
-
-    def _renew(self) -> None:
-        while not self._stop.wait(RENEW_SECONDS):
-            try:
-                self.store.lease(self.name, "renew", self.lease_id)
-            except Exception:
-                pass  # tried again at the next turn; a lease lost here shows as "expired"
-
-    def release(self, delete: bool = True) -> Exception | None:
-        """Stop renewing, and delete the lock blob (or give the lease back); the error when
-        that was refused. Nothing waits on it: the lease ends by itself within LEASE_SECONDS,
-        but a lock blob left behind each run says the credentials may not delete."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        try:
-            if delete:
-                self.store.delete(self.name, lease_id=self.lease_id)
-            else:
-                self.store.lease(self.name, "release", self.lease_id)
-        except Exception as exc:
-            return exc
-        return None
-
-
-def backup_lock(history_store, prefix: str, run_id: str) -> Lease:
-    """The lock a backup run holds while it runs: one per attempt, so backups do not exclude
-    each other, and a flow run retried after a crash (the same run id) does not wait for
-    the lease its crashed attempt left."""
-    return Lease(history_store, f"{locks_folder(prefix)}backup-{run_id}.{uuid.uuid4().hex[:8]}").acquire(fresh=True)
-
-
-def running_backups(history_store, prefix: str) -> tuple[list[str], list[str]]:
-    """(lock blobs of backups running now, lock blobs left by runs that ended without
-    releasing them: killed, their lease expired)."""
-    running, stale = [], []
-    try:
-        for name, state, _ in history_store.list_leases(f"{locks_folder(prefix)}backup-"):
-            (running if state == "leased" else stale).append(name)
-    except Exception as exc:
-        if error_code(exc) != "ContainerNotFound":
-            raise
-    return running, stale
+from .history import RunRecord, iso, read_manifest, runs_by_prefix
+from .locks import HeldLock, lock_for_prune, overlaps  # noqa: F401 - HeldLock: what callers catch
 
 
 def select_runs(runs: list[RunRecord], keep_last: int = 0, keep_daily: int = 0, keep_weekly: int = 0,
@@ -162,18 +68,39 @@ def _key(name: str, size: int, md5: bytes | None) -> bytes:
                            digest_size=12).digest()
 
 
-def plan_prune(history_store, backup_store, prefix: str, runs: list[RunRecord], kept_ids: set[str]) -> PrunePlan:
-    """Manifests outside the policy, and the snapshots that no kept run needs: for each blob
-    the current content serves whoever needs it, then the earliest snapshot of each content
-    a kept run needs (the one restore reads); every other snapshot goes. Current blobs and
-    versions are never touched."""
-    plan = PrunePlan([r for r in runs if r.run_id in kept_ids], [r for r in runs if r.run_id not in kept_ids])
+def needed_keys(prefix: str, manifests: Iterable[tuple[str, Iterable[dict]]]) -> set[bytes]:
+    """Fingerprints of the content that `manifests` ((the run's prefix, its lines), for
+    every run that stays) name under `prefix`: what a prune of `prefix` must keep."""
+    scope = f"{prefix}/" if prefix else ""
     needed: set[bytes] = set()
-    for run in plan.kept:
-        for line in read_manifest(history_store, run.manifest):
+    for run_prefix, lines in manifests:
+        for line in lines:
             if "p" in line:
-                md5 = base64.b64decode(line["m"]) if line.get("m") else None
-                needed.add(_key(blob_name(prefix, line["p"]), line["s"], md5))
+                name = blob_name(run_prefix, line["p"])
+                if name.startswith(scope):
+                    md5 = base64.b64decode(line["m"]) if line.get("m") else None
+                    needed.add(_key(name, line["s"], md5))
+    return needed
+
+
+def staying_runs(prefix: str, runs: dict[str, list[RunRecord]], kept_ids: set[str]) -> Iterable[tuple[str, RunRecord]]:
+    """(prefix, run) of every run a prune of `prefix` leaves whose blobs can be under it: the
+    kept runs of `prefix`, and every run of an overlapping destination."""
+    for other, records in runs.items():
+        if overlaps(other, prefix):
+            yield from ((other, r) for r in records if other != prefix or r.run_id in kept_ids)
+
+
+def plan_prune(history_store, backup_store, prefix: str, runs: dict[str, list[RunRecord]],
+               kept_ids: set[str]) -> PrunePlan:
+    """Manifests of `prefix` outside the policy, and the snapshots under `prefix` that no
+    staying run of any destination needs: for each blob the current content serves whoever
+    needs it, then the earliest snapshot of each content a run needs (the one restore
+    reads); every other snapshot goes. Current blobs and versions are never touched."""
+    own = runs.get(prefix, [])
+    plan = PrunePlan([r for r in own if r.run_id in kept_ids], [r for r in own if r.run_id not in kept_ids])
+    needed = needed_keys(prefix, ((other, read_manifest(history_store, r.manifest))
+                                  for other, r in staying_runs(prefix, runs, kept_ids)))
     group: list = []
 
     def settle(group: list) -> None:
@@ -221,31 +148,23 @@ def _plan_attic(plan: PrunePlan, history_store, prefix: str, needed: set[bytes])
         plan.attic += [(folder + name, k.snapshot, k.size) for k in going if k.snapshot or not snapshots_stay]
 
 
-def prune(history_store, backup_store, prefix: str, *, keep_last=0, keep_daily=0, keep_weekly=0, keep_monthly=0,
-          dry_run=False) -> tuple[PrunePlan, list[str]]:
-    """Apply the policy: refuses (HeldLock) while a backup of this destination runs or
-    another prune does; with `dry_run`, only plans. Returns the plan and the stale locks
-    removed."""
+def prune(history_store, backup_store, prefix: str, *, open_lock_store, run_id: str, keep_last=0, keep_daily=0,
+          keep_weekly=0, keep_monthly=0, dry_run=False) -> tuple[PrunePlan, list[str]]:
+    """Apply the policy: refuses (HeldLock) while a backup or prune of an overlapping prefix
+    holds its lock; with `dry_run`, only plans. Returns the plan and the stale locks removed
+    (`open_lock_store(budget)`: the history store for the lock's own requests)."""
     if not (keep_last or keep_daily or keep_weekly or keep_monthly):
         raise ConfigurationError("no retention policy: give at least one of --keep-last, --keep-daily, "
                                  "--keep-weekly, --keep-monthly (prune never deletes every run)")
+    lock, stale = lock_for_prune(open_lock_store, prefix, run_id)
     try:
-        lock = Lease(history_store, f"{locks_folder(prefix)}prune").acquire()
-    except HeldLock:
-        raise HeldLock("another prune of this destination is running: try again when it has finished "
-                       f"(its lock expires {LEASE_SECONDS} s after it stops)") from None
-    try:
-        running, stale = running_backups(history_store, prefix)
-        if running:
-            ids = ", ".join(sorted({n.rsplit("backup-", 1)[-1].rsplit(".", 1)[0] for n in running}))
-            raise HeldLock(f"a backup of this destination is running (run {ids}): prune when it has finished; "
-                           f"the lock of a run that was killed expires within {LEASE_SECONDS} s")
-        runs = list_runs(history_store, prefix)
+        runs = runs_by_prefix(history_store)
+        own = runs.get(prefix, [])
         plan = plan_prune(history_store, backup_store, prefix, runs,
-                          select_runs(runs, keep_last, keep_daily, keep_weekly, keep_monthly))
+                          select_runs(own, keep_last, keep_daily, keep_weekly, keep_monthly))
         if not dry_run:
-            for name in stale:
-                history_store.delete(name)
+            for k in stale:
+                history_store.delete(k.name)
             # Manifests first: stopped half-way, what is left are snapshots no run needs,
             # which the next prune removes; never a run whose content is gone.
             for run in plan.deleted:
@@ -255,7 +174,7 @@ def prune(history_store, backup_store, prefix: str, *, keep_last=0, keep_daily=0
             # Snapshots of attic copies before the copies themselves.
             for name, snapshot, _ in sorted(plan.attic, key=lambda a: a[1] is None):
                 history_store.delete_kept(name, snapshot=snapshot)
-        return plan, stale
+        return plan, [k.name for k in stale]
     finally:
         lock.release()
 

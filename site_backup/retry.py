@@ -255,6 +255,24 @@ class StorageBudget:
         raise self.failure
 
 
+class LockBudget(StorageBudget):
+    """The budget of one request on a run's lock (take, renew, release): its own, so a
+    renewal that failed does not end the next one, and a stopped or failed run still gives
+    its lock back. It goes out after a stop too, and is never retried after one."""
+
+    def __init__(self, endpoint: str = ""):
+        super().__init__(RetryPolicy(retries=PER_REQUEST, storage_timeout=15.0), endpoint)
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+        if self.troubled and time.monotonic() - self.last_answer > self.policy.storage_timeout:
+            self._fail(f"no useful answer within the storage timeout of {self.policy.storage_timeout:g} s")
+
+    def retry(self, retry: int, problem: str, answered: bool, retry_after: float | None = None) -> bool:
+        return False if STOP.is_set() else super().retry(retry, problem, answered, retry_after)
+
+
 def fetch_token(credential, scopes, budget: StorageBudget, **kwargs):
     """credential.get_token(*scopes) waited for no longer than the storage timeout, nor
     past a stop. azure-identity's credentials take no timeout, and a managed identity

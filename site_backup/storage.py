@@ -259,13 +259,11 @@ class HistoryStore:
         except ResourceNotFoundError:
             pass
 
-    def list_leases(self, prefix: str) -> Iterator[tuple[str, str, int | None]]:
-        """(name, lease state, last modified in ns) of the blobs under `prefix`: `leased`
-        while a lease is held, `expired`, `broken` or `available` otherwise."""
-        for props in self.container.list_blobs(name_starts_with=prefix or None):
-            written = props.last_modified
-            yield props.name, props.lease.state, (
-                calendar.timegm(written.utctimetuple()) * 10**9 if written else None)
+    def list_leases(self, prefix: str) -> Iterator[tuple[str, str, dict[str, str]]]:
+        """(name, lease state, metadata) of the blobs under `prefix`: `leased` while a lease
+        is held, `expired`, `broken` or `available` otherwise."""
+        for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
+            yield props.name, props.lease.state, {k.lower(): v for k, v in (props.metadata or {}).items()}
 
     def list_kept(self, prefix: str, versions: bool = False) -> Iterator[KeptBlob]:
         """Every blob under `prefix` with its snapshots (and versions, on an account that

@@ -1,11 +1,13 @@
-"""History tasks: open a run's manifest (and its lock), commit it, plan the restore of an
-earlier run, prune."""
+"""History tasks: open a run's history (its lock and manifest) and commit it, plan the restore
+of an earlier run, prune."""
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
 import time
 import uuid
+from contextvars import ContextVar
+from functools import partial
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -16,71 +18,84 @@ from site_backup.retry import RetryPolicy
 from site_backup.errors import describe
 from site_backup.files import FileListing
 from site_backup.mirror import DEFAULT_MAX_DELETE, MirrorResult, delete_missing
-from site_backup.history import ManifestWriter, RunRecord, list_runs, open_history_store, pick_run, plan_run_restore
-from site_backup.prune import backup_lock, describe_run, prune
+from site_backup.history import RunRecord, history_container, list_runs, open_history_store, pick_run, plan_run_restore
+from site_backup.prune import describe_run, prune
+from site_backup.run_history import RunHistory
 from site_backup.restore import RestorePlan
 from site_backup.summary import BackupSummary, PruneSummary
 from tasks.errors import task_reports_configuration_error
 from tasks.retry import run_budget
 
 
+_opened: ContextVar[list | None] = ContextVar("run_histories", default=None)
+
+
+def releases_run_history(fn):
+    """For a flow function: whichever way it ends (return, configuration error, exception,
+    SIGTERM, Ctrl-C), the run history it opened is closed, its lock released."""
+
+    @functools.wraps(fn)
+    def flow_body(*args, **kwargs):
+        opened: list[RunHistory] = []
+        token = _opened.set(opened)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _opened.reset(token)
+            for history in opened:
+                history.close()
+
+    return flow_body
+
+
+def open_run_history(destination: Destination, policy: RetryPolicy, dry_run: bool, shard=None) -> RunHistory:
+    """The run's history (lock and manifest; none for a dry run), closed by the flow's
+    @releases_run_history however the flow ends."""
+    history = RunHistory() if dry_run else open_history(destination, policy, shard)
+    if _opened.get() is not None:
+        _opened.get().append(history)
+    return history
+
+
 @task(name="open-manifest", cache_policy=NO_CACHE, persist_result=False)
-def open_manifest(destination: Destination, policy: RetryPolicy = RetryPolicy()) -> ManifestWriter | None:
-    """A writer for this run's manifest, named after the flow run, and the run's lock.
-    None, with a warning, when the credentials may not write the history container (a SAS
-    for the backup's container only): the backup itself goes on, without history."""
+@task_reports_configuration_error
+def open_history(destination: Destination, policy: RetryPolicy = RetryPolicy(), shard=None) -> RunHistory:
+    """Take the run's lock (waiting for, or refused by, a prune of an overlapping prefix)
+    and start its manifest, named after the flow run. Without either, with a warning, when
+    the credentials may not write the history container (a SAS for the backup's container
+    only): the backup itself goes on."""
     from prefect import get_run_logger
     from prefect.runtime import flow_run
 
+    logger = get_run_logger()
     run_id = str(flow_run.id or uuid.uuid4())
     budget = run_budget(policy, destination.account_url)  # storage that stops answering ends the run here too
-    history = open_history_store(destination, budget)
-    manifest = ManifestWriter(history, destination.prefix, run_id, dt.datetime.now(dt.timezone.utc),
-                              backup_store=open_store(destination, budget))
     try:
-        # Held until the manifest is written, so a prune of this destination waits for the run.
-        manifest.lock = backup_lock(history, destination.prefix, run_id)
+        return RunHistory.open(open_history_store(destination, budget), partial(open_history_store, destination),
+                               open_store(destination, budget), destination.prefix, run_id, shard=shard,
+                               warn=logger.warning)
     except Exception as exc:
         if getattr(exc, "status_code", None) != 403:
             raise
-        get_run_logger().warning(
-            "no history for this run: the credentials may not write the container %r (%s); give them "
-            "create and write access to it to keep run manifests", history.container_name, describe(exc))
+        logger.warning("no history for this run: the credentials may not write the container %r (%s); give them "
+                       "create and write access to it to keep run manifests",
+                       history_container(destination.container), describe(exc))
+        return RunHistory()
+
+
+def commit_run_history(history: RunHistory, summary: BackupSummary) -> RunRecord | None:
+    """Commit the run's manifest, with its summary (from now on the run is in the
+    history; a failed run claims nothing), and release the run's lock."""
+    if history.manifest is None:  # a dry run, or no history: no task run to show
+        history.close()
         return None
-    return manifest
+    return write_manifest(history, summary)
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE, persist_result=False)
-def finish_manifest(manifest: ManifestWriter, summary: BackupSummary) -> RunRecord | None:
-    """Commit the run's manifest, with its summary: from now on the run is in the history.
-    A failed run claims nothing: no manifest. A manifest that cannot be written (after
-    the storage requests' own retries) costs the run its history, not its outcome: a warning says why. The
-    run's lock is released at the end either way."""
-    from prefect import get_run_logger
-    try:
-        if summary.outcome != "failed" and not manifest.broken:
-            record = manifest.finish(summary.model_dump(mode="json"), summary.root, summary.destination,
-                                     dt.datetime.now(dt.timezone.utc))
-            _release(manifest)
-            return record
-    except Exception as exc:
-        manifest.broken = describe(exc)
-    if manifest.broken:
-        get_run_logger().warning("no manifest for this run (its files are backed up): %s", manifest.broken)
-    _release(manifest)
-    return None
-
-
-def _release(manifest: ManifestWriter) -> None:
-    """Release the run's lock; say so when its blob may not be deleted (a SAS without the
-    delete permission leaves one behind per run, which prune cannot remove either)."""
-    from prefect import get_run_logger
-
-    refused = manifest.lock.release()
-    if refused is not None:
-        get_run_logger().warning(
-            "the run's lock blob %s could not be deleted (%s): give the credentials the delete permission "
-            "(a SAS needs d); the lease ends by itself within a minute", manifest.lock.name, describe(refused))
+def write_manifest(history: RunHistory, summary: BackupSummary) -> RunRecord | None:
+    """The commit, as a task run of its own (its requests show in the run's timeline)."""
+    return history.commit(summary)
 
 
 @task(name="delete-missing", cache_policy=NO_CACHE, persist_result=False)
@@ -125,8 +140,11 @@ def prune_history(destination: Destination, keep_last: int, keep_daily: int, kee
     """Apply the retention policy to the destination's runs and snapshots."""
     started = time.monotonic()
     budget = run_budget(policy, destination.account_url)
+    from prefect.runtime import flow_run
+
     plan, stale = prune(open_history_store(destination, budget), open_store(destination, budget), destination.prefix,
-                        keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
+                        open_lock_store=partial(open_history_store, destination),
+                        run_id=str(flow_run.id or uuid.uuid4()), keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
                         keep_monthly=keep_monthly, dry_run=dry_run)
     policy = ", ".join(f"--keep-{name} {n}" for name, n in (("last", keep_last), ("daily", keep_daily),
                                                            ("weekly", keep_weekly), ("monthly", keep_monthly)) if n)

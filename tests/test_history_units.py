@@ -142,7 +142,7 @@ def test_a_storage_error_while_staging_gives_up_the_manifest_not_the_backup():
 
 def test_a_lock_blob_that_may_not_be_deleted_is_handed_back_not_swallowed():
     """A SAS without the delete permission: the run goes on, and its warning names the refusal."""
-    from site_backup.prune import Lease
+    from site_backup.locks import Lease
 
     class RefusesDelete:
         def put(self, *args, **kwargs):
@@ -154,10 +154,10 @@ def test_a_lock_blob_that_may_not_be_deleted_is_handed_back_not_swallowed():
         def delete(self, name, lease_id=None):
             raise PermissionError("403 AuthorizationPermissionMismatch")
 
-    lock = Lease(RefusesDelete(), "locks/run").acquire()
+    lock = Lease(lambda budget: RefusesDelete(), "locks/run", "run").acquire()
     refused = lock.release()
     assert isinstance(refused, PermissionError) and "AuthorizationPermissionMismatch" in str(refused)
-    assert Lease(MemoryLockStore(), "locks/run").acquire(fresh=True).release() is None
+    assert Lease(lambda budget, store=MemoryLockStore(): store, "locks/run", "run").acquire().release() is None
 
 
 class MemoryLockStore:

@@ -109,10 +109,10 @@ def test_prune_keeps_the_attic_copies_kept_runs_need_and_plans_the_rest():
     delete_missing(store, history, "", listing(), max_delete="100%")
     runs = list_runs(history, "")
     attic = attic_folder("") + "gone.txt"
-    keep_r1 = plan_prune(history, store, "", runs, {"r1"})
+    keep_r1 = plan_prune(history, store, "", {"": runs}, {"r1"})
     # r1 needs "one" (the copy's snapshot); the copy itself ("two") must stay with it
     assert keep_r1.attic == [] and keep_r1.snapshots_kept == 1
-    keep_none = plan_prune(history, store, "", runs, set())
+    keep_none = plan_prune(history, store, "", {"": runs}, set())
     assert sorted(keep_none.attic, key=str) == sorted([(attic, None, 3), (attic, next(
         t for n, t in history.snapshots if n == attic), 3)], key=str)
 

@@ -17,7 +17,10 @@ from flows.prune_backups import prune_backups
 from flows.restore_site_content import restore_site_content
 from site_backup.destination import Destination
 from site_backup.history import RunRecord, history_container, list_runs, open_history_store
-from site_backup.prune import HeldLock, LEASE_SECONDS, backup_lock, locks_folder, select_runs
+from functools import partial
+
+from site_backup.locks import HeldLock, LEASE_SECONDS, locks_folder, take_lock
+from site_backup.prune import select_runs
 from tests.conftest import PROJECT, read_tree
 
 UTC = dt.timezone.utc
@@ -75,21 +78,22 @@ def test_prune_keeps_what_the_policy_needs_and_removes_the_rest(storage, checkpo
     assert (again.manifests_deleted, again.snapshots_deleted) == (0, 0)
 
 
-def test_prune_refuses_while_a_backup_holds_its_lock(storage, checkpoints, container_name, make_tree):
+def test_prune_refuses_while_a_backup_holds_its_lock(storage, checkpoints, container_name, make_tree,
+                                                     prefect_server):
     root = make_tree({"a.txt": b"a"})
     backup_site_content(str(root), container=container_name)
-    history = open_history_store(Destination.checked(container_name))
+    history = partial(open_history_store, Destination.checked(container_name))
     # the backup released its lock when it ended
     assert [n for n in storage.container(history_container(container_name)).list_blobs(
         name_starts_with="locks/")] == []
-    lock = backup_lock(history, "", "run-under-way")  # what a running backup holds
+    lock = take_lock(history, "", "backup", "run-under-way")  # what a running backup holds
     try:
-        with pytest.raises(HeldLock, match=r"a backup of this destination is running \(run run-under-way\)"):
+        with pytest.raises(HeldLock, match=r"a backup of prefix '\(none\)' \(run run-under-way on .*\) is running"):
             prune_backups(container_name, keep_last=1)
-        env = dict(os.environ, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints))
+        env = dict(os.environ, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints), PREFECT_API_URL=prefect_server)
         cli = subprocess.run([sys.executable, "flows/prune_backups.py", container_name, "--keep-last", "1"],
                              cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120)
-        assert cli.returncode == 2 and "error: a backup of this destination is running" in cli.stderr, cli.stderr
+        assert cli.returncode == 2 and "error: a backup of prefix '(none)' (run run-under-way" in cli.stderr, cli.stderr
         none = subprocess.run([sys.executable, "flows/prune_backups.py", container_name], cwd=PROJECT, env=env,
                               capture_output=True, text=True, timeout=120)
         assert none.returncode == 2 and "no retention policy" in none.stderr
@@ -123,7 +127,7 @@ def test_a_lock_left_by_a_killed_backup_is_recovered_once_its_lease_expires(stor
         killed = time.monotonic()
     finally:
         proc.wait()
-    with pytest.raises(HeldLock):
+    with pytest.raises(HeldLock, match="has ended without releasing its lock"):
         prune_backups(container_name, keep_last=1)
     while time.monotonic() - killed < LEASE_SECONDS + 5:
         time.sleep(2)
@@ -134,9 +138,9 @@ def test_a_lock_left_by_a_killed_backup_is_recovered_once_its_lease_expires(stor
 
 def test_a_flow_run_retried_after_a_crash_takes_a_lock_of_its_own(storage, container_name):
     # Prefect's flow-run retry keeps the run id; the crashed attempt's lease is still held.
-    history = open_history_store(Destination.checked(container_name))
-    crashed = backup_lock(history, "", "same-run")
+    history = partial(open_history_store, Destination.checked(container_name))
+    crashed = take_lock(history, "", "backup", "same-run")
     crashed._stop.set()  # it stops renewing, as a killed process would
-    retried = backup_lock(history, "", "same-run")
+    retried = take_lock(history, "", "backup", "same-run")
     retried.release()
     crashed.release()

@@ -1,0 +1,79 @@
+"""The history of one backup run, from its lock to its manifest, owned by one object.
+
+`RunHistory.open` takes the run's lock (site_backup/locks.py: waiting for, or refused by,
+a prune of an overlapping prefix) before the run snapshots anything, and starts its
+manifest; `add_batch` streams the manifest as batches finish; `commit` writes it (a failed
+run writes none) and releases the lock; `close` releases the lock on any other way out
+(configuration error, exception, SIGTERM, Ctrl-C). It is a context manager, and `close` may
+be called any number of times.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Callable
+
+from .errors import describe
+from .history import ManifestWriter, RunRecord
+from .locks import Lease, lock_for_backup
+
+
+class RunHistory:
+    """A run's lock and manifest; both None when the run keeps no history (a dry run, or
+    credentials that may not write the history container)."""
+
+    def __init__(self, manifest: ManifestWriter | None = None, lock: Lease | None = None,
+                 warn: Callable[[str], None] = lambda message: None):
+        self.manifest, self.lock, self.warn = manifest, lock, warn
+
+    @classmethod
+    def open(cls, history_store, open_lock_store, backup_store, prefix: str, run_id: str, *, shard=None,
+             warn: Callable[[str], None] = lambda message: None, wait: float | None = None) -> "RunHistory":
+        """Take the run's lock, then start its manifest (none for a shard: a manifest of part
+        of the tree would let --as-of restore that part as if it were the whole tree; the
+        lock still keeps prunes out)."""
+        lock = lock_for_backup(open_lock_store, prefix, run_id, warn, wait)
+        manifest = ManifestWriter(history_store, prefix, run_id, dt.datetime.now(dt.timezone.utc),
+                                  backup_store=backup_store)
+        if shard is not None:
+            manifest.broken = f"shard {shard} holds part of the tree, and run manifests describe whole trees"
+        return cls(manifest, lock, warn)
+
+    def __enter__(self) -> "RunHistory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add_batch(self, result, batch) -> None:
+        """The files of one finished batch, into the manifest."""
+        if self.manifest is not None:
+            self.manifest.add_batch(result, batch)
+
+    def commit(self, summary) -> RunRecord | None:
+        """Write the manifest with the run's summary (none for a failed run: it claims
+        nothing), then release the lock. A manifest that cannot be written costs the run its
+        history, not its outcome: a warning says why."""
+        manifest, record = self.manifest, None
+        try:
+            if manifest is not None and summary.outcome != "failed" and not manifest.broken:
+                try:
+                    record = manifest.finish(summary.model_dump(mode="json"), summary.root, summary.destination,
+                                             dt.datetime.now(dt.timezone.utc))
+                except Exception as exc:
+                    manifest.broken = describe(exc)
+            if manifest is not None and manifest.broken:
+                self.warn(f"no manifest for this run (its files are backed up): {manifest.broken}")
+        finally:
+            self.close()
+        return record
+
+    def close(self) -> None:
+        """Release the lock (once); say so when its blob could not be deleted."""
+        lock, self.lock = self.lock, None
+        if lock is None:
+            return
+        refused = lock.release()
+        if refused is not None:
+            self.warn(f"the run's lock blob {lock.name} could not be deleted ({describe(refused)}): give the "
+                      f"credentials the delete permission (a SAS needs d); the lease ends by itself within a minute")
