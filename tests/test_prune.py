@@ -103,10 +103,11 @@ def test_prune_refuses_while_a_backup_holds_its_lock(storage, checkpoints, conta
 
 
 def test_a_lock_left_by_a_killed_backup_is_recovered_once_its_lease_expires(storage, checkpoints, container_name,
-                                                                             make_tree):
+                                                                             make_tree, prefect_server):
     files = {f"d{i % 10}/f{i:05d}.txt": os.urandom(3000) for i in range(4000)}
     root = make_tree(files)
-    env = dict(os.environ, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints))
+    # The session's server: a temporary one per process took 162 s to start on the loaded machine.
+    env = dict(os.environ, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints), PREFECT_API_URL=prefect_server)
     proc = subprocess.Popen([sys.executable, "flows/backup_site_content.py", str(root), "--container", container_name,
                              "--files-per-batch", "100", "--files-in-flight", "2", "--parallel-batches", "1",
                              "--no-progress"], cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
