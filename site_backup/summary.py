@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from .copy import BatchResult
 from .files import FileListing, display_path
-from .units import MiB, human_bytes
+from .units import MiB, count, human_bytes
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -108,7 +108,7 @@ class BackupSummary(BaseModel):
         if self.deletion_blocked:
             return f"nothing: {self.deletion_blocked}"
         verb = "would be deleted" if self.dry_run else "deleted (their content is kept in history)"
-        return f"{self.files_deleted} file(s) no longer in the tree, {human_bytes(self.bytes_deleted)}, {verb}"
+        return f"{count(self.files_deleted, 'file')} no longer in the tree, {human_bytes(self.bytes_deleted)}, {verb}"
 
 
 def render(rows: list[tuple[str, str]], sections) -> str:
@@ -301,6 +301,7 @@ class RestoreSummary(BaseModel):
     error: str = ""  # outcome "failed": why the restore could not go on (storage stopped answering, stopped)
     source: str = ""
     target: str = ""
+    restored_from: str = ""  # the backup run restored; empty: the current blobs
     files_total: int = 0
     files_restored: int = 0
     files_unchanged: int = 0
@@ -332,6 +333,7 @@ class RestoreSummary(BaseModel):
         secs = max(self.duration_seconds, 1e-9)
         rows = [
             ("Source", self.source),
+            ("Restored", self.restored_from or "the current blobs"),
             ("Target", self.target),
             ("Files", f"{self.files_total} total, {self.files_restored} restored, {self.files_unchanged} unchanged, "
                       f"{self.files_refused} refused, {self.files_failed} failed"),
@@ -394,7 +396,8 @@ class PruneSummary(BaseModel):
         rows = [
             ("Destination", self.destination),
             ("Policy", self.policy),
-            ("Runs", f"{self.runs_total} total, {self.runs_kept} kept, {self.manifests_deleted} manifests {verb}"),
+            ("Runs", f"{self.runs_total} total, {self.runs_kept} kept, {count(self.manifests_deleted, 'manifest')} "
+                     f"{verb}"),
             ("Snapshots", f"{self.snapshots_kept} still needed, {self.snapshots_deleted} {verb}"),
             ("Freed", human_bytes(self.bytes_freed) + (" (dry run: nothing was deleted)" if self.dry_run else "")),
             ("Duration", f"{self.duration_seconds:.1f} s"),
