@@ -7,6 +7,11 @@ AZURITE := .azurite/node_modules/.bin/azurite-blob
 ROOT ?= sample-site
 CONTAINER ?= backups
 PYTEST_ARGS ?=
+PREFECT_PORT ?= 4200
+# What make runs against the server uses the clone's Prefect home (results and checkpoints
+# there too, like the worker's runs) and the server of `make server`, unless PREFECT_API_URL
+# names another.
+WITH_SERVER = PREFECT_HOME="$(CURDIR)/.prefect" PREFECT_API_URL="$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}"
 
 .PHONY: setup run test bench bench-setup azurite server worker deploy api stop clean
 
@@ -53,15 +58,14 @@ deploy: setup
 # The sample's HTTP start/status API on 127.0.0.1:$(API_PORT), over the Prefect server.
 API_PORT ?= 7071
 api: setup
-	API_PORT=$(API_PORT) PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$${PREFECT_PORT:-4200}/api} $(VENV)/bin/python -m site_backup.http_api
+	API_PORT=$(API_PORT) $(WITH_SERVER) $(VENV)/bin/python -m site_backup.http_api
 
 # Back up ROOT (default: the shipped sample site) into the local Azurite.
 run: setup azurite server
-	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$${PREFECT_PORT:-4200}/api} \
-	  $(VENV)/bin/python flows/backup_site_content.py "$(ROOT)" --container "$(CONTAINER)"
+	$(WITH_SERVER) $(VENV)/bin/python flows/backup_site_content.py "$(ROOT)" --container "$(CONTAINER)"
 	@echo
 	@echo "List the blobs: $(VENV)/bin/python scripts/list-blobs $(CONTAINER)"
-	@echo "Runs, logs and the summary artifact: http://127.0.0.1:$${PREFECT_PORT:-4200} (Prefect UI). Stop services: make stop"
+	@echo "Runs, logs and the summary artifact: http://127.0.0.1:$(PREFECT_PORT) (Prefect UI). Stop services: make stop"
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -18,7 +18,8 @@ from prefect import flow
 from site_backup.destination import ContainerName, Destination
 from site_backup.sharded import ShardedSummary, combine
 from site_backup.shards import Shard, check_shards
-from tasks.report import failed_state, final_state, publish_sharded_summary
+from site_backup.units import count
+from tasks.report import announce_sharded, failed_state, final_state, publish_sharded_summary
 from tasks.shards import run_shards_on_dask, run_shards_on_workers
 
 CHILD_DEPLOYMENT = "backup-site-content/shard"
@@ -103,6 +104,7 @@ def backup_site_sharded(
         block_size_mib=block_size_mib, blocks_in_flight=blocks_in_flight, retries=retries,
         storage_timeout=storage_timeout,
     )
+    announce_sharded(root_directory, shards, shard_by, destination, task_runner)
     if task_runner == "dask":
         outcomes = run_shards_on_dask(parameters, parts, shard_retries, dask_address)
     else:
@@ -113,7 +115,7 @@ def backup_site_sharded(
     if summary.outcome == "failed":
         return failed_state(summary)
     if summary.files_failed:
-        return final_state(summary, "Incomplete", f"{summary.files_failed} file(s) failed: run again to retry them")
+        return final_state(summary, "Incomplete", f"{count(summary.files_failed, 'file')} failed: run again to retry them")
     return summary
 
 

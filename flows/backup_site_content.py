@@ -29,7 +29,7 @@ from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.shards import Shard, check_mirror
 from site_backup.summary import BackupSummary, BackupTally
-from site_backup.units import MiB
+from site_backup.units import MiB, count
 from tasks.confirm import confirmed
 from tasks.copy_batch import CopyTaskRunner, copy_as_walked, copy_slots, with_checkpoints
 from tasks.errors import flow_fails_on_configuration_error
@@ -196,7 +196,7 @@ def backup_site_content(
     if summary.outcome == "failed":
         return failed_state(summary)
     if summary.files_failed:
-        return final_state(summary, "Incomplete", f"{summary.files_failed} file(s) failed: run again to retry them")
+        return final_state(summary, "Incomplete", f"{count(summary.files_failed, 'file')} failed: run again to retry them")
     return summary
 
 

@@ -21,6 +21,7 @@ from site_backup.summary import PruneSummary
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import prune_history
 from tasks.prepare_destination import prepare_destination
+from tasks.report import announce_prune, publish_prune_summary
 
 
 @flow(name="prune-backups", persist_result=True)
@@ -61,7 +62,11 @@ def prune_backups(
     destination = Destination.checked(container, prefix, credentials_block)
     policy = RetryPolicy.checked(retries, storage_timeout)
     destination, _ = prepare_destination(destination, create=False, policy=policy)
-    return prune_history(destination, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, policy)
+    announce_prune(destination, dict(last=keep_last, daily=keep_daily, weekly=keep_weekly, monthly=keep_monthly),
+                   dry_run)
+    summary = prune_history(destination, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, policy)
+    publish_prune_summary(summary)
+    return summary
 
 
 if __name__ == "__main__":

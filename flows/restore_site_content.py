@@ -31,7 +31,7 @@ from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import plan_history_restore
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_destination
-from tasks.report import failed_state, final_state, publish_restore_summary
+from tasks.report import announce_restore, failed_state, final_state, publish_restore_summary
 from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
 
 
@@ -73,8 +73,10 @@ def restore_site_content(
             past it the run stops (0 or more).
         storage_timeout: Seconds without a useful answer from storage before the run stops, failed
             (more than 0).
-        run_id: Restore the tree as this backup run saw it: a run id from --list, or a unique
-            start of one; empty for the current blobs.
+        run_id: Restore the tree as this backup run saw it: the flow run ID of the backup run (on its
+            page in the Prefect UI, under Runs of backup-site-content; on the command line
+            `restore_site_content.py CONTAINER --list`), or a unique start of one; empty for the
+            current blobs.
         as_of: Restore the tree as the last backup run finished by then saw it: ISO 8601 or a
             date (the end of that day, UTC); empty for the current blobs.
     """
@@ -99,6 +101,7 @@ def restore_site_content(
                                      duration_seconds=time.monotonic() - started)
             publish_restore_summary(summary)
             return failed_state(summary)
+        announce_restore(plan, destination, target)
         restore = restore_batch.with_options(refresh_cache=True) if refresh else restore_batch
         futures = restore.map(unmapped(target), unmapped(restore_id), plan.batches, unmapped(destination),
                               unmapped(overwrite), unmapped(policy))
@@ -110,6 +113,7 @@ def restore_site_content(
                 results.append((folders, False))
         summary = summarize_restore(plan.refused, results, source=destination.describe(), target=target,
                                     duration_seconds=time.monotonic() - started)
+        summary.restored_from = plan.run
         if summary.outcome == "completed":
             close_restore(target_identity, destination)
         publish_restore_summary(summary)

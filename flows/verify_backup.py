@@ -17,7 +17,7 @@ from site_backup.verify import extra_blobs
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.list_files import Walk, list_files, listed_whole
 from tasks.prepare_destination import prepare_destination
-from tasks.report import failed_state, final_state, publish_verify_summary
+from tasks.report import announce_verify, failed_state, final_state, publish_verify_summary
 from tasks.verify import list_blobs, verify_batch
 
 
@@ -68,6 +68,7 @@ def verify_backup(
         root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB
     )))
     destination, _ = prepare_destination(destination, create=False, policy=policy)
+    announce_verify(listing, destination)
     try:
         remote = list_blobs(destination, policy)
     except (StorageUnavailable, RunStopped) as exc:  # the run ends, with a summary that says why

@@ -17,8 +17,10 @@ from .storage import RetryLog
 
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 # The same rule without look-ahead, for JSON Schema and pydantic (whose regex engine has
-# none): the Prefect UI's form checks a container name with it before a run is created.
-CONTAINER_PATTERN = r"^[a-z0-9](?:-?[a-z0-9])*$"
+# none): the Prefect UI's form checks a container name with it before a run is created,
+# and shows it in its message. Written with no "](" in it: the UI renders the message as
+# markdown, where `[a-z0-9](...)` became a link and its brackets vanished.
+CONTAINER_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 ContainerName = Annotated[str, Field(pattern=CONTAINER_PATTERN, min_length=3, max_length=63)]
 
 

@@ -48,6 +48,7 @@ class RestorePlan:
     batches: list[list[BlobEntry]] = field(default_factory=list)
     refused: list[Problem] = field(default_factory=list)
     folders: list[FolderEntry] = field(default_factory=list)
+    run: str = ""  # the backup run this plan restores, for people; empty: the current blobs
 
     @property
     def files(self) -> int:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from .copy import BatchResult
 from .files import FileListing, display_path
-from .units import MiB, human_bytes
+from .units import MiB, count, human_bytes
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -125,9 +125,10 @@ class BackupSummary(BaseModel):
         if self.deletion_blocked:
             return f"nothing: {self.deletion_blocked}"
         verb = "would be deleted" if self.dry_run else "deleted (their content is kept in history)"
-        changed = (f"; {self.files_changed_meanwhile} changed by another writer meanwhile, not deleted"
-                   if self.files_changed_meanwhile else "")
-        return f"{self.files_deleted} file(s) no longer in the tree, {human_bytes(self.bytes_deleted)}, {verb}{changed}"
+        changed = (f"; {count(self.files_changed_meanwhile, 'file')} changed by another writer meanwhile, "
+                   "not deleted" if self.files_changed_meanwhile else "")
+        return (f"{count(self.files_deleted, 'file')} no longer in the tree, {human_bytes(self.bytes_deleted)}, "
+                f"{verb}{changed}")
 
 
 def render(rows: list[tuple[str, str]], sections) -> str:
@@ -320,6 +321,7 @@ class RestoreSummary(BaseModel):
     error: str = ""  # outcome "failed": why the restore could not go on (storage stopped answering, stopped)
     source: str = ""
     target: str = ""
+    restored_from: str = ""  # the backup run restored; empty: the current blobs
     files_total: int = 0
     files_restored: int = 0
     files_unchanged: int = 0
@@ -351,6 +353,7 @@ class RestoreSummary(BaseModel):
         secs = max(self.duration_seconds, 1e-9)
         rows = [
             ("Source", self.source),
+            ("Restored", self.restored_from or "the current blobs"),
             ("Target", self.target),
             ("Files", f"{self.files_total} total, {self.files_restored} restored, {self.files_unchanged} unchanged, "
                       f"{self.files_refused} refused, {self.files_failed} failed"),
@@ -413,7 +416,8 @@ class PruneSummary(BaseModel):
         rows = [
             ("Destination", self.destination),
             ("Policy", self.policy),
-            ("Runs", f"{self.runs_total} total, {self.runs_kept} kept, {self.manifests_deleted} manifests {verb}"),
+            ("Runs", f"{self.runs_total} total, {self.runs_kept} kept, {count(self.manifests_deleted, 'manifest')} "
+                     f"{verb}"),
             ("Snapshots", f"{self.snapshots_kept} still needed, {self.snapshots_deleted} {verb}"),
             ("Freed", human_bytes(self.bytes_freed) + (" (dry run: nothing was deleted)" if self.dry_run else "")),
             ("Duration", f"{self.duration_seconds:.1f} s"),

@@ -18,7 +18,8 @@ from site_backup.retry import RetryPolicy
 from site_backup.errors import describe
 from site_backup.files import FileListing
 from site_backup.mirror import DEFAULT_MAX_DELETE, MirrorResult, delete_missing
-from site_backup.history import RunRecord, history_container, list_runs, open_history_store, pick_run, plan_run_restore
+from site_backup.history import (RunRecord, history_container, iso, list_runs, open_history_store, pick_run,
+                                 plan_run_restore)
 from site_backup.prune import describe_run, prune
 from site_backup.run_history import RunHistory
 from site_backup.restore import RestorePlan
@@ -166,4 +167,6 @@ def plan_history_restore(destination: Destination, run_id: str | None, as_of: st
     budget = run_budget(policy, destination.account_url)
     history = open_history_store(destination, budget)
     run = pick_run(list_runs(history, destination.prefix), run_id, as_of)
-    return plan_run_restore(history, run, open_store(destination, budget), destination.prefix, max_files, max_bytes)
+    plan = plan_run_restore(history, run, open_store(destination, budget), destination.prefix, max_files, max_bytes)
+    plan.run = f"backup run {run.run_id}, finished {iso(run.finished)}"
+    return plan

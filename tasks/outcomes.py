@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from site_backup.errors import describe
 from site_backup.files import Problem
+from site_backup.units import count
 
 
 class BatchIncomplete(Exception):
@@ -23,7 +24,7 @@ class BatchIncomplete(Exception):
         first = f"{failed[0].path}: {failed[0].reason}" if failed else ""
         if len(first) > 200:
             first = "..." + first[-197:]
-        return f"{len(failed)} file(s) failed, first {first}"
+        return f"{count(len(failed), 'file')} failed, first {first}"
 
 
 def batch_outcome(future, batch: list, failed_result: Callable[[list[Problem]], Any]) -> tuple[Any, bool]:

@@ -13,8 +13,8 @@ from prefect.artifacts import (
 
 from prefect.states import Completed, Failed
 
-from site_backup.summary import BackupSummary, RestoreSummary, RunFailed, VerifySummary
-from site_backup.units import human_bytes
+from site_backup.summary import BackupSummary, PruneSummary, RestoreSummary, RunFailed, VerifySummary
+from site_backup.units import count, human_bytes
 
 
 class ProgressArtifact:
@@ -54,7 +54,7 @@ class ProgressArtifact:
 
     def _text(self) -> str:
         more = " found so far (counting)" if self.counting else ""
-        return (f"{self.files_done} of {self.files_total} files, "
+        return (f"{self.files_done} of {count(self.files_total, 'file')}, "
                 f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}{more}")
 
 
@@ -84,9 +84,9 @@ def announce_backup(listing, destination, *, dry_run: bool, empty: bool) -> None
 
     if listing.walking:
         get_run_logger().info(
-            "%s %s to %s%s: counting files as the copies go (%d files, %s so far)",
+            "%s %s to %s%s: counting files as the copies go (%s, %s so far)",
             "Dry run of" if dry_run else "Backing up", listing.root, destination.describe(),
-            " (empty: no comparison needed)" if empty else "", listing.files, human_bytes(listing.bytes))
+            " (empty: no comparison needed)" if empty else "", count(listing.files, "file"), human_bytes(listing.bytes))
         return
     get_run_logger().info(
         "%s %s (%s) to %s%s",
@@ -102,7 +102,7 @@ def announce_listed(listing) -> None:
 
 
 def _listing_counts(listing) -> str:
-    return (f"{listing.files} files, {human_bytes(listing.bytes)}, in {listing.batch_count} batches; "
+    return (f"{count(listing.files, 'file')}, {human_bytes(listing.bytes)}, in {count(listing.batch_count, 'batch')}; "
             f"{len(listing.skipped) + len(listing.failed)} skipped, {listing.excluded} excluded")
 
 
@@ -113,14 +113,16 @@ def publish_summary(summary: BackupSummary) -> None:
 
     verb = "would upload" if summary.dry_run else "uploaded"
     get_run_logger().info(
-        "Backup %s: %d files, %d %s (%s), %d unchanged, %d skipped, %d failed in %.1f s%s",
-        summary.outcome, summary.files_total, summary.files_uploaded, verb, human_bytes(summary.bytes_uploaded),
+        "Backup %s: %s, %d %s (%s), %d unchanged, %d skipped, %d failed in %.1f s%s",
+        summary.outcome, count(summary.files_total, "file"), summary.files_uploaded, verb,
+        human_bytes(summary.bytes_uploaded),
         summary.files_unchanged, summary.files_skipped, summary.files_failed, summary.duration_seconds,
         f": {summary.error}" if summary.error else "")
     create_markdown_artifact(
         markdown=summary.to_markdown(),
         key="backup-summary",
-        description=f"Backup {summary.outcome}: {summary.files_uploaded} files {verb}, {summary.files_failed} failed",
+        description=f"Backup {summary.outcome}: {count(summary.files_uploaded, 'file')} {verb}, "
+                    f"{summary.files_failed} failed",
     )
     _problem_table("backup-problems", "Files not backed up, with the reason",
                    (("failed", summary.failed), ("skipped", summary.skipped)))
@@ -131,7 +133,7 @@ def publish_sharded_summary(summary) -> None:
     artifact (shard, flow run, state, attempts, where it ran, files, bytes)."""
     publish_summary(summary)
     create_table_artifact(table=summary.table_rows(), key="backup-shards",
-                          description=f"{len(summary.shards)} shards: which run backed up which part")
+                          description=f"{count(len(summary.shards), 'shard')}: which run backed up which part")
 
 
 def _problem_table(key: str, description: str, kinds, limit: int = 1000) -> None:
@@ -140,8 +142,32 @@ def _problem_table(key: str, description: str, kinds, limit: int = 1000) -> None
         create_table_artifact(table=rows[:limit], key=key, description=description)
 
 
+def announce_sharded(root: str, shards: int, shard_by: str, destination, task_runner: str) -> None:
+    """One log line saying what this sharded backup will do."""
+    from prefect import get_run_logger
+
+    where = "on a Dask cluster" if task_runner == "dask" else "as runs of the shard deployment"
+    get_run_logger().info("Backing up %s to %s as %s (by %s), %s", root, destination.describe(),
+                          count(shards, "shard"), shard_by, where)
+
+
+def announce_verify(listing, destination) -> None:
+    """One log line saying what this verify run compares."""
+    from prefect import get_run_logger
+
+    get_run_logger().info("Verifying %s (%s, %s) against %s", listing.root, count(listing.files, "file"),
+                          human_bytes(listing.bytes), destination.describe())
+
+
 def publish_verify_summary(summary: VerifySummary) -> None:
-    """The verify summary as markdown, and its differences as a table."""
+    """The verify summary as markdown, and its differences as a table; its outcome as one log line."""
+    from prefect import get_run_logger
+
+    get_run_logger().info(
+        "Verify result: %s, %s: %d match, %d missing, %d different, %d unreadable, %d extra blobs in %.1f s%s",
+        summary.outcome, count(summary.files_total, "file"), summary.files_matching, summary.files_missing,
+        summary.files_different, summary.files_unreadable, summary.blobs_extra, summary.duration_seconds,
+        f": {summary.error}" if summary.error else "")
     create_markdown_artifact(
         markdown=summary.to_markdown(),
         key="verify-summary",
@@ -152,12 +178,56 @@ def publish_verify_summary(summary: VerifySummary) -> None:
         create_table_artifact(table=rows, key="verify-differences", description="Files that differ from the backup")
 
 
+def announce_restore(plan, destination, target: str) -> None:
+    """One log line saying what this restore brings back, from where, into where."""
+    from prefect import get_run_logger
+
+    get_run_logger().info("Restoring %s from %s (%s, %s) into %s", plan.run or "the current blobs",
+                          destination.describe(), count(plan.files, "file"), human_bytes(plan.bytes), target)
+
+
 def publish_restore_summary(summary: RestoreSummary) -> None:
-    """The restore summary as a markdown artifact on the flow run."""
+    """The restore summary as a markdown artifact on the flow run; its outcome as one log line."""
+    from prefect import get_run_logger
+
+    get_run_logger().info(
+        "Restore %s of %s: %s, %d restored (%s), %d unchanged, %d refused, %d failed in %.1f s%s",
+        summary.outcome, summary.restored_from or "the current blobs", count(summary.files_total, "file"),
+        summary.files_restored, human_bytes(summary.bytes_restored), summary.files_unchanged, summary.files_refused,
+        summary.files_failed, summary.duration_seconds, f": {summary.error}" if summary.error else "")
     create_markdown_artifact(
         markdown=summary.to_markdown(),
         key="restore-summary",
-        description=f"Restore {summary.outcome}: {summary.files_restored} restored, {summary.files_failed} failed",
+        description=f"Restore {summary.outcome} of {summary.restored_from or 'the current blobs'}: "
+                    f"{summary.files_restored} restored, {summary.files_failed} failed",
     )
     _problem_table("restore-problems", "Blobs not restored, with the reason",
                    (("failed", summary.failed), ("refused", summary.refused)))
+
+
+def announce_prune(destination, keep: dict[str, int], dry_run: bool) -> None:
+    """One log line saying what this prune will do; `keep` maps each rule (last, daily...) to its N."""
+    from prefect import get_run_logger
+
+    policy = ", ".join(f"--keep-{name} {n}" for name, n in keep.items() if n)
+    get_run_logger().info("%s %s: keep %s", "Dry run of pruning" if dry_run else "Pruning", destination.describe(),
+                          policy or "every run (no --keep rule given)")
+
+
+def publish_prune_summary(summary: PruneSummary) -> None:
+    """The prune summary (kept and deleted runs, bytes freed) as a markdown artifact; its
+    outcome as one log line."""
+    from prefect import get_run_logger
+
+    verb = "would delete" if summary.dry_run else "deleted"
+    get_run_logger().info(
+        "Prune %s%s: kept %s, %s %s and %s (%s %s) in %.1f s", summary.outcome,
+        " (dry run)" if summary.dry_run else "", count(summary.runs_kept, "run"), verb,
+        count(summary.manifests_deleted, "run"), count(summary.snapshots_deleted, "snapshot"),
+        human_bytes(summary.bytes_freed), "would be freed" if summary.dry_run else "freed", summary.duration_seconds)
+    create_markdown_artifact(
+        markdown=summary.to_markdown(),
+        key="prune-summary",
+        description=f"Prune {summary.outcome}: {summary.runs_kept} kept, {summary.manifests_deleted} {verb}, "
+                    f"{human_bytes(summary.bytes_freed)} freed" + (" (dry run)" if summary.dry_run else ""),
+    )

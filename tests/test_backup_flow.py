@@ -166,7 +166,7 @@ def test_per_file_problems_are_reported_and_the_rest_is_backed_up(storage, check
     assert summary.files_total == 6 and summary.files_uploaded == 3
     assert read_container(storage, container_name) == {"ok.txt": b"fine", "real/x.txt": b"x", "bad\u201bFE.txt": b""}
     state = backup_site_content(str(root), container=container_name, return_state=True)
-    assert (state.type.value, state.name) == ("COMPLETED", "Incomplete") and "1 file(s) failed" in state.message
+    assert (state.type.value, state.name) == ("COMPLETED", "Incomplete") and "1 file failed" in state.message
     assert state.result().files_failed == 1
 
 

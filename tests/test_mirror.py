@@ -39,7 +39,7 @@ def test_delete_missing_mirrors_the_tree_and_history_brings_deleted_files_back(s
     assert third.outcome == "completed" and third.files_deleted == 3
     assert third.bytes_deleted == len(b"xxx") + len(b"yyyy") + len(b"lone, second")
     assert [p.path for p in third.deleted] == ["gone/deep/y.txt", "gone/x.txt", "lone.txt"]
-    assert "Deleted:" in third.to_text() and "3 file(s) no longer in the tree" in third.to_text()
+    assert "Deleted:" in third.to_text() and "3 files no longer in the tree" in third.to_text()
     assert current_view(storage, container_name) == ["site/a.txt", "site/cache/c.log", "site/keep/b.txt"]
     # no snapshot is left behind in the backup's container; the attic holds every content
     assert [b.name for b in storage.container(container_name).list_blobs(include=["snapshots"]) if b.snapshot] == []

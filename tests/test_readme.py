@@ -123,7 +123,8 @@ def test_tested_blocks_run_in_a_fresh_clone(fresh_clone):
     blocks = marked_blocks(README.read_text())
     assert len(blocks) == 2 and blocks[0][0].startswith("make run"), blocks
     prefect_port, azurite_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "AZURE_STORAGE", "WORK_POOL"))}
+    # As a user's shell: no Prefect settings (the clone's prefect.toml and profile apply).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AZURE_STORAGE", "WORK_POOL"))}
     env.update(PREFECT_PORT=str(prefect_port), AZURITE_PORT=str(azurite_port), PREFECT_WORKER_QUERY_SECONDS="1")
     # The README names the default ports; the test runs on free ones.
     commands = [c.replace(":4200", f":{prefect_port}").replace(":10000", f":{azurite_port}")
