@@ -55,6 +55,7 @@ from .errors import ConfigurationError, describe, error_code, status_of
 from .files import FileListing, Problem, compile_patterns, display_path
 from .names import decode_path, encode_path
 from .retry import RunStopped, StorageUnavailable
+from .units import count
 
 
 def attic_folder(prefix: str) -> str:
@@ -80,10 +81,12 @@ def blocker(listing: FileListing, outcome: str, files_failed: int) -> str:
         return "the run failed, so the tree was not seen whole"
     if listing.failed:
         first = listing.failed[0]
-        return (f"{len(listing.failed)} folder(s) or file(s) could not be read (first: {first.path}: {first.reason}), "
+        n = len(listing.failed)
+        what = "1 folder or file" if n == 1 else f"{n} folders or files"
+        return (f"{what} could not be read (first: {first.path}: {first.reason}), "
                 "so a file there would look deleted; fix that and run again")
     if files_failed:
-        return f"{files_failed} file(s) failed; run again once every file is backed up"
+        return f"{count(files_failed, 'file')} failed; run again once every file is backed up"
     return ""
 
 
@@ -216,12 +219,12 @@ def refusal(limit: DeleteLimit, files_walked: int, would_delete: int, held: int)
     if not would_delete:
         return ""
     if not files_walked and not limit.everything:
-        return (f"the walk found no file in the root, while the destination holds {would_delete} file(s) this run "
+        return (f"the walk found no file in the root, while the destination holds {count(would_delete, 'file')} this run "
                 "would delete: a share or disk that is not mounted looks like this. Check the root folder; to "
                 "delete them all on purpose, pass --max-delete 100% (flow parameter max_delete)")
     if would_delete > limit.allowed(held):
         share = f"{100 * would_delete / held:.0f}%" if held else "all"
-        return (f"this run would delete {would_delete} of the destination's {held} file(s) ({share}), more than "
+        return (f"this run would delete {would_delete} of the destination's {count(held, 'file')} ({share}), more than "
                 f"--max-delete {limit.text} allows: check the root folder and --include/--exclude (a wrong or "
                 f"partly mounted folder looks like this); if these deletions are meant, pass --max-delete "
                 f"{would_delete} (or 100%; flow parameter max_delete)")

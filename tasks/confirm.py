@@ -18,6 +18,7 @@ from site_backup.destination import Destination
 from site_backup.errors import describe
 from site_backup.files import Batch, display_path
 from site_backup.retry import RetryPolicy
+from site_backup.units import count
 from tasks.outcomes import batch_outcome
 from tasks.retry import run_budget
 
@@ -67,8 +68,8 @@ def confirmed(finished: Iterable[tuple[Batch, PrefectFuture]], copy, root: str, 
                 continue
             if future.state.is_completed():
                 get_run_logger().warning(
-                    "%d file(s) a checkpoint vouched for are not stored as it recorded (first %s): copying them "
-                    "again", len(missing), display_path(min(missing)))
+                    "%s a checkpoint vouched for not stored as it recorded (first %s): copying them again",
+                    count(len(missing), "file"), display_path(min(missing)))
             again.append((batch, copy.with_options(refresh_cache=True).submit(
                 root, batch, destination=destination, options=replace(options, recheck=missing), policy=policy)))
         for batch, redo in again:

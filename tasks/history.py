@@ -23,6 +23,7 @@ from site_backup.history import (RunRecord, history_container, iso, list_runs, o
 from site_backup.prune import describe_run, prune
 from site_backup.run_history import RunHistory
 from site_backup.restore import RestorePlan
+from site_backup.units import count
 from site_backup.summary import BackupSummary, PruneSummary
 from tasks.errors import task_reports_configuration_error
 from tasks.retry import run_budget
@@ -128,8 +129,8 @@ def delete_missing_files(destination: Destination, listing: FileListing, walked:
             get_run_logger().warning(
                 "--delete-missing: could not mark the container as changed (%s): run the next backup with "
                 "--refresh, or checkpoints of earlier runs may vouch for blobs deleted now", describe(exc))
-    get_run_logger().info("--delete-missing: %s %d file(s) no longer in the tree%s",
-                          "would delete" if dry_run else "deleted", len(result.deleted),
+    get_run_logger().info("--delete-missing: %s %s no longer in the tree%s",
+                          "would delete" if dry_run else "deleted", count(len(result.deleted), "file"),
                           f", {len(result.failed)} could not be deleted" if result.failed else "")
     return result
 

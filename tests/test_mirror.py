@@ -99,8 +99,8 @@ def test_an_unreadable_folder_blocks_every_deletion(storage, checkpoints, contai
     monkeypatch.setattr(tasks.list_files, "ChildWalk", files.stream_batches)
     blocked = backup_site_content(str(root), container=container_name, delete_missing=True)
     assert blocked.outcome == "incomplete" and blocked.files_deleted == 0
-    assert blocked.deletion_blocked.startswith("1 folder(s) or file(s) could not be read (first: locked: ")
-    assert "Deleted:      nothing: 1 folder(s) or file(s) could not be read" in blocked.to_text()
+    assert blocked.deletion_blocked.startswith("1 folder or file could not be read (first: locked: ")
+    assert "Deleted:      nothing: 1 folder or file could not be read" in blocked.to_text()
     assert current_view(storage, container_name) == ["a.txt", "locked/in.txt", "old.txt"]
 
 
@@ -170,7 +170,7 @@ def test_an_empty_root_deletes_nothing_and_the_refused_run_is_no_restore_point(s
         assert refused.returncode == 2, refused.stderr[-3000:]
         assert "Deleted:      nothing, refused: see Error" in refused.stdout
         assert ("Error:        --delete-missing deleted nothing: the walk found no file in the root, while the "
-                "destination holds 23 file(s) this run would delete") in refused.stdout
+                "destination holds 23 files this run would delete") in refused.stdout
         assert "pass --max-delete 100%" in refused.stdout
     assert current_view(storage, container_name) == sorted(f"site/{p}" for p in files)
     assert len(runs_of(container_name, "site")) == 1  # a refused run writes no manifest
@@ -196,7 +196,7 @@ def test_more_deletions_than_max_delete_delete_nothing_until_allowed(storage, pr
         backup_site_content(str(root), container=container_name, delete_missing=True)
     refused = ended.value.summary
     assert (refused.outcome, refused.exit_code, refused.files_deleted) == ("failed", 2, 0)
-    assert "would delete 6 of the destination's 10 file(s) (60%), more than --max-delete 50% allows" in refused.error
+    assert "would delete 6 of the destination's 10 files (60%), more than --max-delete 50% allows" in refused.error
     assert "pass --max-delete 6" in refused.error
     assert len(current_view(storage, container_name)) == 10 and len(runs_of(container_name, "")) == 1
     done = _cli(root, container_name, prefect_server, checkpoints, "--delete-missing", "--max-delete", "6", "--json")

@@ -48,7 +48,7 @@ def test_exclusion_follows_the_walk():
 def test_any_failure_blocks_every_deletion():
     assert "could not be read" in blocker(listing("a", failed=["sub"]), "incomplete", 1)
     assert "run failed" in blocker(listing("a"), "failed", 0)
-    assert "1 file(s) failed" in blocker(listing("a"), "incomplete", 1)
+    assert "1 file failed" in blocker(listing("a"), "incomplete", 1)
     assert blocker(listing("a"), "completed", 0) == ""
 
 
@@ -127,7 +127,7 @@ def test_the_summary_counts_deletions_and_a_blob_not_deleted_as_a_failed_file():
     assert (done.files_deleted, done.bytes_deleted, done.files_failed, done.outcome) == (1, 3, 1, "incomplete")
     assert done.files_total == 2 and done.exit_code == 1
     text = done.to_text()
-    assert "Deleted:      1 file(s) no longer in the tree, 3 B, deleted" in text
+    assert "Deleted:      1 file no longer in the tree, 3 B, deleted" in text
     assert "Deleted (1):" in text and "Failed (1):" in text and "locked.txt" in text
     assert "## Deleted (1)" in done.to_markdown()
     plain = BackupSummary().to_text()
@@ -158,7 +158,7 @@ def test_an_empty_walk_deletes_nothing_and_says_what_to_pass():
     for dry_run in (True, False):  # a dry run decides the same
         refused = delete_missing(store, history, "", listing(), dry_run=dry_run, max_delete="99%")
         assert refused.deleted == [] and refused.refused.startswith("the walk found no file in the root, while the "
-                                                                    "destination holds 2 file(s)")
+                                                                    "destination holds 2 files")
         assert "--max-delete 100%" in refused.refused
     assert sorted(store.blobs) == ["a.txt", "b.txt"] and not history.blobs
     # a count does not let an empty walk delete; only 100% does
@@ -173,7 +173,7 @@ def test_more_deletions_than_the_limit_delete_nothing():
     put(store, "excluded.log")  # the destination's too: counted among its files, never deleted
     walk = listing("f0.txt", "f1.txt", "f2.txt", "f3.txt")
     refused = delete_missing(store, history, "", walk, exclude=["*.log"])  # 6 of 11 > 50%
-    assert refused.refused.startswith("this run would delete 6 of the destination's 11 file(s) (55%), more than "
+    assert refused.refused.startswith("this run would delete 6 of the destination's 11 files (55%), more than "
                                       "--max-delete 50% allows")
     assert "pass --max-delete 6" in refused.refused and len(store.blobs) == 11
     assert delete_missing(store, history, "", walk, exclude=["*.log"], max_delete=5).refused
