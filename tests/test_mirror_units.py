@@ -225,5 +225,5 @@ def test_a_refused_deletion_fails_the_run_with_exit_code_2_and_no_deletions_list
     changed = BackupSummary(files_total=1).with_deletions(MirrorResult(
         deleted=["b"], changed=[Problem("a", "changed by another writer since this run listed it: kept")]))
     assert (changed.outcome, changed.exit_code, changed.files_changed_meanwhile) == ("completed", 0, 1)
-    assert "1 changed by another writer meanwhile, not deleted" in changed.to_text()
+    assert "1 file changed by another writer meanwhile, not deleted" in changed.to_text()
     assert "Changed meanwhile, not deleted (1):" in changed.to_text()
