@@ -17,7 +17,7 @@ from flows.prune_backups import prune_backups
 from flows.restore_site_content import restore_site_content
 from site_backup.destination import Destination
 from site_backup.history import RunRecord, history_container, list_runs, open_history_store
-from site_backup.prune import HeldLock, LEASE_SECONDS, backup_lock, locks_folder, select_runs
+from site_backup.prune import HeldLock, LEASE_SECONDS, backup_lock, locks_folder, running_backups, select_runs
 from tests.conftest import PROJECT, read_tree
 
 UTC = dt.timezone.utc
@@ -108,25 +108,23 @@ def test_a_lock_left_by_a_killed_backup_is_recovered_once_its_lease_expires(stor
                              "--no-progress"], cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     history = storage.container(history_container(container_name))
+    store = open_history_store(Destination.checked(container_name))
     deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
-            try:
-                if [b for b in history.list_blobs(name_starts_with=locks_folder("")) if b.lease.state == "leased"]:
-                    break
-            except Exception:
-                pass
+        while not running_backups(store, "")[0]:
+            assert time.monotonic() < deadline and proc.poll() is None, "the backup never took its lock"
             time.sleep(0.2)
-        else:
-            pytest.fail("the backup never took its lock")
         os.killpg(proc.pid, signal.SIGKILL)
         killed = time.monotonic()
     finally:
         proc.wait()
     with pytest.raises(HeldLock):
         prune_backups(container_name, keep_last=1)
-    while time.monotonic() - killed < LEASE_SECONDS + 5:
-        time.sleep(2)
+    # Nothing renews the lease now: Azure ends it within LEASE_SECONDS of the last renewal.
+    while running_backups(store, "")[0]:
+        assert time.monotonic() - killed < LEASE_SECONDS + 30, "the killed run's lease did not expire"
+        time.sleep(0.5)
+    assert running_backups(store, "")[1]  # the lock blob is there, its lease expired
     done = prune_backups(container_name, keep_last=1)
     assert done.stale_locks_removed == 1 and done.runs_total == 0  # the killed run wrote no manifest
     assert [b.name for b in history.list_blobs(name_starts_with=locks_folder(""))] == []
@@ -137,6 +135,8 @@ def test_a_flow_run_retried_after_a_crash_takes_a_lock_of_its_own(storage, conta
     history = open_history_store(Destination.checked(container_name))
     crashed = backup_lock(history, "", "same-run")
     crashed._stop.set()  # it stops renewing, as a killed process would
-    retried = backup_lock(history, "", "same-run")
-    retried.release()
-    crashed.release()
+    retried = backup_lock(history, "", "same-run")  # did not wait for, nor raise on, the crashed lease
+    assert retried.name != crashed.name
+    assert sorted(running_backups(history, "")[0]) == sorted([crashed.name, retried.name])
+    assert retried.release() is None and crashed.release() is None
+    assert running_backups(history, "") == ([], [])
