@@ -204,7 +204,14 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
-        yield PREFECT_API_URL.value()
+        url = PREFECT_API_URL.value()
+        # The command-line runs the tests start use it too: without PREFECT_API_URL each would
+        # start a temporary server of its own (10-30 s, and left running when a test kills it).
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture
