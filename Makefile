@@ -67,8 +67,12 @@ run: setup azurite server
 	@echo "List the blobs: $(VENV)/bin/python scripts/list-blobs $(CONTAINER)"
 	@echo "Runs, logs and the summary artifact: http://127.0.0.1:$(PREFECT_PORT) (Prefect UI). Stop services: make stop"
 
+# Two test processes (pytest-xdist): most tests wait on Azurite, a Prefect server or a child
+# process. Each process starts its own Azurite and Prefect server; a module with a shared
+# server of its own stays in one process (xdist_group). TEST_WORKERS=0 runs them in this one.
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The benchmark against rclone and AzCopy on the same storage. Results in bench/results/.
 bench-setup: setup

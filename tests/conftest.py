@@ -32,6 +32,27 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 
+# `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup). The files
+# that take longest start first, so that both processes end at about the same time; a
+# module whose tests share a server of its own stays in one process; the README's fresh
+# clone and the benchmark's smoke run, each a whole stack at once, never run side by side.
+LONGEST_FIRST = ["test_deployment.py", "test_sharded.py", "test_readme.py", "test_bench_smoke.py"]
+GROUPS = {"test_deployment.py": "deployment-server", "test_sharded.py": "sharded-server",
+          "test_readme.py": "whole-stack", "test_bench_smoke.py": "whole-stack"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file stays
+    for item in items:
+        if item.path.name in GROUPS:
+            item.add_marker(pytest.mark.xdist_group(GROUPS[item.path.name]))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -185,7 +206,14 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
-        yield PREFECT_API_URL.value()
+        url = PREFECT_API_URL.value()
+        # The command-line runs the tests start use it too: without PREFECT_API_URL each would
+        # start a temporary server of its own (10-30 s, and left running when a test kills it).
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture

@@ -75,6 +75,18 @@ class FaultProxy:
         with self._lock:
             return sum(self.writes.values())
 
+    def wait_until_idle(self, timeout: float = 30) -> None:
+        """Return once no client connection is open and no request is being handled: after a
+        client was killed, every write it had sent has landed or never will."""
+        async def open_connections() -> int:  # read in the proxy's loop, which changes them
+            return len(self._runner.server.connections)
+
+        deadline = time.monotonic() + timeout
+        while asyncio.run_coroutine_threadsafe(open_connections(), self._loop).result(10):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the proxy still has open connections after {timeout} s")
+            time.sleep(0.02)
+
     def __enter__(self) -> "FaultProxy":
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -111,7 +123,7 @@ class FaultProxy:
         app = web.Application(client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # Handlers held by silent_after end when the proxy stops: no long graceful wait.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        runner = self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
         await site.start()

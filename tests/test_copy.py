@@ -632,7 +632,14 @@ def _blob_like_server(ssl_context=None):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        closed = threading.Semaphore(0)  # released once a connection is closed
+
+        def shutdown_request(self, request):
+            super().shutdown_request(request)
+            self.closed.release()
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.accepted = 0
     if ssl_context:
         server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
@@ -650,7 +657,7 @@ def test_signed_requests_reuse_connections_and_replace_ones_the_server_closed():
         assert [connections.request("PUT", f"/c/{i}", b"x", {"Content-Length": "1"}).status for i in range(3)] == [201] * 3
         assert server.accepted == 1
         connections.request("PUT", "/c/close", b"x", {"Content-Length": "1"})
-        time.sleep(0.2)  # the server closes the connection after answering
+        assert server.closed.acquire(timeout=10)  # the server closed the connection after answering
         assert connections.request("PUT", "/c/after", b"x", {"Content-Length": "1"}).status == 201
         assert server.accepted == 2
     finally:
@@ -863,6 +870,5 @@ def test_a_batch_lists_its_folders_at_once_not_one_after_another(make_tree):
             return super().list_folder(prefix)
 
     slow = SlowListing(dict(store.blobs))
-    started = time.monotonic()
     assert by_status(run(root, slow, files_in_flight=1)) == {"unchanged": set(files)}
-    assert slow.most == 8 and time.monotonic() - started < 0.8  # 12 listings of 0.1 s, 8 at a time
+    assert slow.most == 8  # 12 listings, 8 at a time

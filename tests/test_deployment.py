@@ -207,6 +207,23 @@ def wait_for_state(stack, flow_run_id: str, types: set[str], timeout: float):
         time.sleep(0.5)
 
 
+def wait_for_worker_done(stack, flow_run_id: str, timeout: float) -> None:
+    """Wait for the worker's `prefect.worker.executed-flow-run` event of the flow run: the
+    worker has finished with it and will change its state no more."""
+    from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+
+    async def done(client):
+        page = await client.read_events(EventFilter(
+            event=EventNameFilter(name=["prefect.worker.executed-flow-run"]),
+            any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"])), limit=1)
+        return bool(page.events)
+
+    deadline = time.monotonic() + timeout
+    while not client_call(stack, done):
+        assert time.monotonic() < deadline, f"the worker did not finish with {flow_run_id} within {timeout} s"
+        time.sleep(0.5)
+
+
 def flow_run_output(stack, flow_run_id: str):
     """The flow run's persisted result (the summary), read from the worker's result storage."""
     from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
@@ -259,7 +276,12 @@ def test_a_crashed_deployment_run_resumes_with_flow_run_retry(stack, make_tree, 
         for pid in flow_run_processes(flow_run_id):
             os.kill(pid, signal.SIGKILL)  # the process dies as in a crash or a recycled machine
         assert wait_for_state(stack, flow_run_id, {"CRASHED"}, 120).name == "Crashed"
-        time.sleep(0.5)  # requests the proxy was forwarding at the kill may still land
+        # The worker reports the crash twice (its runner, then the worker itself once the
+        # runner has looked for on_crashed hooks); the second report turns a run retried in
+        # between from Scheduled back into Crashed, and the retry is lost. Retry once the
+        # worker says it is done with the run.
+        wait_for_worker_done(stack, flow_run_id, 120)
+        proxy.wait_until_idle()  # requests it was forwarding at the kill have landed
         landed_first = dict(proxy.writes)
         assert 120 <= len(landed_first) < 300
 
@@ -522,7 +544,7 @@ def test_a_deployment_run_cancelled_through_the_api_ends_within_10_s_and_the_nex
         # Prefect's part after the exit: the worker looks at the process every 3 s, loads the
         # flow for its on_cancellation hooks, then writes Cancelled.
         assert to_cancelled < 20, (to_cancelled, (stack["logs"] / "worker.log").read_text()[-3000:])
-        time.sleep(0.5)  # requests the proxy was forwarding at the cancel may still land
+        proxy.wait_until_idle()  # requests it was forwarding at the cancel have landed
         landed_first = dict(proxy.writes)
         assert 80 <= len(landed_first) < 300
         proxy.latency = 0

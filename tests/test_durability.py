@@ -115,7 +115,7 @@ def test_killed_run_resumes_without_resending_finished_files(signed_in, prefect_
         first.wait(30)
     finally:
         stop_process(first)
-    time.sleep(0.5)  # requests the proxy was forwarding at the kill may still land
+    proxy.wait_until_idle()  # requests it was forwarding at the kill have landed
     landed_first = dict(proxy.writes)
     assert 120 <= len(landed_first) < 300
 

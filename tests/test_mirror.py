@@ -78,30 +78,31 @@ def test_a_dry_run_deletes_nothing_and_says_what_it_would(storage, checkpoints, 
     assert current_view(storage, container_name) == ["a.txt", "old.txt"]
 
 
-def test_an_unreadable_folder_blocks_every_deletion(storage, checkpoints, container_name, make_tree, monkeypatch):
-    """Tests run as root here, where chmod 000 does not stop a read: the walk is made to
-    fail on one folder as it would for another user."""
-    import site_backup.files as files
-
-    root = make_tree({"a.txt": b"a", "locked/in.txt": b"in", "old.txt": b"old"})
+def test_an_unreadable_folder_blocks_every_deletion(storage, checkpoints, container_name, make_tree, tmp_path):
+    """Through the walk users run, in its child process. The tests run as root, where chmod
+    000 does not stop a read; a path longer than Linux's PATH_MAX (4096 bytes) is refused to
+    root as well: the tree, backed up once, is moved under a folder so deep that the walk
+    can no longer read the folder holding locked/.../in.txt."""
+    long_name = "d" * 250
+    root = make_tree({"a.txt": b"a", f"locked/{long_name}/{long_name}/in.txt": b"in", "old.txt": b"old"})
     backup_site_content(str(root), container=container_name)
     (root / "old.txt").unlink()
-    real_scandir = os.scandir
-
-    def scandir(path="."):
-        if isinstance(path, str) and path.endswith("/locked"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(files.os, "scandir", scandir)
-    import tasks.list_files  # walked in this process, where the failing scandir is
-
-    monkeypatch.setattr(tasks.list_files, "ChildWalk", files.stream_batches)
-    blocked = backup_site_content(str(root), container=container_name, delete_missing=True)
+    far = tmp_path / "far"
+    while len(str(far)) + 251 < 3700:
+        far /= "p" * 250
+    far /= "p" * (3700 - len(str(far)) - 1)
+    far.mkdir(parents=True)
+    moved = far / "s"  # root + "/locked/<250>" is readable, one folder further is past PATH_MAX
+    root.rename(moved)
+    assert len(str(moved / "locked" / long_name)) < 4096 <= len(str(moved / "locked" / long_name / long_name))
+    blocked = backup_site_content(str(moved), container=container_name, delete_missing=True)
     assert blocked.outcome == "incomplete" and blocked.files_deleted == 0
-    assert blocked.deletion_blocked.startswith("1 folder or file could not be read (first: locked: ")
+    assert blocked.deletion_blocked.startswith(
+        f"1 folder or file could not be read (first: locked/{long_name}/{long_name}: "), blocked.deletion_blocked
+    assert "File name too long" in blocked.deletion_blocked
     assert "Deleted:      nothing: 1 folder or file could not be read" in blocked.to_text()
-    assert current_view(storage, container_name) == ["a.txt", "locked/in.txt", "old.txt"]
+    assert current_view(storage, container_name) == [
+        "a.txt", f"locked/{long_name}/{long_name}/in.txt", "old.txt"]
 
 
 def test_command_line_flag(storage, checkpoints, container_name, make_tree):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
 
@@ -17,9 +18,7 @@ from flows.prune_backups import prune_backups
 from flows.restore_site_content import restore_site_content
 from site_backup.destination import Destination
 from site_backup.history import RunRecord, history_container, list_runs, open_history_store
-from functools import partial
-
-from site_backup.locks import HeldLock, LEASE_SECONDS, locks_folder, take_lock
+from site_backup.locks import HeldLock, LEASE_SECONDS, list_locks, locks_folder, take_lock
 from site_backup.prune import select_runs
 from tests.conftest import PROJECT, read_tree
 
@@ -29,6 +28,12 @@ UTC = dt.timezone.utc
 def run_at(run_id, when):
     return RunRecord(run_id, when, when, "completed", 1, 1, run_id)
 
+
+
+def backup_locks(store) -> tuple[list[str], list[str]]:
+    """(leased backup lock blobs, the others: their holder stopped renewing) of the container."""
+    locks = [lock for lock in list_locks(store) if lock.kind == "backup"]
+    return [lock.name for lock in locks if lock.leased], [lock.name for lock in locks if not lock.leased]
 
 def test_select_runs_follows_restics_rules():
     day = dt.datetime(2026, 11, 28, 23, tzinfo=UTC)
@@ -113,25 +118,23 @@ def test_a_lock_left_by_a_killed_backup_is_recovered_once_its_lease_expires(stor
                              "--no-progress"], cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     history = storage.container(history_container(container_name))
+    store = open_history_store(Destination.checked(container_name))
     deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
-            try:
-                if [b for b in history.list_blobs(name_starts_with=locks_folder("")) if b.lease.state == "leased"]:
-                    break
-            except Exception:
-                pass
+        while not backup_locks(store)[0]:
+            assert time.monotonic() < deadline and proc.poll() is None, "the backup never took its lock"
             time.sleep(0.2)
-        else:
-            pytest.fail("the backup never took its lock")
         os.killpg(proc.pid, signal.SIGKILL)
         killed = time.monotonic()
     finally:
         proc.wait()
     with pytest.raises(HeldLock, match="has ended without releasing its lock"):
         prune_backups(container_name, keep_last=1)
-    while time.monotonic() - killed < LEASE_SECONDS + 5:
-        time.sleep(2)
+    # Nothing renews the lease now: Azure ends it within LEASE_SECONDS of the last renewal.
+    while backup_locks(store)[0]:
+        assert time.monotonic() - killed < LEASE_SECONDS + 30, "the killed run's lease did not expire"
+        time.sleep(0.5)
+    assert backup_locks(store)[1]  # the lock blob is there, its lease expired
     done = prune_backups(container_name, keep_last=1)
     assert done.stale_locks_removed == 1 and done.runs_total == 0  # the killed run wrote no manifest
     assert [b.name for b in history.list_blobs(name_starts_with=locks_folder(""))] == []
@@ -142,6 +145,8 @@ def test_a_flow_run_retried_after_a_crash_takes_a_lock_of_its_own(storage, conta
     history = partial(open_history_store, Destination.checked(container_name))
     crashed = take_lock(history, "", "backup", "same-run")
     crashed._stop.set()  # it stops renewing, as a killed process would
-    retried = take_lock(history, "", "backup", "same-run")
-    retried.release()
-    crashed.release()
+    retried = take_lock(history, "", "backup", "same-run")  # did not wait for, nor raise on, the crashed lease
+    assert retried.name != crashed.name
+    assert sorted(backup_locks(history())[0]) == sorted([crashed.name, retried.name])
+    assert retried.release() is None and crashed.release() is None
+    assert backup_locks(history()) == ([], [])

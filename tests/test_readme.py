@@ -142,9 +142,12 @@ def test_tested_blocks_run_in_a_fresh_clone(fresh_clone):
         # services must not be in it (Prefect's --background server stayed there and died).
         try:
             os.killpg(shell.pid, signal.SIGINT)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # until every process of the group has ended
+                os.killpg(shell.pid, 0)
+                time.sleep(0.1)
         except ProcessLookupError:
             pass
-        time.sleep(2)
         still_serving = [run(["scripts/port-open", str(port)], cwd=fresh_clone).returncode == 0
                          for port in (prefect_port, azurite_port)]
     finally:

@@ -70,8 +70,26 @@ def only_stored_files_reported(summary: dict, files: dict[str, bytes], stored: d
 # --- the policy itself -----------------------------------------------------------------
 
 def test_the_default_fails_a_run_within_two_minutes_of_the_last_answer():
+    from site_backup.fastblob import DirectBlobs, SharedKey
+
     policy = RetryPolicy()
     assert policy.worst_case_seconds() <= 120
+    # A request against storage that accepts and never answers, with the default policy,
+    # 57 s after the last answer, requests failing since (the clock moved back stands for
+    # those seconds): the run ends at the deadline, 60 s after that answer.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/devstoreaccount1"
+        blobs = DirectBlobs(url, SharedKey(AZURITE_ACCOUNT, AZURITE_KEY), "2025-11-05", _settings())
+        silent = StorageBudget(policy, url)
+        silent.last_answer -= policy.storage_timeout - 3
+        silent.troubled = True
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="storage timeout of 60 s"):
+            blobs.put("c", "a.txt", b"x", b"\0" * 16, "text/plain", {}, RetryLog(silent))
+        silence = policy.storage_timeout - 3 + time.monotonic() - started
+    assert policy.storage_timeout <= silence <= 120, silence
     budget = StorageBudget(policy)
     assert budget.timeout() == pytest.approx(policy.storage_timeout, abs=0.1)  # just answered: all of it
     budget.last_answer -= policy.storage_timeout - 10  # storage silent for 50 s
@@ -159,10 +177,17 @@ def test_a_stop_wakes_a_request_waiting_for_an_answer():
 
         waiting = threading.Thread(target=put)
         waiting.start()
-        time.sleep(0.5)
+        listener.settimeout(30)
+        server_side, _ = listener.accept()
+        received = b""
+        while not received.endswith(b"\r\n\r\nx"):  # the whole request: it waits for the answer now
+            chunk = server_side.recv(65536)
+            assert chunk, received
+            received += chunk
         started = time.monotonic()
         request_stop("stopped by SIGTERM")
         waiting.join(5)
+        server_side.close()
         assert not waiting.is_alive() and time.monotonic() - started < 1
         assert isinstance(errors[0], RunStopped) and "SIGTERM" in str(errors[0])
     finally:
@@ -278,7 +303,7 @@ def test_sigterm_ends_the_command_line_run_within_10_s_and_a_rerun_resumes(azuri
         wait_until(lambda: proxy.landed() >= 60 or run.poll() is not None, 180, "a quarter of the blobs")
         assert run.poll() is None, "the run finished before it could be stopped"
         proxy.silent_after = proxy.requests  # requests in flight now wait in socket reads: a stalled link
-        time.sleep(0.3)
+        wait_until(lambda: proxy.requests > proxy.silent_after, 30, "a request held without an answer")
         stopped_at = time.monotonic()
         os.kill(run.pid, signal.SIGTERM)
         out, err = run.communicate(timeout=30)

@@ -4,6 +4,7 @@ batches (so the same checkpoint keys) and the same problems, on hostile trees to
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -144,7 +145,8 @@ def test_a_walk_closed_before_its_first_batch_ends_the_child(tmp_path, monkeypat
         (root / f"d{i // 100:02d}").mkdir(parents=True, exist_ok=True)
         (root / f"d{i // 100:02d}/f{i}.txt").write_bytes(b"x")
     walk = ChildWalk(open_listing(str(root)), max_files=10)
-    time.sleep(0.5)  # it has started, and fills the pipe
+    readable, _, _ = select.select([walk.child.stdout], [], [], 30)
+    assert readable, "the child sent no batch within 30 s"  # it has started, and fills the pipe
     assert len(children_walking()) == 1
     walk.close()
     assert children_walking() == []
@@ -180,6 +182,7 @@ def test_a_stalled_child_ends_with_its_parent_even_when_that_is_killed(tmp_path)
         "real = os.scandir\n"
         "def scandir(path='.'):\n"
         "    if isinstance(path, str) and path.endswith('/stall'):\n"
+        f"        open({str(tmp_path / 'stalled')!r}, 'w').close()\n"
         "        time.sleep(120)\n"
         "    return real(path)\n"
         "os.scandir = scandir\n")
@@ -190,8 +193,11 @@ def test_a_stalled_child_ends_with_its_parent_even_when_that_is_killed(tmp_path)
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(hooks)})
     try:
         child = int(parent.stdout.readline())
-        time.sleep(1)  # the child is in the stalled folder now
-        assert os.path.exists(f"/proc/{child}")
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "stalled").exists():  # the child is in the stalled folder now
+            assert time.monotonic() < deadline and parent.poll() is None, "the child never reached the folder"
+            time.sleep(0.02)
+        assert _alive(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 5
