@@ -105,11 +105,12 @@ def test_an_unreadable_folder_blocks_every_deletion(storage, checkpoints, contai
         "a.txt", f"locked/{long_name}/{long_name}/in.txt", "old.txt"]
 
 
-def test_command_line_flag(storage, checkpoints, container_name, make_tree):
+def test_command_line_flag(storage, prefect_server, checkpoints, container_name, make_tree):
     root = make_tree({"a.txt": b"a", "old.txt": b"old"})
     backup_site_content(str(root), container=container_name)
     (root / "old.txt").unlink()
-    env = dict(os.environ, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints))
+    # The session's server: without one the command line starts a temporary server (10-180 s).
+    env = dict(os.environ, PREFECT_API_URL=prefect_server, PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints))
     done = subprocess.run([sys.executable, "flows/backup_site_content.py", str(root), "--container", container_name,
                            "--delete-missing", "--json", "--no-progress"], cwd=PROJECT, env=env,
                           capture_output=True, text=True, timeout=180)

@@ -227,3 +227,25 @@ def test_a_refused_deletion_fails_the_run_with_exit_code_2_and_no_deletions_list
     assert (changed.outcome, changed.exit_code, changed.files_changed_meanwhile) == ("completed", 0, 1)
     assert "1 file changed by another writer meanwhile, not deleted" in changed.to_text()
     assert "Changed meanwhile, not deleted (1):" in changed.to_text()
+
+
+def test_more_candidates_than_are_held_are_listed_again_and_no_more_are_deleted_than_counted(monkeypatch):
+    import site_backup.mirror as mirror
+
+    store, history = MemoryBlobStore(), MemoryBlobStore()
+    for i in range(10):
+        put(store, f"f{i}.txt")
+    monkeypatch.setattr(mirror, "HELD_FOR_DELETION", 2)
+    real_list = store.list
+    listings = []
+
+    def list_and_add(prefix):
+        listings.append(prefix)
+        if len(listings) == 2:  # another run uploads between the counting and the deleting listing
+            put(store, "late.txt")
+        return real_list(prefix)
+
+    monkeypatch.setattr(store, "list", list_and_add)
+    done = delete_missing(store, history, "", listing("f0.txt", "f1.txt", "f2.txt", "f3.txt", "f4.txt"))
+    assert len(listings) == 2 and len(done.deleted) == 5  # 5 of 10 counted; at most 5 deleted
+    assert len(store.blobs) == 6
