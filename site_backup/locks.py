@@ -161,17 +161,32 @@ class Lease:
                           f"{RENEW_SECONDS} s. If its lease ends meanwhile ({LEASE_SECONDS} s after the last "
                           f"renewal), a prune may run alongside this run and delete what it keeps")
 
-    def release(self) -> Exception | None:
+    def release(self, patience: float | None = None) -> Exception | None:
         """Stop renewing and delete the lock blob; the error when that was refused (its lease
-        then ends by itself within LEASE_SECONDS)."""
+        then ends by itself within LEASE_SECONDS). With `patience`, wait no longer than that
+        for the delete: a run that was stopped, or whose storage stopped answering, must not
+        wait out a silent endpoint to give back a lease that ends by itself."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        try:
-            self.store.delete(self.name, lease_id=self.lease_id)
-        except Exception as exc:
-            return exc
-        return None
+        outcome: list[Exception | None] = []
+
+        def delete() -> None:
+            try:
+                self.store.delete(self.name, lease_id=self.lease_id)
+                outcome.append(None)
+            except Exception as exc:
+                outcome.append(exc)
+
+        if patience is None:
+            delete()
+        else:
+            worker = threading.Thread(target=delete, name="lock-release", daemon=True)
+            worker.start()
+            worker.join(patience)
+        if not outcome:
+            return TimeoutError(f"storage did not answer within {patience:g} s")
+        return outcome[0]
 
 
 def take_lock(open_store, prefix: str, kind: str, run_id: str, warn=None) -> Lease:

@@ -260,8 +260,12 @@ class LockBudget(StorageBudget):
     renewal that failed does not end the next one, and a stopped or failed run still gives
     its lock back. It goes out after a stop too, and is never retried after one."""
 
-    def __init__(self, endpoint: str = ""):
-        super().__init__(RetryPolicy(retries=PER_REQUEST, storage_timeout=15.0), endpoint)
+    def __init__(self, endpoint: str = "", storage_timeout: float = 15.0):
+        super().__init__(RetryPolicy(retries=PER_REQUEST, storage_timeout=storage_timeout), endpoint)
+
+    def within(self, seconds: float) -> "LockBudget":
+        """The same budget, never more patient than `seconds` (the run's storage timeout)."""
+        return LockBudget(self.endpoint, min(self.policy.storage_timeout, seconds))
 
     def check(self) -> None:
         if self.failure is not None:

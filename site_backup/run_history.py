@@ -16,6 +16,10 @@ from typing import Callable
 from .errors import describe
 from .history import ManifestWriter, RunRecord
 from .locks import Lease, lock_for_backup
+from .retry import STOP
+
+# How long a failed or stopped run waits to give its lock back before leaving it to expire.
+RELEASE_SECONDS = 1.0
 
 
 class RunHistory:
@@ -65,15 +69,19 @@ class RunHistory:
             if manifest is not None and manifest.broken:
                 self.warn(f"no manifest for this run (its files are backed up): {manifest.broken}")
         finally:
-            self.close()
+            self.close(hurried=summary.outcome == "failed")
         return record
 
-    def close(self) -> None:
-        """Release the lock (once); say so when its blob could not be deleted."""
+    def close(self, hurried: bool = False) -> None:
+        """Release the lock (once); say so when its blob could not be deleted. A failed or
+        stopped run waits at most RELEASE_SECONDS for that: its storage may be what failed."""
         lock, self.lock = self.lock, None
         if lock is None:
             return
-        refused = lock.release()
-        if refused is not None:
+        refused = lock.release(RELEASE_SECONDS if hurried or STOP.is_set() else None)
+        if isinstance(refused, TimeoutError):
+            self.warn(f"the run's lock blob {lock.name} was not deleted ({refused}); its lease ends by itself "
+                      f"within a minute, and the next prune removes the blob")
+        elif refused is not None:
             self.warn(f"the run's lock blob {lock.name} could not be deleted ({describe(refused)}): give the "
                       f"credentials the delete permission (a SAS needs d); the lease ends by itself within a minute")

@@ -36,18 +36,31 @@ def releases_run_history(fn):
     """For a flow function: whichever way it ends (return, configuration error, exception,
     SIGTERM, Ctrl-C), the run history it opened is closed, its lock released."""
 
+    # The wrapper refers to module functions only: Dask pickles the flow with its context,
+    # and a ContextVar it referred to directly cannot be pickled.
     @functools.wraps(fn)
     def flow_body(*args, **kwargs):
-        opened: list[RunHistory] = []
-        token = _opened.set(opened)
+        token = _track_histories()
+        hurried = True  # an exception: storage may be what failed, so the release does not wait on it
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            hurried = False
+            return result
         finally:
-            _opened.reset(token)
-            for history in opened:
-                history.close()
+            _close_histories(token, hurried)
 
     return flow_body
+
+
+def _track_histories():
+    return _opened.set([])
+
+
+def _close_histories(token, hurried: bool) -> None:
+    opened = _opened.get() or []
+    _opened.reset(token)
+    for history in opened:
+        history.close(hurried=hurried)
 
 
 def open_run_history(destination: Destination, policy: RetryPolicy, dry_run: bool, shard=None) -> RunHistory:
@@ -57,6 +70,11 @@ def open_run_history(destination: Destination, policy: RetryPolicy, dry_run: boo
     if _opened.get() is not None:
         _opened.get().append(history)
     return history
+
+
+def _lock_store(destination: Destination, storage_timeout: float, budget):
+    """The history store for one lock request, no more patient than the run's storage timeout."""
+    return open_history_store(destination, budget.within(storage_timeout))
 
 
 @task(name="open-manifest", cache_policy=NO_CACHE, persist_result=False)
@@ -73,7 +91,8 @@ def open_history(destination: Destination, policy: RetryPolicy = RetryPolicy(), 
     run_id = str(flow_run.id or uuid.uuid4())
     budget = run_budget(policy, destination.account_url)  # storage that stops answering ends the run here too
     try:
-        return RunHistory.open(open_history_store(destination, budget), partial(open_history_store, destination),
+        return RunHistory.open(open_history_store(destination, budget),
+                               partial(_lock_store, destination, policy.storage_timeout),
                                open_store(destination, budget), destination.prefix, run_id, shard=shard,
                                warn=logger.warning)
     except Exception as exc:
@@ -145,7 +164,7 @@ def prune_history(destination: Destination, keep_last: int, keep_daily: int, kee
     from prefect.runtime import flow_run
 
     plan, stale = prune(open_history_store(destination, budget), open_store(destination, budget), destination.prefix,
-                        open_lock_store=partial(open_history_store, destination),
+                        open_lock_store=partial(_lock_store, destination, policy.storage_timeout),
                         run_id=str(flow_run.id or uuid.uuid4()), keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
                         keep_monthly=keep_monthly, dry_run=dry_run)
     policy = ", ".join(f"--keep-{name} {n}" for name, n in (("last", keep_last), ("daily", keep_daily),

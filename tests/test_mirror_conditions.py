@@ -234,7 +234,7 @@ def test_a_mirror_run_keeps_blobs_another_writer_rewrote_and_deletes_the_rest(az
     assert [(p.path, p.reason) for p in mirrored.changed_meanwhile] == [
         ("copy-race.txt", "changed by another writer since this run listed it: kept"),
         ("delete-race.txt", "changed by another writer since this run listed it: kept")]
-    assert "2 changed by another writer meanwhile, not deleted" in mirrored.to_text()
+    assert "2 files changed by another writer meanwhile, not deleted" in mirrored.to_text()
     stored = read_container(azurite, container_name, "site")
     assert stored == {**{f"keep{i}.txt": b"k" for i in range(3)}, "copy-race.txt": b"newer from another run",
                       "delete-race.txt": b"newer from another run"}
