@@ -141,7 +141,6 @@ class Listed(NamedTuple):
     content_md5: bytes | None
     metadata: dict[str, str]
     version_id: str | None = None  # on accounts with blob versioning on: the current version
-    lease_state: str = "available"  # leased, expired, breaking, broken or available, as Azure names them
 
 
 class DirectBlobs:
@@ -453,8 +452,7 @@ def _listed(blob: ElementTree.Element) -> Listed:
     found = blob.find("Metadata")
     metadata = {m.tag.lower(): m.text or "" for m in (found if found is not None else ())}
     return Listed(name, int(blob.findtext("Properties/Content-Length") or 0),
-                  base64.b64decode(md5) if md5 else None, metadata, blob.findtext("VersionId") or None,
-                  blob.findtext("Properties/LeaseState") or "available")
+                  base64.b64decode(md5) if md5 else None, metadata, blob.findtext("VersionId") or None)
 
 
 def _error(status: int, code: str, body: bytes):
