@@ -32,13 +32,15 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 
-# `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup). The files
-# that take longest start first, so that both processes end at about the same time; a
-# module whose tests share a server of its own stays in one process; the README's fresh
-# clone and the benchmark's smoke run, each a whole stack at once, never run side by side.
-LONGEST_FIRST = ["test_deployment.py", "test_sharded.py", "test_readme.py", "test_bench_smoke.py"]
+# `make test` runs the suite in several processes (pytest-xdist, --dist loadgroup). The
+# files that take longest start first, so that the processes end at about the same time; a
+# module whose tests share a server of its own runs whole in one process, once; the README's
+# fresh clone and the benchmark's smoke run, each a whole stack at once, never run side by side.
+LONGEST_FIRST = ["test_deployment.py", "test_readme.py", "test_bench_smoke.py", "test_sharded.py",
+                 "test_services.py"]
 GROUPS = {"test_deployment.py": "deployment-server", "test_sharded.py": "sharded-server",
-          "test_readme.py": "whole-stack", "test_bench_smoke.py": "whole-stack"}
+          "test_services.py": "services-clone", "test_readme.py": "whole-stack",
+          "test_bench_smoke.py": "whole-stack"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -48,9 +50,21 @@ def pytest_collection_modifyitems(items):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the order inside a file stays
-    for item in items:
-        if item.path.name in GROUPS:
-            item.add_marker(pytest.mark.xdist_group(GROUPS[item.path.name]))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Groups by file name (GROUPS), every other test on its own. xdist's own `xdist_group`
+    marks do nothing under pytest 9.2 (xdist 3.8 renames `item._nodeid`, which pytest no
+    longer reads), so each process built the shared servers again."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return GROUPS.get(nodeid.split("::", 1)[0].rsplit("/", 1)[-1], nodeid)
+
+    return FileGroups(config, log)
 
 
 def free_port() -> int:
@@ -214,6 +228,13 @@ def prefect_server():
             yield url
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+            # The harness drains these without a deadline; one fresh-clone run hung there
+            # after every test had passed. Drained here first, a stuck one costs 30 s.
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=30)
+            EventsWorker.drain_all(timeout=30)
 
 
 @pytest.fixture

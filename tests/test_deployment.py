@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -464,36 +465,43 @@ def run_logs(stack, flow_run_id: str, settle: float = 3.0, timeout: float = 60) 
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("deployment,parameter,value,message", [
+CONFIGURATION_ERRORS = [
     ("backup-site-content/local", "credentials_block", "no-such-block",
      "no Azure Blob Storage Credentials block named 'no-such-block': create it"),
     ("backup-site-content/local", "root_directory", "/no/such/folder",
      "root directory '/no/such/folder' does not exist: check the path"),
     ("verify-backup/local", "prefix", "", "does not exist"),  # verify never creates the container
     ("restore-site-content/local", "target_directory", str(PROJECT / "README.md"), "exists and is not a folder"),
-])
-def test_a_configuration_error_is_one_error_line_without_traceback(stack, container_name, deployment, parameter, value,
-                                                                   message):
+]
+
+
+def test_a_configuration_error_is_one_error_line_without_traceback(stack):
     # Before: three ERROR records, each with a traceback (the task's, "Encountered exception
-    # during execution", "Engine execution exited with unexpected exception").
+    # during execution", "Engine execution exited with unexpected exception"). The four runs
+    # go to the worker at once: it runs them side by side.
     import logging
 
-    if deployment.startswith("restore"):
-        stack["azurite"].container(container_name).create_container()
-        params = {"container": container_name, parameter: value}
-    else:
-        params = {"root_directory": str(PROJECT / "sample-site"), "container": container_name, parameter: value}
-    started = subprocess.run(
-        [PREFECT, "deployment", "run", deployment, "--watch", "--watch-timeout", "240",
-         *[arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]],
-        env=stack["env"], capture_output=True, text=True, timeout=300)
-    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
-    state = wait_for_state(stack, flow_run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
-    assert state.is_failed() and message in state.message, state
-    logs = run_logs(stack, flow_run_id)
-    errors = [log.message for log in logs if log.level >= logging.ERROR]
-    assert len(errors) == 1 and message in errors[0], errors
-    assert not any("Traceback" in log.message for log in logs), [log.message[:200] for log in logs]
+    runs = []
+    for deployment, parameter, value, message in CONFIGURATION_ERRORS:
+        container = f"t-{uuid.uuid4().hex[:16]}"
+        if deployment.startswith("restore"):
+            stack["azurite"].container(container).create_container()
+            params = {"container": container, parameter: value}
+        else:
+            params = {"root_directory": str(PROJECT / "sample-site"), "container": container, parameter: value}
+        started = subprocess.run(
+            [PREFECT, "deployment", "run", deployment,
+             *[arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]],
+            env=stack["env"], capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        runs.append((deployment, message, re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)))
+    for deployment, message, flow_run_id in runs:
+        state = wait_for_state(stack, flow_run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
+        assert state.is_failed() and message in state.message, (deployment, state)
+        logs = run_logs(stack, flow_run_id)
+        errors = [log.message for log in logs if log.level >= logging.ERROR]
+        assert len(errors) == 1 and message in errors[0], (deployment, errors)
+        assert not any("Traceback" in log.message for log in logs), [log.message[:200] for log in logs]
 
 
 def test_a_deployment_run_cancelled_through_the_api_ends_within_10_s_and_the_next_run_resumes(
