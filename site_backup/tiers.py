@@ -52,8 +52,9 @@ def archived_reason(rehydrating: str = "", kept: bool = False) -> str:
                 "does not rehydrate in place: copy it to a new blob in the Hot or Cool tier (Copy Blob with "
                 "x-ms-rehydrate-priority; Azure takes up to 15 hours at Standard priority, 1 hour at High)")
     if rehydrating:
+        hours = REHYDRATE_HOURS.get(rehydrating, 15)
         return (f"archived (Archive tier): not restored; rehydration to Hot was requested ({rehydrating} priority: "
-                f"Azure takes up to {REHYDRATE_HOURS.get(rehydrating, 15)} hours): run the restore again after it")
+                f"Azure takes up to {hours} hour{'s' if hours != 1 else ''}): run the restore again after it")
     return ("archived (Archive tier): not restored, its content cannot be read until it is rehydrated: "
             "run the restore again with --rehydrate (Azure takes up to 15 hours at Standard priority, "
             "1 hour at High), or rehydrate it yourself with Set Blob Tier "

@@ -170,3 +170,62 @@ def test_the_flow_writes_in_the_tier_and_rejects_archive(storage, checkpoints, c
     assert _tiers(container_name) == {("index.html", None): "Cold", ("img/a.png", None): "Cold"}
     with pytest.raises(ConfigurationError, match="Archive is refused for uploads"):
         backup_site_content(str(root), container=container_name, access_tier="Archive")
+
+
+# --- archived blobs: Azurite 3.37 archives with Set Blob Tier and refuses reads (409 BlobArchived) ---
+
+
+def test_archived_blobs_are_compared_by_listing_and_reported_by_restore_with_the_fix(storage, checkpoints,
+                                                                                      container_name, make_tree,
+                                                                                      tmp_path):
+    """Two blobs moved to Archive (as a lifecycle rule would): verify and the no-change
+    backups (with checkpoints and with --refresh) go by the listed size and MD5, so
+    nothing is read; a restore brings the rest back, reports the two with the fix and
+    ends incomplete (exit 1); --rehydrate asks Set Blob Tier for them, and once they are
+    online again the next restore completes. --run restores report them alike."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import StandardBlobTier
+
+    from flows.restore_site_content import restore_site_content
+    from flows.verify_backup import verify_backup
+    from site_backup.destination import Destination
+    from site_backup.history import list_runs, open_history_store
+    from tests.conftest import read_tree
+
+    site = {"index.html": b"<html>", "old/a.log": os.urandom(3000), "old/b.log": b"b" * 500, "new.txt": b"new"}
+    root = make_tree(site)
+    assert backup_site_content(str(root), container=container_name).files_uploaded == 4
+    container = storage.container(container_name)
+    for name in ("old/a.log", "old/b.log"):
+        container.get_blob_client(name).set_standard_blob_tier(StandardBlobTier.ARCHIVE)
+    with pytest.raises(HttpResponseError) as refused:  # Azurite refuses reads as Azure does
+        container.download_blob("old/a.log").readall()
+    assert refused.value.error_code == "BlobArchived"
+
+    verified = verify_backup(str(root), container=container_name)
+    assert verified.outcome == "verified" and verified.files_matching == 4, verified
+    again = backup_site_content(str(root), container=container_name)
+    refreshed = backup_site_content(str(root), container=container_name, refresh=True)
+    for run in (again, refreshed):
+        assert (run.outcome, run.files_unchanged, run.files_uploaded) == ("completed", 4, 0), run
+    assert _tiers(container_name)[("old/a.log", None)] == "Archive"  # not rewritten either
+
+    restored = restore_site_content(container_name, str(tmp_path / "t1"))
+    assert (restored.outcome, restored.exit_code, restored.files_restored) == ("incomplete", 1, 2)
+    assert read_tree(tmp_path / "t1") == {"index.html": b"<html>", "new.txt": b"new"}
+    assert sorted(p.path for p in restored.failed) == ["old/a.log", "old/b.log"]
+    assert all(p.reason.startswith("archived (Archive tier): not restored") and "--rehydrate" in p.reason
+               and "up to 15 hours" in p.reason and "Set Blob Tier" in p.reason for p in restored.failed), restored
+    run = list_runs(open_history_store(Destination.checked(container_name)), "")[-1]
+    from_run = restore_site_content(container_name, str(tmp_path / "t2"), run_id=run.run_id)
+    assert (from_run.outcome, from_run.files_restored) == ("incomplete", 2)
+    assert all("archived (Archive tier)" in p.reason for p in from_run.failed)
+
+    asked = restore_site_content(container_name, str(tmp_path / "t1"), rehydrate="high")
+    assert (asked.outcome, asked.files_unchanged) == ("incomplete", 2)
+    assert all("rehydration to Hot was requested (High priority: Azure takes up to 1 hour)" in p.reason
+               for p in asked.failed), asked.failed
+    # Azurite 3.37 rehydrates at once (Azure takes hours, listing "rehydrate-pending-to-hot" meanwhile).
+    assert _tiers(container_name)[("old/a.log", None)] == "Hot"
+    done = restore_site_content(container_name, str(tmp_path / "t1"))
+    assert done.outcome == "completed" and read_tree(tmp_path / "t1") == site
