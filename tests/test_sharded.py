@@ -5,6 +5,7 @@ writes and to slow a child enough to kill it), and a Dask run."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 
 from site_backup.errors import ConfigurationError
 from site_backup.files import list_batches
+from site_backup.history import history_container
 from site_backup.shards import Shard, shard_of
 from tests.conftest import PROJECT, free_port, read_container, start_process, stop_process
 
@@ -341,6 +343,13 @@ def test_a_sharded_backup_on_two_workers_adds_up_and_a_killed_shard_resends_only
     resent = sorted(p for p, n in tree_writes(pool, files).items() if n > 1)
     assert all(owner[p] == victim for p in resent) and len(resent) <= 1, resent
     assert read_container(pool["azurite"], container_name) == files
+    # One manifest for the whole tree, under the parent's run id, each file once: the killed
+    # shard's first attempt staged blocks too, and the commit left them out.
+    history = pool["azurite"].container(history_container(container_name))
+    [manifest] = list(history.list_blobs(name_starts_with="runs/", include=["metadata"]))
+    assert (manifest.metadata["runid"], manifest.metadata["files"]) == (parent, "80")
+    lines = [json.loads(raw) for raw in gzip.decompress(history.download_blob(manifest.name).readall()).splitlines()]
+    assert sorted(line["p"] for line in lines[:-1]) == sorted(files) and lines[-1]["run"]["run_id"] == parent
     # The UI shows which shard did what: the summary's markdown and a table of the shards.
     artifacts = parent_artifacts(pool, parent)
     assert [row["shard"] for row in json.loads(artifacts["backup-shards"].data)] == ["0/4", "1/4", "2/4", "3/4"]
