@@ -16,9 +16,13 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from prefect import flow
 
 from site_backup.destination import ContainerName, Destination
+from site_backup.retry import RetryPolicy
 from site_backup.sharded import ShardedSummary, combine
 from site_backup.shards import Shard, check_shards
+from site_backup.tiers import check_access_tier
 from site_backup.units import count
+from tasks.history import commit_run_history, open_run_history, releases_run_history
+from tasks.prepare_destination import prepare_destination
 from tasks.report import announce_sharded, failed_state, final_state, publish_sharded_summary
 from tasks.shards import run_shards_on_dask, run_shards_on_workers
 
@@ -26,6 +30,7 @@ CHILD_DEPLOYMENT = "backup-site-content/shard"
 
 
 @flow(name="backup-site-sharded", persist_result=True)
+@releases_run_history
 def backup_site_sharded(
     root_directory: str,
     container: ContainerName = "backups",
@@ -52,6 +57,7 @@ def backup_site_sharded(
     shard_retries: int = 2,
     task_runner: Literal["workers", "dask"] = "workers",
     dask_address: str | None = None,
+    access_tier: str | None = None,
 ) -> ShardedSummary:
     """Back up `root_directory` as `shards` parts at once and return one summary of them all,
     with a row per shard (its run, state, files and bytes).
@@ -91,6 +97,8 @@ def backup_site_sharded(
             task per shard on a Dask cluster whose workers all see the tree).
         dask_address: The Dask scheduler (tcp://host:8786) for task_runner dask; empty for a
             temporary local cluster.
+        access_tier: The access tier uploads are written in: Hot, Cool or Cold; empty for the account's
+            default.
     """
     started = time.monotonic()
     check_shards(shards, shard_retries)
@@ -102,15 +110,24 @@ def backup_site_sharded(
         checkpoint_block=checkpoint_block, checkpoint_days=checkpoint_days, files_per_batch=files_per_batch,
         mib_per_batch=mib_per_batch, files_in_flight=files_in_flight, single_put_mib=single_put_mib,
         block_size_mib=block_size_mib, blocks_in_flight=blocks_in_flight, retries=retries,
-        storage_timeout=storage_timeout,
+        storage_timeout=storage_timeout, access_tier=check_access_tier(access_tier),
     )
     announce_sharded(root_directory, shards, shard_by, destination, task_runner)
+    # The run's lock keeps prunes out until its manifest is committed; each shard stages
+    # its part of that manifest, and it is committed below once every shard has finished.
+    policy = RetryPolicy.checked(retries, storage_timeout)
+    destination, _ = prepare_destination(destination, policy=policy)
+    history = open_run_history(destination, policy, dry_run)
+    if history.manifest is not None:
+        parameters["run_manifest"] = history.manifest.name
     if task_runner == "dask":
         outcomes = run_shards_on_dask(parameters, parts, shard_retries, dask_address)
     else:
         outcomes = run_shards_on_workers(deployment, parameters, parts, shard_retries)
     summary = combine(outcomes, root=root_directory, destination=destination.describe(), dry_run=dry_run,
                       duration_seconds=time.monotonic() - started)
+    # One manifest for the whole tree, only when every shard finished (none when one failed).
+    commit_run_history(history, summary, [s.manifest_part if s else None for _, s in outcomes])
     publish_sharded_summary(summary)
     if summary.outcome == "failed":
         return failed_state(summary)

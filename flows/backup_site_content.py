@@ -29,6 +29,7 @@ from site_backup.progress import progress
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.shards import Shard, check_mirror
 from site_backup.summary import BackupSummary, BackupTally
+from site_backup.tiers import check_access_tier
 from site_backup.units import MiB, count
 from tasks.confirm import confirmed
 from tasks.copy_batch import CopyTaskRunner, copy_as_walked, copy_slots, with_checkpoints
@@ -67,6 +68,8 @@ def backup_site_content(
     storage_timeout: float = 60.0,
     shard: str | None = None,
     shard_by: Literal["path", "top-level-folder"] = "path",
+    access_tier: str | None = None,
+    run_manifest: str | None = None,
 ) -> BackupSummary:
     """List every file under `root_directory`, copy them to `container` in parallel
     batches, and return the summary (its `bytes_uploaded` is the sample's output).
@@ -114,6 +117,10 @@ def backup_site_content(
             backup-site-sharded starts one run per shard.
         shard_by: What the shard rule hashes: path (each file on its own) or top-level-folder (a whole
             top-level folder goes to one shard, and the others never walk it).
+        access_tier: The access tier uploads are written in: Hot, Cool or Cold; empty for the account's
+            default. Blobs this run does not write keep theirs.
+        run_manifest: Set by backup-site-sharded for its shards: the sharded run's manifest, which this
+            shard stages its files into; empty for a run of its own.
     """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
@@ -121,6 +128,7 @@ def backup_site_content(
     part = Shard.parse(shard, shard_by)
     check_mirror(part, delete_missing)
     DeleteLimit.parse(max_delete)  # a bad limit is refused before anything is uploaded
+    access_tier = check_access_tier(access_tier)
     # A generator task: each batch is walked when the flow asks for it, so copies start
     # after the first batch and memory holds the batches in flight, not the tree.
     walk = Walk(list_files(
@@ -132,7 +140,7 @@ def backup_site_content(
         listing = walk.listing  # the root and its identity now; the counts grow as the walk goes
         destination, empty = prepare_destination(destination, policy=policy)
         try:  # the lock, before any snapshot; the manifest, staged as batches finish, committed at the end
-            history = open_run_history(destination, policy, dry_run, part)
+            history = open_run_history(destination, policy, dry_run, part, run_manifest)
         except (StorageUnavailable, RunStopped) as exc:  # the run ends before any copy, with a summary that says why
             summary = BackupSummary(outcome="failed", error=str(exc), dry_run=dry_run, root=listing.root,
                                     destination=destination.describe(), duration_seconds=time.monotonic() - started)
@@ -143,7 +151,7 @@ def backup_site_content(
         options = CopyOptions(
             dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
             files_in_flight=files_in_flight, single_put_size=single_put_mib * MiB, block_size=block_size_mib * MiB,
-            blocks_in_flight=blocks_in_flight, root_id=listing.root_id,
+            blocks_in_flight=blocks_in_flight, root_id=listing.root_id, access_tier=access_tier,
         )
         # Up to two copies queued behind each running one, and heaviest first within as many
         # batches walked ahead: a tree of that many batches is ordered exactly as a whole list.

@@ -26,6 +26,7 @@ from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.restore import RestoreBatchResult, exclusive_target
 from site_backup.summary import RestoreSummary, summarize_restore
+from site_backup.tiers import check_rehydrate
 from site_backup.units import MiB
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import plan_history_restore
@@ -51,6 +52,7 @@ def restore_site_content(
     storage_timeout: float = 60.0,
     run_id: str | None = None,
     as_of: str | None = None,
+    rehydrate: str | None = None,
 ) -> RestoreSummary:
     """Restore every blob under `prefix` in `container` into `target_directory`; with
     `run_id` (or a unique start of it) or `as_of` (ISO 8601 or a date), the tree exactly as
@@ -79,10 +81,14 @@ def restore_site_content(
             current blobs.
         as_of: Restore the tree as the last backup run finished by then saw it: ISO 8601 or a
             date (the end of that day, UTC); empty for the current blobs.
+        rehydrate: Standard or High: ask Azure to rehydrate archived files (Archive tier) to Hot (up to
+            15 hours at Standard, 1 hour at High); restore them with a run after that. Empty: archived
+            files are reported with the fix, never read.
     """
     started = time.monotonic()
     destination = Destination.checked(container, prefix, credentials_block)
     policy = RetryPolicy.checked(retries, storage_timeout)
+    rehydrate = check_rehydrate(rehydrate)
     destination, _ = prepare_destination(destination, create=False, policy=policy)
     target, target_identity = prepare_restore_target(target_directory)
     # One restore at a time into a folder: two would leave a tree that matches neither.
@@ -104,7 +110,7 @@ def restore_site_content(
         announce_restore(plan, destination, target)
         restore = restore_batch.with_options(refresh_cache=True) if refresh else restore_batch
         futures = restore.map(unmapped(target), unmapped(restore_id), plan.batches, unmapped(destination),
-                              unmapped(overwrite), unmapped(policy))
+                              unmapped(overwrite), unmapped(policy), unmapped(rehydrate))
         results = [batch_outcome(f, b, lambda failed: RestoreBatchResult(failed=failed))
                    for f, b in zip(futures, plan.batches)]
         if plan.folders:

@@ -156,11 +156,13 @@ def storage_account(destination: Destination, settings: StorageSettings = Storag
     return _account(destination.credentials_block, environment_key(), settings)
 
 
-def open_store(destination: Destination, budget: StorageBudget | None = None) -> AzureBlobStore:
+def open_store(destination: Destination, budget: StorageBudget | None = None, access_tier: str | None = None
+               ) -> AzureBlobStore:
     """A BlobStore for the destination's container, with its own retry count; `budget`
-    (the run's) decides its retries, else a fresh one with the default policy."""
+    (the run's) decides its retries, else a fresh one with the default policy. Its
+    uploads are written in `access_tier` (None: the account's default)."""
     account = storage_account(destination)
     budget = budget if budget is not None else StorageBudget(RetryPolicy(), account.url)
     return AzureBlobStore(destination.container,
                           lambda: account.client_for(budget).get_container_client(destination.container),
-                          retries=RetryLog(budget), signed=account.signed)
+                          retries=RetryLog(budget), signed=account.signed, access_tier=access_tier)

@@ -19,6 +19,7 @@ from .retry import (STOP, RetryPolicy, RunStopped, StorageBudget, StorageUnavail
                     request_stop, stop_signal)
 from .shards import SHARD_BY, Shard, check_mirror
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
+from .tiers import check_access_tier, check_rehydrate
 
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # where `make server` puts it
 
@@ -61,6 +62,8 @@ def build_parser(sharded: bool = False) -> argparse.ArgumentParser:
                        help="with --delete-missing: delete at most N files, or P%% of the destination's files "
                             f"(default {DEFAULT_MAX_DELETE.replace('%', '%%')}); past it, or when ROOT holds no file at all (an "
                             "unmounted share), nothing is deleted and the run exits 2. 100%% lifts both checks")
+    p.add_argument("--access-tier", metavar="Hot|Cool|Cold",
+                   help="the access tier uploads are written in (default: the account's); Archive is refused")
     p.add_argument("--checkpoint-block", metavar="NAME",
                    help="keep checkpoints in this saved AzureBlobStorageContainer block (container and folder) "
                         "instead of the local Prefect home, so a run on another machine resumes too")
@@ -155,11 +158,14 @@ def flow_parameters(args: argparse.Namespace) -> dict:
             raise ConfigurationError("--max-delete limits what --delete-missing deletes: give --delete-missing too, "
                                      "or leave out --max-delete")
         DeleteLimit.parse(args.max_delete)
+    access_tier = check_access_tier(getattr(args, "access_tier", None))
     if args.verify:
         if shard is not None:
             raise ConfigurationError("--verify checks the whole tree: leave out --shard")
         if args.delete_missing:
             raise ConfigurationError("--delete-missing deletes blobs and --verify only reads: give one of them")
+        if access_tier:
+            raise ConfigurationError("--access-tier sets the tier of uploads and --verify uploads nothing: give one of them")
         return dict(
             root_directory=check_root(args.root), container=args.container, prefix=args.prefix,
             credentials_block=args.credentials_block, include=args.include, exclude=args.exclude,
@@ -189,6 +195,7 @@ def flow_parameters(args: argparse.Namespace) -> dict:
         **({"delete_missing": True} if args.delete_missing else {}),
         **({"max_delete": args.max_delete} if args.max_delete is not None else {}),
         **({"shard": str(shard), "shard_by": args.shard_by} if shard else {}),
+        **({"access_tier": access_tier} if access_tier else {}),
     )
 
 
@@ -399,6 +406,9 @@ def build_restore_parser() -> argparse.ArgumentParser:
                               "2026-11-28T22:15:00Z, or a date: its end; UTC without an offset)")
     p.add_argument("--credentials-block", metavar="NAME", help="saved prefect-azure AzureBlobStorageCredentials block")
     p.add_argument("--overwrite", action="store_true", help="replace files in TARGET that differ from the backup")
+    p.add_argument("--rehydrate", nargs="?", const="Standard", metavar="Standard|High",
+                   help="ask Azure to rehydrate archived files (Archive tier) to Hot: Standard takes up to 15 hours, "
+                        "High up to 1 hour; the restore reports them, run it again once they are rehydrated")
     p.add_argument("--refresh", action="store_true", help="ignore the checkpoints of an interrupted restore")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--files-per-batch", type=_positive, default=1000, help="files per restore task (default 1000)")
@@ -425,6 +435,7 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
             args.run = choose_run(destination, args.run, args.as_of, budget)
         if args.check:
             return check_history(destination, args.run, args.json, budget)
+        rehydrate = check_rehydrate(args.rehydrate)
         if os.path.exists(args.target) and not os.path.isdir(args.target):
             raise ConfigurationError(f"target {args.target!r} is not a folder: give a folder to restore into")
     except ConfigurationError as exc:
@@ -437,7 +448,7 @@ def restore_main(flow, argv: list[str] | None = None) -> int:
                       credentials_block=args.credentials_block, overwrite=args.overwrite, refresh=args.refresh,
                       files_per_batch=args.files_per_batch, retries=args.retries,
                       storage_timeout=args.storage_timeout,
-                      run_id=args.run or None)
+                      run_id=args.run or None, **({"rehydrate": rehydrate} if rehydrate else {}))
     return run_flow(flow, parameters, destination, create=False, as_json=args.json, show_progress=False)
 
 

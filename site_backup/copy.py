@@ -49,6 +49,7 @@ class CopyOptions:
     # Paths whose blob is not what a checkpoint recorded (deleted or replaced by another
     # tool): compared by content only, as the stored mtime may have been copied with it.
     recheck: frozenset[str] = frozenset()
+    access_tier: str | None = None  # the tier uploads are written in (Hot, Cool, Cold); None: the account's default
 
     @property
     def listing_suffices(self) -> bool:

@@ -141,6 +141,7 @@ class Listed(NamedTuple):
     content_md5: bytes | None
     metadata: dict[str, str]
     version_id: str | None = None  # on accounts with blob versioning on: the current version
+    tier: str | None = None  # AccessTier: Hot, Cool, Cold or Archive (a lifecycle rule's doing)
 
 
 class DirectBlobs:
@@ -185,11 +186,12 @@ class DirectBlobs:
             query["marker"] = marker
 
     def put(self, container: str, name: str, data: bytes, md5: bytes, content_type: str, metadata: dict[str, str],
-            on_retry) -> str | None:
-        """Put Blob: the service checks Content-MD5 on receipt and stores it as the blob's MD5.
-        Returns the new version's id on an account with blob versioning on, else None."""
+            on_retry, tier: str | None = None) -> str | None:
+        """Put Blob: the service checks Content-MD5 on receipt and stores it as the blob's MD5;
+        written in `tier` (Hot, Cool, Cold), else the account's default. Returns the new
+        version's id on an account with blob versioning on, else None."""
         headers = {"x-ms-blob-type": "BlockBlob", "Content-MD5": base64.b64encode(md5).decode(),
-                   "x-ms-blob-content-type": content_type}
+                   "x-ms-blob-content-type": content_type, **({"x-ms-access-tier": tier} if tier else {})}
         headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
         return self._send("PUT", container, name, headers, data, on_retry).headers.get("x-ms-version-id")
 
@@ -199,25 +201,28 @@ class DirectBlobs:
         self._send("PUT", container, name, headers, data, on_retry, query={"comp": "block", "blockid": block_id})
 
     def commit_blocks(self, container: str, name: str, block_ids: list[str], md5: bytes, content_type: str,
-                      metadata: dict[str, str], on_retry) -> str | None:
-        """Put Block List: the blob appears with these blocks, and `md5` as its stored MD5.
-        Returns the new version's id on an account with blob versioning on, else None."""
+                      metadata: dict[str, str], on_retry, tier: str | None = None) -> str | None:
+        """Put Block List: the blob appears with these blocks, and `md5` as its stored MD5, in
+        `tier` (else the account's default). Returns the new version's id on an account
+        with blob versioning on, else None."""
         body = ('<?xml version="1.0" encoding="utf-8"?><BlockList>'
                 + "".join(f"<Latest>{b}</Latest>" for b in block_ids) + "</BlockList>").encode()
         headers = {"Content-Type": "application/xml; charset=utf-8",
-                   "x-ms-blob-content-md5": base64.b64encode(md5).decode(), "x-ms-blob-content-type": content_type}
+                   "x-ms-blob-content-md5": base64.b64encode(md5).decode(), "x-ms-blob-content-type": content_type,
+                   **({"x-ms-access-tier": tier} if tier else {})}
         headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
         return self._send("PUT", container, name, headers, body, on_retry,
                           query={"comp": "blocklist"}).headers.get("x-ms-version-id")
 
-    def commit_new(self, container: str, name: str, block_ids: list[str], md5: bytes, content_type: str,
+    def commit_new(self, container: str, name: str, block_ids: list[str], md5: bytes | None, content_type: str,
                    metadata: dict[str, str], on_retry) -> None:
         """Put Block List with If-None-Match: *: creates the blob, never replaces one (409
         BlobAlreadyExists), so what is written once stays as written."""
         body = ('<?xml version="1.0" encoding="utf-8"?><BlockList>'
                 + "".join(f"<Latest>{b}</Latest>" for b in block_ids) + "</BlockList>").encode()
         headers = {"Content-Type": "application/xml; charset=utf-8", "If-None-Match": "*",
-                   "x-ms-blob-content-md5": base64.b64encode(md5).decode(), "x-ms-blob-content-type": content_type}
+                   **({"x-ms-blob-content-md5": base64.b64encode(md5).decode()} if md5 else {}),
+                   "x-ms-blob-content-type": content_type}
         headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
         self._send("PUT", container, name, headers, body, on_retry, query={"comp": "blocklist"})
 
@@ -452,7 +457,8 @@ def _listed(blob: ElementTree.Element) -> Listed:
     found = blob.find("Metadata")
     metadata = {m.tag.lower(): m.text or "" for m in (found if found is not None else ())}
     return Listed(name, int(blob.findtext("Properties/Content-Length") or 0),
-                  base64.b64decode(md5) if md5 else None, metadata, blob.findtext("VersionId") or None)
+                  base64.b64decode(md5) if md5 else None, metadata, blob.findtext("VersionId") or None,
+                  blob.findtext("Properties/AccessTier") or None)
 
 
 def _error(status: int, code: str, body: bytes):

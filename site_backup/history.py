@@ -40,6 +40,7 @@ from .errors import ConfigurationError, describe, error_code
 from .files import Problem, display_path
 from .remote import RemoteLookup
 from .restore import BlobEntry, RestorePlan, unsafe_name_reason
+from .tiers import is_archived
 from .units import MiB
 
 _json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string, in ASCII
@@ -100,10 +101,11 @@ class ManifestWriter:
     whatever the number of files; `finish` commits it, once."""
 
     def __init__(self, store, prefix: str, run_id: str, started: dt.datetime, block_size: int = 4 * MiB,
-                 backup_store=None):
+                 backup_store=None, name: str | None = None):
         self.store, self.prefix, self.run_id, self.started = store, prefix, run_id, started
         self.backup_store = backup_store  # to look up files of checkpoints without entries
-        self.name = f"{runs_folder(prefix)}{_stamp(started)}-{run_id}.jsonl.gz"
+        # A shard of a sharded run stages its part into the sharded run's manifest (`name`).
+        self.name = name or f"{runs_folder(prefix)}{_stamp(started)}-{run_id}.jsonl.gz"
         self.block_size = block_size
         self._zip = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip stream
         self._buffer = bytearray()
@@ -175,8 +177,29 @@ class ManifestWriter:
             self.store.create_container()  # the first run with history: made once, here
             self.store.stage_block(self.name, block_id, data)
         self._blocks.append(block_id)
-        self._md5.update(data)
+        if self._md5 is not None:
+            self._md5.update(data)
         self.size += len(data)
+
+    def finish_part(self) -> dict:
+        """A shard's end: its lines staged as one whole gzip member, nothing committed.
+        Returns what the sharded run commits: the blocks, in order, and their counts."""
+        self._buffer += self._zip.flush()
+        self._stage(bytes(self._buffer))
+        self._buffer.clear()
+        return {"name": self.name, "blocks": list(self._blocks), "files": self.files, "bytes": self.bytes,
+                "size": self.size}
+
+    def finish_parts(self, parts: list[dict], summary: dict, source: str, destination: str,
+                     finished: dt.datetime) -> RunRecord:
+        """A sharded run's end: one manifest of the shards' staged parts (each a gzip member;
+        a manifest is their concatenation, as gzip allows), then this run's own line."""
+        if self._record is None:
+            self._blocks = [b for part in parts for b in part["blocks"]]
+            self.files, self.bytes = sum(p["files"] for p in parts), sum(p["bytes"] for p in parts)
+            self.size = sum(p["size"] for p in parts)
+            self._md5 = None  # the shards' bytes are not here: each member's CRC-32 checks them on reading
+        return self.finish(summary, source, destination, finished)
 
     def finish(self, summary: dict, source: str, destination: str, finished: dt.datetime) -> RunRecord:
         """Write the run's own line and commit the manifest; returns its record. Called
@@ -202,7 +225,8 @@ class ManifestWriter:
                     "outcome": run.outcome, "files": str(run.files), "bytes": str(run.bytes),
                     "format": MANIFEST_FORMAT}
         try:
-            self.store.commit_new(self.name, self._blocks, md5=self._md5.digest(), content_type=MANIFEST_TYPE,
+            self.store.commit_new(self.name, self._blocks, md5=self._md5.digest() if self._md5 else None,
+                                  content_type=MANIFEST_TYPE,
                                   metadata=metadata)
         except Exception as exc:
             # The name holds this run's id: a blob there is this commit, landed while its
@@ -289,12 +313,17 @@ def pick_run(runs: list[RunRecord], run_id: str | None = None, as_of: str | None
 
 def read_manifest(history_store, name: str) -> Iterator[dict]:
     """The lines of a manifest, decompressed as they are downloaded; the last is the run's
-    own (`{"run": ...}`). Raises ValueError when the manifest does not end with it."""
+    own (`{"run": ...}`). Raises ValueError when the manifest does not end with it. A
+    sharded run's manifest is several gzip members, one after the other."""
     unzip = zlib.decompressobj(31)
     tail = b""
     last = None
     for chunk in history_store.read(name):
-        data = tail + unzip.decompress(chunk)
+        data = unzip.decompress(chunk)
+        while unzip.eof and unzip.unused_data:  # the next member
+            rest, unzip = unzip.unused_data, zlib.decompressobj(31)
+            data += unzip.decompress(rest)
+        data = tail + data
         lines = data.split(b"\n")
         tail = lines.pop()
         for raw in lines:
@@ -367,7 +396,8 @@ def plan_run_restore(history_store, run: RunRecord, backup_store, prefix: str, m
             plan.refused.append(Problem(display_path(line["p"]), "its content as of this run is no longer stored "
                                         "(pruned, or replaced by another tool without a snapshot)"))
             continue
-        entries.append(BlobEntry(line["p"], line["s"], name, md5, line.get("t"), where or None))
+        entries.append(BlobEntry(line["p"], line["s"], name, md5, line.get("t"), where or None,
+                                 _archived(kept.get(name, []), where)))
     plan.batches = [Batch(b) for b in make_batches(entries, max_files, max_bytes)]
     return plan
 
@@ -383,6 +413,7 @@ class AtticBlob(NamedTuple):
     version_id: str | None = None
     current: bool = False
     attic: bool = True
+    tier: str | None = None
 
 
 def attic_kept(history_store, prefix: str) -> Iterator[AtticBlob]:
@@ -392,10 +423,23 @@ def attic_kept(history_store, prefix: str) -> Iterator[AtticBlob]:
     folder = attic_folder(prefix)
     try:
         for k in history_store.list_kept(folder):
-            yield AtticBlob(k.name[len(folder):], k.size, k.content_md5, k.snapshot)
+            yield AtticBlob(k.name[len(folder):], k.size, k.content_md5, k.snapshot, tier=k.tier)
     except Exception as exc:
         if error_code(exc) != "ContainerNotFound":
             raise
+
+
+def _archived(candidates: list, where: str) -> bool:
+    """Whether what `where` names is listed in the Archive tier (unreadable until rehydrated)."""
+    kind, _, value = where.partition(":")
+    for k in candidates:
+        attic = getattr(k, "attic", False)
+        if (not where and k.current and not k.snapshot and not attic
+                or kind == "snapshot" and k.snapshot == value and not attic
+                or kind == "version" and k.version_id == value
+                or kind == "attic" and attic and (k.snapshot or "") == value):
+            return is_archived(k.tier)
+    return False
 
 
 def _where(candidates: list, size: int, md5: bytes | None, version: str | None) -> str | None:

@@ -14,6 +14,7 @@ from site_backup.errors import ConfigurationError
 from site_backup.files import compile_patterns
 from site_backup.mirror import DEFAULT_MAX_DELETE, DeleteLimit
 from site_backup.shards import Shard, check_mirror
+from site_backup.tiers import check_access_tier
 
 __all__ = ["BackupParameters", "ValidationError", "describe"]
 
@@ -55,6 +56,8 @@ class BackupParameters(BaseModel):
     storage_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
     shard: str | None = None
     shard_by: Literal["path", "top-level-folder"] = "path"
+    access_tier: str | None = None
+    run_manifest: str | None = None
 
     @field_validator("root_directory")
     @classmethod
@@ -94,6 +97,14 @@ class BackupParameters(BaseModel):
     @classmethod
     def _shard(cls, value: str | None) -> str | None:
         return _checked(Shard.parse, value)
+
+    @field_validator("access_tier")
+    @classmethod
+    def _access_tier(cls, value: str | None) -> str | None:
+        try:
+            return check_access_tier(value)  # as Azure spells it
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _mirror_of_a_shard(self):

@@ -20,6 +20,7 @@ from .files import Problem, display_path
 from .names import decode_path
 from .retry import STOP, RunStopped, StorageUnavailable, stopped_error
 from .storage import RemoteBlob
+from .tiers import archived_reason, is_archived
 
 TEMP_NAME_BYTES = 200  # of the file's name kept in its temporary name (".<name>.<8 hex>.part" <= 255 bytes)
 
@@ -33,6 +34,7 @@ class BlobEntry(NamedTuple):
     content_md5: bytes | None
     mtime_ns: int | None
     where: str | None = None  # an earlier run's content: "snapshot:<time>" or "version:<id>" (history.read_kept)
+    archived: bool = False  # listed in the Archive tier: unreadable until rehydrated, never downloaded
 
 
 class FolderEntry(NamedTuple):
@@ -98,7 +100,7 @@ def plan_restore(blobs: Iterable[tuple[str, RemoteBlob]], prefix: str, max_files
             continue
         # The file's own time as a tool stored it, else when the blob was written.
         mtime_ns = blob.mtime_ns if blob.mtime_ns is not None else blob.last_modified_ns
-        entries.append(BlobEntry(path, blob.size, name, blob.content_md5, mtime_ns))
+        entries.append(BlobEntry(path, blob.size, name, blob.content_md5, mtime_ns, archived=is_archived(blob.tier)))
     plan.batches = [Batch(b) for b in make_batches(entries, max_files, max_bytes)]
     return plan
 
@@ -222,15 +224,21 @@ class _Refused(Exception):
 
 
 def restore_batch(target: str, batch: list[BlobEntry], download: Callable[[str], Iterable[bytes]], *,
-                  overwrite: bool = False, threads: int = 8) -> list[RestoreOutcome]:
-    """Restore every blob of the batch; `download(name)` yields the blob's bytes."""
+                  overwrite: bool = False, threads: int = 8,
+                  rehydrate: Callable[[BlobEntry], str] | None = None) -> list[RestoreOutcome]:
+    """Restore every blob of the batch; `download(name)` yields the blob's bytes;
+    `rehydrate(entry)`, when given, asks for an archived blob's rehydration."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return list(pool.map(lambda e: restore_file(target, e, download, overwrite=overwrite), batch))
+        return list(pool.map(lambda e: restore_file(target, e, download, overwrite=overwrite, rehydrate=rehydrate),
+                             batch))
 
 
-def restore_file(target: str, entry: BlobEntry, download, *, overwrite: bool = False) -> RestoreOutcome:
+def restore_file(target: str, entry: BlobEntry, download, *, overwrite: bool = False,
+                 rehydrate: Callable[[BlobEntry], str] | None = None) -> RestoreOutcome:
     """Restore one blob. Never writes outside `target`, never through a link, never
-    leaves a file whose content does not match the blob's Content-MD5."""
+    leaves a file whose content does not match the blob's Content-MD5. An archived blob
+    is never downloaded (Azure refuses: 409 BlobArchived): a file already the same is
+    unchanged, any other fails with the fix, after `rehydrate(entry)` when given."""
     try:
         if STOP.is_set():
             raise stopped_error()
@@ -247,6 +255,10 @@ def restore_file(target: str, entry: BlobEntry, download, *, overwrite: bool = F
                 raise _Refused("a different file already exists here: pass --overwrite to replace it")
             if stat.S_ISDIR(existing.st_mode):
                 raise _Refused("a folder stands where this file belongs")
+        if entry.archived:
+            # A snapshot or version (not a current blob) cannot be rehydrated in place.
+            kept = entry.where not in (None, "attic:")
+            raise _Refused(rehydrate(entry) if rehydrate else archived_reason(kept=kept))
         unverified = _download_to(dest, entry, download)
         return RestoreOutcome(entry.path, "restored", size=entry.size, bytes_restored=entry.size,
                               unverified=unverified)
@@ -259,6 +271,8 @@ def restore_file(target: str, entry: BlobEntry, download, *, overwrite: bool = F
     except Exception as exc:
         if error_code(exc) == "BlobNotFound":
             return RestoreOutcome(entry.path, "failed", size=entry.size, reason="blob was deleted during the restore")
+        if error_code(exc) == "BlobArchived":  # archived after the listing
+            return RestoreOutcome(entry.path, "failed", size=entry.size, reason=archived_reason())
         # Not transient for the task: the run's retry policy already tried storage again.
         return RestoreOutcome(entry.path, "failed", size=entry.size, reason=describe(exc))
 

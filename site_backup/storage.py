@@ -33,6 +33,7 @@ class RemoteBlob:
     last_modified_ns: int | None = None
     version_id: str | None = None  # listed on accounts with blob versioning on
     etag: str | None = None  # as listed: what a conditional request (If-Match) names
+    tier: str | None = None  # as listed (AccessTier): an "Archive" blob cannot be read until rehydrated
 
 
 class BlobStore(Protocol):
@@ -192,6 +193,7 @@ class KeptBlob(NamedTuple):
     snapshot: str | None = None  # None for the current blob
     version_id: str | None = None
     current: bool = True
+    tier: str | None = None  # as listed: "Archive" cannot be read until rehydrated
 
 
 class HistoryStore:
@@ -211,9 +213,10 @@ class HistoryStore:
             return False
         return True
 
-    def commit_new(self, name: str, block_ids: list[str], *, md5: bytes, content_type: str,
+    def commit_new(self, name: str, block_ids: list[str], *, md5: bytes | None, content_type: str,
                    metadata: dict[str, str]) -> None:
-        """Put Block List that only creates the blob (refused when it exists)."""
+        """Put Block List that only creates the blob (refused when it exists); no stored
+        MD5 when `md5` is None."""
         if self.signed is not None:
             self.signed.commit_new(self.container_name, name, block_ids, md5, content_type, metadata, self.retries)
             return
@@ -275,7 +278,7 @@ class HistoryStore:
             # the versions of a deleted blob are none of them current.
             current = not props.snapshot and (props.is_current_version is True if versions else True)
             yield KeptBlob(props.name, props.size, bytes(md5) if md5 else None, props.snapshot or None,
-                           getattr(props, "version_id", None), current)
+                           getattr(props, "version_id", None), current, tier_name(props.blob_tier))
 
     def read_kept(self, name: str, snapshot: str | None = None, version_id: str | None = None) -> Iterator[bytes]:
         """A snapshot's or version's content (the blob's own without either)."""
@@ -354,11 +357,12 @@ class AzureBlobStore(HistoryStore):
     for the rest, built on first use. Every request reports its retries to `retries`."""
 
     def __init__(self, container_name: str, container_client: Callable[[], Any], retries: RetryLog | None = None,
-                 signed=None):
+                 signed=None, access_tier: str | None = None):
         self.container_name = container_name
         self._container_client = container_client
         self.retries = retries if retries is not None else RetryLog()
         self.signed = signed  # fastblob.DirectBlobs, when available
+        self.access_tier = access_tier  # the tier put and commit_blocks write in; None: the account's default
         self._versioning = False
 
     @property
@@ -416,7 +420,7 @@ class AzureBlobStore(HistoryStore):
         if self.signed is not None:
             for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries, delimiter="/"):
                 yield b.name, RemoteBlob(b.size, b.content_md5, stored_mtime(b.metadata), is_folder_marker(b.metadata),
-                                         version_id=b.version_id)
+                                         version_id=b.version_id, tier=b.tier)
             return
         for item in self.container.walk_blobs(name_starts_with=prefix or None, include=["metadata"], delimiter="/"):
             if not item.name.endswith("/") or hasattr(item, "size"):  # BlobPrefix items are subfolders
@@ -435,7 +439,7 @@ class AzureBlobStore(HistoryStore):
         """Put Blob; the new version's id when the account keeps versions, else None."""
         if self.signed is not None:
             return self._wrote(self.signed.put(self.container_name, name, data, md5, content_type, metadata,
-                                               self.retries))
+                                               self.retries, self.access_tier))
         # validate_content sends a transactional Content-MD5 the service checks on receipt;
         # content_md5 is the property stored with the blob.
         return self._wrote(self.container.get_blob_client(name).upload_blob(
@@ -445,6 +449,7 @@ class AzureBlobStore(HistoryStore):
             content_settings=_content_settings(md5, content_type),
             metadata=metadata,
             retry_hook=self.retries,
+            **_tier(self.access_tier),
         ).get("version_id"))
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None:
@@ -460,7 +465,7 @@ class AzureBlobStore(HistoryStore):
     ) -> str | None:
         if self.signed is not None:
             return self._wrote(self.signed.commit_blocks(self.container_name, name, block_ids, md5, content_type,
-                                                         metadata, self.retries))
+                                                         metadata, self.retries, self.access_tier))
         from azure.storage.blob import BlobBlock
 
         return self._wrote(self.container.get_blob_client(name).commit_block_list(
@@ -468,7 +473,33 @@ class AzureBlobStore(HistoryStore):
             content_settings=_content_settings(md5, content_type),
             metadata=metadata,
             retry_hook=self.retries,
+            **_tier(self.access_tier),
         ).get("version_id"))
+
+    def set_tier(self, name: str, tier: str, rehydrate_priority: str | None = None, snapshot: str | None = None
+                 ) -> None:
+        """Set Blob Tier (of the blob, or of one snapshot); from Archive, with a rehydrate
+        priority this starts a rehydration, which Azure finishes hours later."""
+        from azure.storage.blob import StandardBlobTier
+
+        client = self.container.get_blob_client(name, snapshot=snapshot) if snapshot else \
+            self.container.get_blob_client(name)
+        client.set_standard_blob_tier(StandardBlobTier(tier), retry_hook=self.retries,
+                                      **({"rehydrate_priority": rehydrate_priority} if rehydrate_priority else {}))
+
+
+def tier_name(tier) -> str | None:
+    """The SDK's listed tier (an enum or a string) as Azure spells it: Hot, Cool, Cold, Archive."""
+    return getattr(tier, "value", tier) or None
+
+
+def _tier(tier: str | None) -> dict:
+    """The SDK's keyword for an upload's tier (its enum: the upload helpers call `.value`)."""
+    if not tier:
+        return {}
+    from azure.storage.blob import StandardBlobTier
+
+    return {"standard_blob_tier": StandardBlobTier(tier)}
 
 
 def _remote(props) -> RemoteBlob:
@@ -477,7 +508,8 @@ def _remote(props) -> RemoteBlob:
     return RemoteBlob(props.size, bytes(md5) if md5 else None, stored_mtime(props.metadata),
                       is_folder_marker(props.metadata),
                       calendar.timegm(written.utctimetuple()) * 10**9 + written.microsecond * 1000 if written else None,
-                      getattr(props, "version_id", None), getattr(props, "etag", None))
+                      getattr(props, "version_id", None), getattr(props, "etag", None),
+                      tier_name(getattr(props, "blob_tier", None)))
 
 
 def _if_match(etag: str | None) -> dict:
@@ -497,10 +529,10 @@ def _condition_not_met():
     return exc
 
 
-def _content_settings(md5: bytes, content_type: str):
+def _content_settings(md5: bytes | None, content_type: str):
     from azure.storage.blob import ContentSettings
 
-    return ContentSettings(content_type=content_type, content_md5=bytearray(md5))
+    return ContentSettings(content_type=content_type, content_md5=bytearray(md5) if md5 else None)
 
 
 _etags = itertools.count(1)

@@ -59,6 +59,9 @@ class BackupSummary(BaseModel):
     # Blobs another writer changed (or deleted) after this run listed them: not deleted by it.
     files_changed_meanwhile: int = 0
     changed_meanwhile: list[FileProblem] = Field(default_factory=list)
+    # A shard of a sharded run: its part of the run's manifest, staged (block ids, files,
+    # bytes), which the sharded run commits with the other shards'.
+    manifest_part: dict | None = None
 
     @property
     def exit_code(self) -> int:

@@ -61,7 +61,7 @@ def copy_batch(root: str, batch: list[FileEntry], destination: Destination, opti
     """Copy one batch; raises BatchIncomplete (with the partial result) if any file failed."""
     context = TaskRunContext.get()
     earlier = earlier_attempts(context)
-    store = open_store(destination, run_budget(policy, destination.account_url))
+    store = open_store(destination, run_budget(policy, destination.account_url), options.access_tier)
     outcomes = copy_files(root, batch, store, destination.prefix, options, done=earlier.finished,
                           on_file=progress.add)
     earlier.finished.update((o.path, o) for o in outcomes if o.status in ("uploaded", "unchanged"))

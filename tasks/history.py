@@ -63,10 +63,12 @@ def _close_histories(token, hurried: bool) -> None:
         history.close(hurried=hurried)
 
 
-def open_run_history(destination: Destination, policy: RetryPolicy, dry_run: bool, shard=None) -> RunHistory:
+def open_run_history(destination: Destination, policy: RetryPolicy, dry_run: bool, shard=None,
+                     run_manifest: str | None = None) -> RunHistory:
     """The run's history (lock and manifest; none for a dry run), closed by the flow's
-    @releases_run_history however the flow ends."""
-    history = RunHistory() if dry_run else open_history(destination, policy, shard)
+    @releases_run_history however the flow ends. A shard of a sharded run stages its part
+    of `run_manifest`."""
+    history = RunHistory() if dry_run else open_history(destination, policy, shard, run_manifest)
     if _opened.get() is not None:
         _opened.get().append(history)
     return history
@@ -79,7 +81,8 @@ def _lock_store(destination: Destination, storage_timeout: float, budget):
 
 @task(name="open-manifest", cache_policy=NO_CACHE, persist_result=False)
 @task_reports_configuration_error
-def open_history(destination: Destination, policy: RetryPolicy = RetryPolicy(), shard=None) -> RunHistory:
+def open_history(destination: Destination, policy: RetryPolicy = RetryPolicy(), shard=None,
+                 run_manifest: str | None = None) -> RunHistory:
     """Take the run's lock (waiting for, or refused by, a prune of an overlapping prefix)
     and start its manifest, named after the flow run. Without either, with a warning, when
     the credentials may not write the history container (a SAS for the backup's container
@@ -94,7 +97,7 @@ def open_history(destination: Destination, policy: RetryPolicy = RetryPolicy(), 
         return RunHistory.open(open_history_store(destination, budget),
                                partial(_lock_store, destination, policy.storage_timeout),
                                open_store(destination, budget), destination.prefix, run_id, shard=shard,
-                               warn=logger.warning)
+                               run_manifest=run_manifest, warn=logger.warning)
     except Exception as exc:
         if getattr(exc, "status_code", None) != 403:
             raise
@@ -104,19 +107,30 @@ def open_history(destination: Destination, policy: RetryPolicy = RetryPolicy(), 
         return RunHistory()
 
 
-def commit_run_history(history: RunHistory, summary: BackupSummary) -> RunRecord | None:
+def commit_run_history(history: RunHistory, summary: BackupSummary, parts: list | None = None) -> RunRecord | None:
     """Commit the run's manifest, with its summary (from now on the run is in the
-    history; a failed run claims nothing), and release the run's lock."""
+    history; a failed run claims nothing), and release the run's lock. A shard of a
+    sharded run stages its part instead, and its summary carries it (`manifest_part`) to
+    the sharded run, which commits the manifest of them all (`parts`)."""
     if history.manifest is None:  # a dry run, or no history: no task run to show
         history.close()
         return None
-    return write_manifest(history, summary)
+    if history.part:
+        summary.manifest_part = stage_manifest_part(history, summary)
+        return None
+    return write_manifest(history, summary, parts)
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE, persist_result=False)
-def write_manifest(history: RunHistory, summary: BackupSummary) -> RunRecord | None:
+def write_manifest(history: RunHistory, summary: BackupSummary, parts: list | None = None) -> RunRecord | None:
     """The commit, as a task run of its own (its requests show in the run's timeline)."""
-    return history.commit(summary)
+    return history.commit(summary, parts)
+
+
+@task(name="stage-manifest-part", cache_policy=NO_CACHE, persist_result=False)
+def stage_manifest_part(history: RunHistory, summary: BackupSummary) -> dict | None:
+    """A shard's part of the sharded run's manifest, staged (not committed)."""
+    return history.stage_part(summary)
 
 
 @task(name="delete-missing", cache_policy=NO_CACHE, persist_result=False)

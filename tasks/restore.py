@@ -22,6 +22,7 @@ from site_backup.restore import (
     restore_folders as make_folders,
 )
 from site_backup.retry import RetryPolicy
+from site_backup.tiers import rehydrator
 from tasks.checkpoints import checkpoint_key
 from tasks.errors import task_reports_configuration_error
 from tasks.outcomes import BatchIncomplete
@@ -89,13 +90,18 @@ def restore_checkpoint_key(context, parameters) -> str:
     **BATCH_RETRIES,
 )
 def restore_batch(target: str, restore_id: str, batch: list[BlobEntry], destination: Destination,
-                  overwrite: bool, policy: RetryPolicy = RetryPolicy()) -> RestoreBatchResult:
-    """Restore one batch; raises BatchIncomplete (with the partial result) if any file failed."""
+                  overwrite: bool, policy: RetryPolicy = RetryPolicy(), rehydrate: str | None = None
+                  ) -> RestoreBatchResult:
+    """Restore one batch; raises BatchIncomplete (with the partial result) if any file failed.
+    Archived files fail with the fix; with `rehydrate` (a priority), their rehydration is asked for."""
     context = TaskRunContext.get()
     earlier = earlier_attempts(context)
     todo = [e for e in batch if e.path not in earlier.finished]
     store = open_store(destination, run_budget(policy, destination.account_url))
-    outcomes = restore_files(target, todo, read_kept(store, open_history_store(destination, store.retries.budget), destination.prefix), overwrite=overwrite)
+    history_store = open_history_store(destination, store.retries.budget)
+    outcomes = restore_files(target, todo, read_kept(store, history_store, destination.prefix), overwrite=overwrite,
+                             rehydrate=rehydrator(store, history_store, destination.prefix, rehydrate) if rehydrate
+                             else None)
     earlier.finished.update((o.path, o) for o in outcomes if o.status != "failed")
     by_path = {o.path: o for o in outcomes}
     by_path.update(earlier.finished)

@@ -172,3 +172,39 @@ class MemoryLockStore:
 
     def delete(self, name, lease_id=None):
         self.blobs.remove(name)
+
+
+def test_a_sharded_run_commits_one_manifest_of_its_shards_parts_and_none_when_one_is_missing():
+    """Each shard stages its part (a gzip member) into the sharded run's manifest; the run
+    commits the parts and its own line as one manifest, read back whole. A shard that left
+    no part (it failed) means no manifest: the run is not completed."""
+    from site_backup.run_history import RunHistory
+    from site_backup.summary import BackupSummary
+
+    def sharded(store, run):
+        parent = writer(store, run=run)
+        parts = []
+        for k in range(3):
+            shard = writer(store, run=f"{run}-shard{k}", block_size=100, name=parent.name)
+            shard.add_batch(BatchResult(entries=[(f"s{k}/f{i}", i, None, i, None) for i in range(40)]), [])
+            parts.append(shard.finish_part())
+        assert store.blobs == {} or parent.name not in store.blobs  # staged only
+        return RunHistory(parent), parts
+
+    store = MemoryBlobStore()
+    history, parts = sharded(store, "whole")
+    summary = BackupSummary(root="/src", destination="dest", files_total=120)
+    record = history.commit(summary, parts)
+    lines = list(read_manifest(store, record.manifest))
+    assert [line["p"] for line in lines[:-1]] == [f"s{k}/f{i}" for k in range(3) for i in range(40)]
+    assert lines[-1]["run"]["files"] == 120 and lines[-1]["run"]["summary"]["files_total"] == 120
+    assert (record.files, record.bytes) == (120, 3 * sum(range(40))) and list_runs(store, "") == [record]
+    assert store.blobs[record.manifest].content_md5 is None  # each member's CRC-32 checks it instead
+
+    warnings = []
+    history, parts = sharded(store, "partial")
+    history.warn = warnings.append
+    assert history.commit(summary, [parts[0], None, parts[2]]) is None
+    assert list_runs(store, "") == [record]
+    assert warnings == ["no manifest for this run (its files are backed up): a shard left no part of the manifest "
+                        "(see its run's log)"]

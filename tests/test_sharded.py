@@ -5,6 +5,7 @@ writes and to slow a child enough to kill it), and a Dask run."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 
 from site_backup.errors import ConfigurationError
 from site_backup.files import list_batches
+from site_backup.history import history_container
 from site_backup.shards import Shard, shard_of
 from tests.conftest import PROJECT, free_port, read_container, start_process, stop_process
 
@@ -341,6 +343,13 @@ def test_a_sharded_backup_on_two_workers_adds_up_and_a_killed_shard_resends_only
     resent = sorted(p for p, n in tree_writes(pool, files).items() if n > 1)
     assert all(owner[p] == victim for p in resent) and len(resent) <= 1, resent
     assert read_container(pool["azurite"], container_name) == files
+    # One manifest for the whole tree, under the parent's run id, each file once: the killed
+    # shard's first attempt staged blocks too, and the commit left them out.
+    history = pool["azurite"].container(history_container(container_name))
+    [manifest] = list(history.list_blobs(name_starts_with="runs/", include=["metadata"]))
+    assert (manifest.metadata["runid"], manifest.metadata["files"]) == (parent, "80")
+    lines = [json.loads(raw) for raw in gzip.decompress(history.download_blob(manifest.name).readall()).splitlines()]
+    assert sorted(line["p"] for line in lines[:-1]) == sorted(files) and lines[-1]["run"]["run_id"] == parent
     # The UI shows which shard did what: the summary's markdown and a table of the shards.
     artifacts = parent_artifacts(pool, parent)
     assert [row["shard"] for row in json.loads(artifacts["backup-shards"].data)] == ["0/4", "1/4", "2/4", "3/4"]
@@ -387,18 +396,50 @@ def find_child(pool, parent: str, shard: int) -> str:
 # --- the same parent on Dask -------------------------------------------------------------
 
 
-def test_the_sharded_backup_runs_on_a_dask_cluster(storage, prefect_server, tmp_path, make_tree, container_name):
+def test_the_sharded_backup_runs_on_a_dask_cluster_and_its_runs_restore_and_survive_prune(
+        storage, checkpoints, prefect_server, tmp_path, make_tree, container_name):
+    """Two sharded runs on Dask, files changed between them: each writes one manifest of the
+    whole tree (committed by the parent), so --run and --as-of restore either byte for byte,
+    and prune keeps the snapshots the kept runs need."""
     pytest.importorskip("prefect_dask")
+    from flows.prune_backups import prune_backups
+    from flows.restore_site_content import restore_site_content
+    from site_backup.destination import Destination
+    from site_backup.history import iso, list_runs, open_history_store
+    from tests.conftest import read_tree
+
     files = {f"part{i % 3}/f{i:03d}.txt": f"dask {i}".encode() * 20 for i in range(60)}
     root = make_tree(files)
     env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=storage.connection_string, PREFECT_API_URL=prefect_server,
-               PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp_path / "checkpoints"), PYTHONPATH=str(PROJECT))
-    done = subprocess.run([sys.executable, str(PROJECT / "flows" / "backup_sharded.py"), str(root), "--container",
-                           container_name, "--shards", "2", "--task-runner", "dask", "--json"],
-                          env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
+               PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(checkpoints), PYTHONPATH=str(PROJECT))
+
+    def sharded() -> dict:
+        done = subprocess.run([sys.executable, str(PROJECT / "flows" / "backup_sharded.py"), str(root), "--container",
+                               container_name, "--shards", "2", "--task-runner", "dask", "--json"],
+                              env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout)
+
+    summary = sharded()
     assert summary["files_uploaded"] == 60 and [r["files_total"] for r in summary["shards"]] == \
         [len(p) for p in shard_files(files, 2)]
     assert len({r["ran_on"] for r in summary["shards"]}) == 2, summary["shards"]  # two worker processes
     assert read_container(storage, container_name) == files
+    states = [read_tree(root)]
+    for name in ("part0/f000.txt", "part1/f001.txt", "part2/f002.txt"):  # in both shards
+        (root / name).write_bytes(b"changed " + name.encode())
+    assert sharded()["files_uploaded"] == 3
+    states.append(read_tree(root))
+
+    runs = list_runs(open_history_store(Destination.checked(container_name)), "")
+    assert [(r.files, r.outcome) for r in runs] == [(60, "completed"), (60, "completed")], runs
+    kept = prune_backups(container_name, keep_last=2)
+    assert (kept.manifests_deleted, kept.snapshots_deleted, kept.snapshots_kept) == (0, 0, 3)
+    first = restore_site_content(container_name, str(tmp_path / "first"), run_id=runs[0].run_id[:8])
+    assert first.outcome == "completed" and read_tree(tmp_path / "first") == states[0]
+    last = restore_site_content(container_name, str(tmp_path / "last"), as_of=iso(runs[1].finished))
+    assert last.outcome == "completed" and read_tree(tmp_path / "last") == states[1]
+    pruned = prune_backups(container_name, keep_last=1)  # the first run, and the snapshots only it needed, go
+    assert (pruned.manifests_deleted, pruned.snapshots_deleted) == (1, 3)
+    again = restore_site_content(container_name, str(tmp_path / "again"), run_id=runs[1].run_id)
+    assert again.outcome == "completed" and read_tree(tmp_path / "again") == states[1]
