@@ -120,6 +120,11 @@ def test_the_worker_shares_the_home_and_stop_ends_only_what_it_started(clone):
     path, env = clone["path"], clone["env"]
     run(["scripts/start-worker"], path, env)
     pid = int((path / ".run" / "worker.pid").read_text().split()[0])
+    # Until the background job has exec'd the worker, /proc shows the forked shell's environment.
+    deadline = time.monotonic() + 30
+    while b"worker" not in open(f"/proc/{pid}/cmdline", "rb").read():
+        assert time.monotonic() < deadline, "the worker never started"
+        time.sleep(0.05)
     environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
     assert f"PREFECT_HOME={path}/.prefect".encode() in environ
     # A pid file whose process is gone and whose number now belongs to another process.
