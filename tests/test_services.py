@@ -122,7 +122,7 @@ def test_the_worker_shares_the_home_and_stop_ends_only_what_it_started(clone):
     pid = int((path / ".run" / "worker.pid").read_text().split()[0])
     # Until the background job has exec'd the worker, /proc shows the forked shell's environment.
     deadline = time.monotonic() + 30
-    while b"worker" not in open(f"/proc/{pid}/cmdline", "rb").read():
+    while b"\0worker\0start\0" not in open(f"/proc/{pid}/cmdline", "rb").read():
         assert time.monotonic() < deadline, "the worker never started"
         time.sleep(0.05)
     environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
