@@ -384,4 +384,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the imported module: durable_api imports it, and a second copy run as
+    # __main__ would have its own ApiError class.
+    from site_backup.http_api import main as imported_main
+
+    sys.exit(imported_main())
