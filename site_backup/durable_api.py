@@ -66,14 +66,8 @@ async def find_run(instance_id: str):
 async def create_run(deployment_name: str, parameters: dict[str, Any], instance_id: str | None = None):
     """A new flow run of the deployment; with `instance_id`, named and tagged with it,
     refused (409) while any run holds that id."""
-    from prefect.exceptions import ObjectNotFound
-
     async with _start_lock, prefect_client() as client:
-        try:
-            deployment = await client.read_deployment_by_name(deployment_name)
-        except ObjectNotFound:
-            raise ApiError(503, f"deployment {deployment_name!r} not found on the Prefect server: run "
-                                f"`make deploy` (or set SITE_BACKUP_DEPLOYMENT)") from None
+        deployment = await read_deployment(client, deployment_name)
         if instance_id is None:
             return await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
         existing = await find_run(instance_id)
@@ -85,6 +79,17 @@ async def create_run(deployment_name: str, parameters: dict[str, Any], instance_
         return await client.create_flow_run_from_deployment(
             deployment.id, parameters=parameters, name=instance_id, tags=[TAG + instance_id],
             idempotency_key=TAG + instance_id)
+
+
+async def read_deployment(client, deployment_name: str):
+    """The deployment, or ApiError (503) with the fix."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return await client.read_deployment_by_name(deployment_name)
+    except ObjectNotFound:
+        raise ApiError(503, f"deployment {deployment_name!r} not found on the Prefect server: run "
+                            f"`make deploy` (or set SITE_BACKUP_DEPLOYMENT)") from None
 
 
 def management_urls(url, request: Request, instance_id: str) -> dict[str, str]:
@@ -168,7 +173,7 @@ async def matching_runs(deployment_name: str, query, wanted: int | None = None) 
     if types is not None and not types:
         return []
     async with prefect_client() as client:
-        deployment = await client.read_deployment_by_name(deployment_name)
+        deployment = await read_deployment(client, deployment_name)
         run_filter = FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=sorted(types))) if types else None,

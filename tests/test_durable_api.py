@@ -180,3 +180,11 @@ def test_raise_event_and_suspend_are_refused_with_the_reason(client, runs):
     suspend = client.post(f"{DF}/instances/busy/suspend?reason=x")
     assert suspend.status_code == 501 and "pauses a flow run only from inside" in suspend.json()["error"]
     assert client.post(f"{DF}/instances/nothing/raiseEvent/Approve", json={}).status_code == 404
+
+
+def test_listing_without_the_deployment_gets_503_with_the_fix(client, runs):
+    from prefect.exceptions import ObjectNotFound
+
+    runs.fail["read_deployment_by_name"] = ObjectNotFound(http_exc=Exception("404"))
+    response = client.get(f"{DF}/instances/")
+    assert response.status_code == 503 and "make deploy" in response.json()["ExceptionMessage"]
