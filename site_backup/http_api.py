@@ -19,7 +19,6 @@ import socket
 import sys
 from contextlib import asynccontextmanager
 from typing import Any
-from uuid import UUID
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -157,6 +156,8 @@ def create_app(api_key: str | None = None, deployment: str | None = None) -> Fas
                                 "address it listens on, or add the name to API_ALLOWED_HOSTS")
         return host
 
+    from site_backup import durable_api
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         try:
@@ -166,12 +167,13 @@ def create_app(api_key: str | None = None, deployment: str | None = None) -> Fas
             if origin is not None and origin.lower() != request.state.origin:
                 raise ApiError(403, "requests from another web site's page (Origin header) are refused")
             if api_key:
-                given = request.headers.get("x-functions-key") or request.query_params.get("code") or ""
+                given = (request.headers.get("x-functions-key") or request.query_params.get("code")
+                         or durable_api.basic_password(request.headers.get("authorization")))
                 if not hmac.compare_digest(given.encode(), api_key.encode()):
                     raise ApiError(401, "missing or wrong API key: send it as x-functions-key or ?code=")
             return await call_next(request)
         except ApiError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return durable_api.error_response(request, exc)
         except Exception as exc:
             # The path only: the query may hold the key.
             LOG.exception("%s %s failed", request.method, request.url.path)
@@ -180,11 +182,13 @@ def create_app(api_key: str | None = None, deployment: str | None = None) -> Fas
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return durable_api.error_response(request, exc)
 
     def url(request: Request, path: str) -> str:
         # Built from the checked Host, never from the query: the key is not echoed.
         return f"{request.state.origin}{request.scope.get('root_path', '')}{path}"
+
+    durable_api.add_routes(app, deployment_name, url)
 
     @app.post("/orchestrators/{function_name}")
     @app.post("/api/orchestrators/{function_name}")
@@ -193,45 +197,21 @@ def create_app(api_key: str | None = None, deployment: str | None = None) -> Fas
             raise ApiError(404, f"unknown function {function_name!r}: use one of {sorted(FUNCTION_NAMES)}")
         check_content_type(request.headers.get("content-type"))
         parameters = parse_start_body(await read_body(request))
-        from prefect.exceptions import ObjectNotFound
-
-        async with prefect_client() as client:
-            try:
-                dep = await client.read_deployment_by_name(deployment_name)
-            except ObjectNotFound:
-                raise ApiError(503, f"deployment {deployment_name!r} not found on the Prefect server: run "
-                                    f"`make deploy` (or set SITE_BACKUP_DEPLOYMENT)") from None
-            run = await client.create_flow_run_from_deployment(dep.id, parameters=parameters)
-        run_id = str(run.id)
+        run_id = str((await durable_api.create_run(deployment_name, parameters)).id)
         body = {"id": run_id, "statusQueryGetUri": url(request, f"/instances/{run_id}"),
                 "terminatePostUri": url(request, f"/instances/{run_id}/terminate")}
         return JSONResponse(body, status_code=202, headers={"Location": body["statusQueryGetUri"]})
 
     @app.get("/instances/{instance_id}")
-    @app.get("/runtime/webhooks/durabletask/instances/{instance_id}")
     async def status(instance_id: str, request: Request):
         run = await _read_run(instance_id)
         if run is None:
             raise ApiError(404, f"no instance {instance_id!r}")
-        runtime = RUNTIME_STATUS.get(run.state_type.value if run.state_type else "PENDING", "Pending")
-        body = {
-            "name": "E2_BackupSiteContent",
-            "instanceId": str(run.id),
-            "runtimeStatus": runtime,
-            "input": run.parameters,
-            "customStatus": await _progress(run.id),
-            "output": await _output(run) if runtime in ("Completed", "Failed") else None,
-            "createdTime": _iso(run.created),
-            "lastUpdatedTime": _iso(run.updated),
-        }
-        if runtime in FINISHED:
-            return JSONResponse(body, status_code=200)
-        return JSONResponse(body, status_code=202, headers={"Location": url(request, request.url.path),
-                                                            "Retry-After": str(RETRY_AFTER_SECONDS)})
+        return status_response(await status_body(run), url(request, request.url.path))
 
     @app.post("/instances/{instance_id}/terminate")
     @app.post("/runtime/webhooks/durabletask/instances/{instance_id}/terminate")
-    async def terminate(instance_id: str):
+    async def terminate(instance_id: str, reason: str = ""):
         from prefect.states import Cancelling
 
         run = await _read_run(instance_id)
@@ -240,10 +220,28 @@ def create_app(api_key: str | None = None, deployment: str | None = None) -> Fas
         if RUNTIME_STATUS.get(run.state_type.value if run.state_type else "", "") in FINISHED:
             raise ApiError(410, "the instance already finished")
         async with prefect_client() as client:
-            await client.set_flow_run_state(run.id, Cancelling(message="terminated over HTTP"), force=True)
+            await client.set_flow_run_state(run.id, Cancelling(message=f"terminated over HTTP {reason}".strip()[:500]), force=True)
         return JSONResponse(None, status_code=202)
 
     return app
+
+
+async def status_body(run) -> dict[str, Any]:
+    """A run as Durable Functions' status: runtimeStatus, progress, the summary."""
+    from site_backup.durable_api import instance_id_of
+
+    runtime = RUNTIME_STATUS.get(run.state_type.value if run.state_type else "PENDING", "Pending")
+    return {"name": "E2_BackupSiteContent", "instanceId": instance_id_of(run), "runtimeStatus": runtime,
+            "input": run.parameters, "customStatus": await _progress(run.id),
+            "output": await _output(run) if runtime in ("Completed", "Failed") else None,
+            "createdTime": _iso(run.created), "lastUpdatedTime": _iso(run.updated)}
+
+
+def status_response(body: dict[str, Any], location: str) -> JSONResponse:
+    """200 once finished, else 202 with where and when to ask again."""
+    if body["runtimeStatus"] in FINISHED:
+        return JSONResponse(body, status_code=200)
+    return JSONResponse(body, status_code=202, headers={"Location": location, "Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 @asynccontextmanager
@@ -297,17 +295,9 @@ def custom_status(metadata: dict[str, str] | None, description: str | None = Non
 
 
 async def _read_run(instance_id: str):
-    from prefect.exceptions import ObjectNotFound
+    from site_backup.durable_api import find_run
 
-    try:
-        run_id = UUID(instance_id)
-    except ValueError:
-        return None
-    async with prefect_client() as client:
-        try:
-            return await client.read_flow_run(run_id)
-        except ObjectNotFound:
-            return None
+    return await find_run(instance_id)
 
 
 async def _progress(run_id) -> dict[str, int] | None:
@@ -394,4 +384,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the imported module: durable_api imports it, and a second copy run as
+    # __main__ would have its own ApiError class.
+    from site_backup.http_api import main as imported_main
+
+    sys.exit(imported_main())

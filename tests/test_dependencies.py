@@ -14,7 +14,8 @@ from tests.conftest import PROJECT
 
 LOCAL = {"site_backup", "tasks", "flows", "tests", "bench"}
 # `azure` is a namespace shared by many distributions: its packages name theirs.
-AZURE = {"azure.storage.blob": "azure-storage-blob", "azure.core": "azure-core", "azure.identity": "azure-identity"}
+AZURE = {"azure.storage.blob": "azure-storage-blob", "azure.core": "azure-core", "azure.identity": "azure-identity",
+         "azure.durable_functions": "azure-functions-durable", "azure.functions": "azure-functions"}
 
 
 def declared() -> set[str]:

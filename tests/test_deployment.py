@@ -424,7 +424,7 @@ def test_http_terminate_cancels_the_run(api, stack, tmp_path, container_name):
     assert http("POST", body["terminatePostUri"])[0] == 410
 
 
-def test_http_api_key_is_required_off_loopback(stack):
+def test_http_api_key_is_required_off_loopback(stack, df_loop):
     port = free_port()
     refused = subprocess.run([sys.executable, "-m", "site_backup.http_api"], cwd=PROJECT, capture_output=True,
                              text=True, timeout=60, env=dict(stack["env"], API_HOST="0.0.0.0", API_PORT=str(port)))
@@ -441,8 +441,158 @@ def test_http_api_key_is_required_off_loopback(stack):
         assert http("GET", url, headers={"x-functions-key": "s3cret-key"})[0] == 404
         code, _, body = http("GET", url + "?code=s3cret-key")
         assert code == 404 and "s3cret" not in json.dumps(body)
+        # The Durable Functions client sends the key from its rpcBaseUrl (HTTP Basic).
+        from azure.durable_functions import DurableOrchestrationClient
+
+        keyed = DurableOrchestrationClient(df_binding(f"http://127.0.0.1:{port}", key="s3cret-key"))
+        assert not df_loop(keyed.get_status("no-such-id"))  # 404, not 401
+        with pytest.raises(Exception, match="status code 401"):
+            df_loop(DurableOrchestrationClient(df_binding(f"http://127.0.0.1:{port}")).get_status("no-such-id"))
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def df_loop():
+    """One event loop for every Durable Functions client call: the client keeps one aiohttp
+    session for the process, tied to the loop it was made on."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result(300)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def df_binding(api: str, key: str = "") -> str:
+    """The binding JSON a user passes to DurableOrchestrationClient (docs/http-api.md)."""
+    rpc = api.replace("http://", f"http://key:{key}@" if key else "http://") + "/runtime/webhooks/durabletask/"
+    instance = f"{api}/runtime/webhooks/durabletask/instances/INSTANCEID"
+    return json.dumps({
+        "taskHubName": "site-backup", "rpcBaseUrl": rpc,
+        "creationUrls": {
+            "createNewInstancePostUri": f"{api}/runtime/webhooks/durabletask/orchestrators/{{functionName}}[/{{instanceId}}]",
+            "createAndWaitOnNewInstancePostUri": f"{api}/runtime/webhooks/durabletask/orchestrators/{{functionName}}[/{{instanceId}}]"},
+        "managementUrls": {
+            "id": "INSTANCEID", "statusQueryGetUri": instance, "sendEventPostUri": f"{instance}/raiseEvent/{{eventName}}",
+            "terminatePostUri": f"{instance}/terminate?reason={{text}}", "rewindPostUri": f"{instance}/rewind?reason={{text}}",
+            "purgeHistoryDeleteUri": instance, "restartPostUri": f"{instance}/restart",
+            "suspendPostUri": f"{instance}/suspend?reason={{text}}", "resumePostUri": f"{instance}/resume?reason={{text}}"}})
+
+
+def test_durable_functions_client_runs_restarts_lists_and_purges_backups(api, stack, df_loop, make_tree, container_name):
+    """azure-functions-durable's own client, unchanged, against `make api` over a real Prefect
+    server and worker."""
+    import azure.functions as func
+    from azure.durable_functions import DurableOrchestrationClient, OrchestrationRuntimeStatus
+
+    files = {"index.html": b"<html>", "img/logo.png": b"\x89PNG" * 50}
+    root = make_tree(files)
+    client = DurableOrchestrationClient(df_binding(api))
+    request = func.HttpRequest(method="POST", url=f"{api}/api/start", body=b"")
+    since = datetime.now(timezone.utc) - timedelta(seconds=1)
+    instance = f"nightly-{container_name}"
+    params = {"root_directory": str(root), "container": container_name}
+
+    assert df_loop(client.start_new("E2_BackupSiteContent", instance, params)) == instance
+    with pytest.raises(Exception, match="is taken by a run"):
+        df_loop(client.start_new("E2_BackupSiteContent", instance, params))
+    done = df_loop(client.wait_for_completion_or_create_check_status_response(request, instance, 240_000, 500))
+    assert done.status_code == 200 and json.loads(done.get_body())["bytes_uploaded"] == sum(map(len, files.values()))
+
+    status = df_loop(client.get_status(instance, show_history=True, show_history_output=True, show_input=True))
+    assert status.runtime_status == OrchestrationRuntimeStatus.Completed and status.instance_id == instance
+    assert status.name == "E2_BackupSiteContent" and status.input_["root_directory"] == str(root)
+    assert status.output["bytes_uploaded"] == 206 and status.custom_status["filesDone"] == 2
+    assert status.created_time and status.last_updated_time >= status.created_time
+    events = [event["EventType"] for event in status.history]
+    assert events[0] == "ExecutionStarted" and events[-1] == "ExecutionCompleted" and "TaskCompleted" in events
+    assert status.history[-1]["Result"]["bytes_uploaded"] == 206
+    assert read_container(stack["azurite"], container_name) == files
+
+    # Every management URL of the check-status answer works.
+    check = client.create_check_status_response(request, instance)
+    urls = json.loads(check.get_body())
+    assert check.status_code == 202 and check.headers["Location"] == urls["statusQueryGetUri"]
+    assert http("GET", urls["statusQueryGetUri"])[2]["runtimeStatus"] == "Completed"
+    assert http("POST", urls["sendEventPostUri"].replace("{eventName}", "Approve"), b"{}")[0] == 501
+    for name in ("terminatePostUri", "rewindPostUri", "suspendPostUri", "resumePostUri"):
+        assert http("POST", urls[name].replace("{text}", "why"))[0] == 410, name  # already finished
+
+    # Restart in place (Prefect's retry of the same flow run), then under a new id.
+    assert df_loop(client.restart(instance, restart_with_new_instance_id=False)) == instance
+    again = df_loop(client.wait_for_completion_or_create_check_status_response(request, instance, 240_000, 500))
+    assert again.status_code == 200 and json.loads(again.get_body())["files_unchanged"] == 2
+    fresh = df_loop(client.restart(instance))
+    assert fresh != instance
+    assert df_loop(client.wait_for_completion_or_create_check_status_response(request, fresh, 240_000, 500)).status_code == 200
+    sample = df_loop(client.start_new("E2_BackupSiteContent", None, "sample-site"))  # the sample's input: a path
+    assert df_loop(client.wait_for_completion_or_create_check_status_response(request, sample, 240_000, 500)).status_code == 200
+    assert df_loop(client.get_status(sample)).input_["root_directory"] == "sample-site"
+
+    ours = {instance, fresh, sample}
+    listed = {s.instance_id: s for s in df_loop(client.get_status_by(created_time_from=since,
+                                                                    runtime_status=[OrchestrationRuntimeStatus.Completed]))}
+    assert set(listed) == ours and all(s.runtime_status == OrchestrationRuntimeStatus.Completed for s in listed.values())
+    assert ours <= {s.instance_id for s in df_loop(client.get_status_all())}
+    assert not df_loop(client.get_status_by(created_time_from=since, runtime_status=[OrchestrationRuntimeStatus.Running]))
+    # Pages of one, as a client that pages follows x-ms-continuation-token.
+    query = f"{api}/runtime/webhooks/durabletask/instances/?top=1&createdTimeFrom={since.isoformat().replace('+00:00', 'Z')}"
+    paged, token = [], None
+    while True:
+        code, head, page = http("GET", query, headers={"x-ms-continuation-token": token} if token else None)
+        assert code == 200 and len(page) == 1, (code, page)
+        paged.append(page[0]["instanceId"])
+        token = head.get("x-ms-continuation-token")
+        if not token:
+            break
+    assert sorted(paged) == sorted(ours)
+
+    assert http("DELETE", urls["purgeHistoryDeleteUri"])[2] == {"instancesDeleted": 1}
+    assert not df_loop(client.get_status(instance))  # gone: 404
+    purged = df_loop(client.purge_instance_history_by(created_time_from=since))
+    assert purged.instances_deleted == 2 and not df_loop(client.get_status(sample))
+    assert df_loop(client.purge_instance_history(sample)).instances_deleted == 0
+    assert read_container(stack["azurite"], container_name) == files  # purging never touches a backup
+    # The id is free again once purged.
+    assert df_loop(client.start_new("E2_BackupSiteContent", instance, params)) == instance
+    assert df_loop(client.wait_for_completion_or_create_check_status_response(request, instance, 240_000, 500)).status_code == 200
+
+
+def test_durable_functions_client_terminates_a_running_backup_and_refuses_suspend_and_events(
+        api, df_loop, tmp_path, container_name):
+    from azure.durable_functions import DurableOrchestrationClient, OrchestrationRuntimeStatus
+
+    root = tmp_path / "many"
+    for i in range(1500):
+        (root / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 10}" / f"f{i}.txt").write_bytes(b"x" * 100)
+    client = DurableOrchestrationClient(df_binding(api))
+    instance = df_loop(client.start_new("E2_BackupSiteContent", None, {
+        "root_directory": str(root), "container": container_name, "files_in_flight": 1}))
+    deadline = time.monotonic() + 120
+    while df_loop(client.get_status(instance)).runtime_status != OrchestrationRuntimeStatus.Running:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with pytest.raises(Exception, match="status code 501"):
+        df_loop(client.suspend(instance, "maintenance"))
+    with pytest.raises(Exception, match="status code 501"):
+        df_loop(client.raise_event(instance, "Approve", {"ok": True}))
+    code, _, answer = http("POST", f"{api}/runtime/webhooks/durabletask/instances/{instance}/suspend")
+    assert code == 501 and "Terminate it instead" in answer["ExceptionMessage"]
+    df_loop(client.resume(instance, "nothing to resume"))  # not suspended: nothing to do
+    with pytest.raises(Exception, match="status code 409"):  # purging a running backup is refused
+        df_loop(client.purge_instance_history(instance))
+    df_loop(client.terminate(instance, "maintenance window"))
+    while (status := df_loop(client.get_status(instance))).runtime_status != OrchestrationRuntimeStatus.Terminated:
+        assert time.monotonic() < deadline + 120, status.runtime_status
+        time.sleep(0.5)
+    df_loop(client.terminate(instance, "again"))  # 410: already finished, not an error
+    with pytest.raises(Exception, match="No instance with ID 'no-such-id' found"):
+        df_loop(client.terminate("no-such-id", "x"))
+    assert df_loop(client.purge_instance_history(instance)).instances_deleted == 1
 
 
 def run_logs(stack, flow_run_id: str, settle: float = 3.0, timeout: float = 60) -> list:

@@ -62,7 +62,11 @@ class FakePrefect:
         state_type = SimpleNamespace(value=self.state)
         return SimpleNamespace(id=run_id, state_type=state_type, parameters={"root_directory": "/site"},
                                state=SimpleNamespace(type=state_type, message=None),
-                               created=None, updated=None)
+                               created=None, updated=None, tags=[])
+
+    async def read_flow_runs(self, **kwargs):  # no run has a caller-chosen id here
+        self._maybe_fail("read_flow_run")
+        return []
 
     async def read_artifacts(self, **kwargs):
         return []
