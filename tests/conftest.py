@@ -36,9 +36,10 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 # files that take longest start first, so that the processes end at about the same time; a
 # module whose tests share a server of its own runs whole in one process, once; the README's
 # fresh clone and the benchmark's smoke run, each a whole stack at once, never run side by side.
-LONGEST_FIRST = ["test_deployment.py", "test_readme.py", "test_bench_smoke.py", "test_sharded.py",
+LONGEST_FIRST = ["test_deployment.py", "test_http_deployment.py", "test_readme.py", "test_bench_smoke.py", "test_sharded.py",
                  "test_services.py"]
-GROUPS = {"test_deployment.py": "deployment-server", "test_sharded.py": "sharded-server",
+GROUPS = {"test_deployment.py": "deployment-server", "test_http_deployment.py": "http-api-server",
+          "test_sharded.py": "sharded-server",
           "test_services.py": "services-clone", "test_readme.py": "whole-stack",
           "test_bench_smoke.py": "whole-stack"}
 
