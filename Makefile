@@ -67,10 +67,10 @@ run: setup azurite server
 	@echo "List the blobs: $(VENV)/bin/python scripts/list-blobs $(CONTAINER)"
 	@echo "Runs, logs and the summary artifact: http://127.0.0.1:$(PREFECT_PORT) (Prefect UI). Stop services: make stop"
 
-# Two test processes (pytest-xdist): most tests wait on Azurite, a Prefect server or a child
-# process. Each process starts its own Azurite and Prefect server; a module with a shared
-# server of its own stays in one process (xdist_group). TEST_WORKERS=0 runs them in this one.
-TEST_WORKERS ?= 2
+# Three test processes (pytest-xdist) on two cores: most tests wait on Azurite, a Prefect server
+# or a child process. Each process starts its own Azurite and Prefect server; a file with a
+# server of its own runs whole in one process (tests/conftest.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 test: setup
 	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
