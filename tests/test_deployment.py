@@ -668,11 +668,15 @@ def test_make_deploy_creates_alerts_that_notify_on_a_failed_and_on_a_missed_back
             [PREFECT, "deployment", "run", "backup-site-content/local", "--param", "root_directory=/no/such/folder",
              "--param", f"container={container_name}"], env=stack["env"], capture_output=True, text=True, timeout=120)
         flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+        run_started = time.monotonic()
         alert = receiver.wait_for(lambda b: flow_run_id in b.get("body", ""), 120)
         assert "ended Failed" in alert["subject"] and "does not exist" in alert["body"], alert
+        failed_after = time.monotonic() - run_started
         # No backup completed within the 10 s window: the proactive alert.
         missed_alert = receiver.wait_for(lambda b: b.get("subject", "").startswith("No backup completed"), 90)
         assert "10 seconds" in missed_alert["subject"], missed_alert
+        print(f"\nalerts: the failed run's POST {failed_after:.1f} s after it was started; the missed-backup POST "
+              f"{time.monotonic() - run_started:.1f} s after (window 10 s)")
     finally:
         async def remove(client):
             for automation in await client.read_automations():
