@@ -5,6 +5,9 @@ task's "Task run failed with exception", the flow's "Encountered exception durin
 and, in a worker's process, "Engine execution exited with unexpected exception". For bad
 input the message is the whole story: the flow ends Failed without raising, and the records
 that would only repeat it with a traceback are dropped.
+
+Likewise, once a run is stopped (a cancel, SIGTERM, Ctrl-C), the backup flow says so in one
+WARNING line, and what the stop itself ended logs no ERROR (`_QuietStop`).
 """
 
 from __future__ import annotations

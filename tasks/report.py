@@ -30,6 +30,7 @@ class ProgressArtifact:
     def __init__(self, files_total: int, bytes_total: int, every_seconds: float = 1.0, counting: bool = False):
         self.files_total, self.bytes_total, self.every = files_total, bytes_total, every_seconds
         self.counting = counting  # the walk goes on: the totals are those found so far
+        self.halted = False  # the run was stopped (cancelled, SIGTERM, Ctrl-C)
         self.files_done = self.bytes_done = 0
         self.id: UUID = create_progress_artifact(progress=0.0, key="backup-progress", description=self._text())
         self._update(0.0)  # the totals, readable before the first batch ends
@@ -62,8 +63,6 @@ class ProgressArtifact:
         counts = progress_counts(self.files_done, self.files_total, self.bytes_done, self.bytes_total)
         get_client(sync_client=True).update_artifact(
             artifact_id=self.id, artifact=ArtifactUpdate(data=percent, description=self._text(), metadata_=counts))
-
-    halted = False  # the run was stopped (cancelled, SIGTERM, Ctrl-C)
 
     def _text(self) -> str:
         more = " found so far (counting)" if self.counting else ""
