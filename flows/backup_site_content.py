@@ -37,11 +37,13 @@ from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import commit_run_history, delete_missing_files, open_run_history, releases_run_history
 from tasks.list_files import Walk, list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
-from tasks.report import ProgressArtifact, announce_backup, announce_listed, failed_state, final_state, publish_summary
+from tasks.report import (ProgressArtifact, StopReport, announce_backup, announce_listed, ends_cancelled_when_stopped,
+                          failed_state, final_state, publish_summary, report_on_stop)
 
 
 @flow(name="backup-site-content", task_runner=CopyTaskRunner(max_workers=4), persist_result=True)
 @flow_fails_on_configuration_error
+@ends_cancelled_when_stopped
 @stops_on_termination
 @releases_run_history
 def backup_site_content(
@@ -170,6 +172,7 @@ def backup_site_content(
         copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days, dry_run)
         submit = partial(copy.submit, listing.root, destination=destination, options=options, policy=policy)
         tally = BackupTally()
+        report_on_stop(StopReport(tally, listing, destination.describe(), dry_run, started, shown))
         copy_started = time.monotonic()
         copied = copy_as_walked(submit, batches, ahead, until=lambda: bool(tally.run_error))
         # A batch from a checkpoint counts only once this run's listing shows its blobs.

@@ -135,6 +135,11 @@ def stops_on_termination(fn):
     return flow_body
 
 
+def stop_reason() -> str:
+    """What stopped this process's runs ("stopped by SIGTERM"), once something did."""
+    return _stop_reason[0]
+
+
 def stopped_error() -> RunStopped:
     return RunStopped(f"{_stop_reason[0]}: not finished, not recorded")
 

@@ -21,8 +21,8 @@ class FileProblem(BaseModel):
 class BackupSummary(BaseModel):
     """What a run did. `outcome` is "completed" when every file is backed up (or was
     skipped by rule, such as a link), "incomplete" when some files failed, "failed" when the
-    run could not go on (the root vanished, storage stopped answering, the run was stopped;
-    `error` says why); both exit with code 1."""
+    run could not go on (the root vanished, storage stopped answering; `error` says why);
+    both exit with code 1. "cancelled": the run was stopped (a cancel, SIGTERM, Ctrl-C)."""
 
     outcome: str = "completed"
     error: str = ""

@@ -5,6 +5,9 @@ task's "Task run failed with exception", the flow's "Encountered exception durin
 and, in a worker's process, "Engine execution exited with unexpected exception". For bad
 input the message is the whole story: the flow ends Failed without raising, and the records
 that would only repeat it with a traceback are dropped.
+
+Likewise, once a run is stopped (a cancel, SIGTERM, Ctrl-C), the backup flow says so in one
+WARNING line, and what the stop itself ended logs no ERROR (`_QuietStop`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 from prefect.states import Failed
 
 from site_backup.errors import ConfigurationError
+from site_backup.retry import STOP
 
 
 def task_reports_configuration_error(fn):
@@ -71,5 +75,23 @@ class _NoConfigurationTracebacks(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], ConfigurationError))
 
 
+class _QuietStop(logging.Filter):
+    """Once this process's runs are stopped (a cancel, SIGTERM, Ctrl-C), what ends unfinished
+    was ended by the stop, which the backup flow reports in one WARNING line: the traceback
+    records of its task runs and of the engine's exit (it raises the Cancelled state's
+    summary once more) are dropped, and "Finished in state ..." or "Crash detected!" lines
+    are INFO, not ERROR. Before a stop nothing is changed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not STOP.is_set():
+            return True
+        if record.exc_info:
+            return False
+        if record.getMessage().startswith(("Finished in state", "Crash detected!")):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 for _name in ("prefect.task_runs", "prefect.flow_runs"):
     logging.getLogger(_name).addFilter(_NoConfigurationTracebacks())
+    logging.getLogger(_name).addFilter(_QuietStop())

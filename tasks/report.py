@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -11,9 +15,10 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
-from site_backup.summary import BackupSummary, PruneSummary, RestoreSummary, RunFailed, VerifySummary
+from site_backup.retry import STOP, stop_reason
+from site_backup.summary import BackupSummary, BackupTally, PruneSummary, RestoreSummary, RunFailed, VerifySummary
 from site_backup.units import count, human_bytes
 
 
@@ -25,6 +30,7 @@ class ProgressArtifact:
     def __init__(self, files_total: int, bytes_total: int, every_seconds: float = 1.0, counting: bool = False):
         self.files_total, self.bytes_total, self.every = files_total, bytes_total, every_seconds
         self.counting = counting  # the walk goes on: the totals are those found so far
+        self.halted = False  # the run was stopped (cancelled, SIGTERM, Ctrl-C)
         self.files_done = self.bytes_done = 0
         self.id: UUID = create_progress_artifact(progress=0.0, key="backup-progress", description=self._text())
         self._update(0.0)  # the totals, readable before the first batch ends
@@ -43,6 +49,12 @@ class ProgressArtifact:
             self._update(100.0 * done / total if total else 100.0)
             self.last = time.monotonic()
 
+    def stopped(self) -> None:
+        """Show that the run stopped here: what was done, and no more counting."""
+        self.counting, self.halted = False, True
+        done, total = (self.bytes_done, self.bytes_total) if self.bytes_total else (self.files_done, self.files_total)
+        self._update(100.0 * done / total if total else 0.0)
+
     def _update(self, percent: float) -> None:
         # update_progress_artifact cannot set metadata; this is the same request with it.
         from prefect.client.orchestration import get_client
@@ -54,8 +66,9 @@ class ProgressArtifact:
 
     def _text(self) -> str:
         more = " found so far (counting)" if self.counting else ""
-        return (f"{self.files_done} of {count(self.files_total, 'file')}, "
+        text = (f"{self.files_done} of {count(self.files_total, 'file')}, "
                 f"{human_bytes(self.bytes_done)} of {human_bytes(self.bytes_total)}{more}")
+        return f"stopped at {text}: run again or Retry to resume" if self.halted else text
 
 
 def progress_counts(files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> dict[str, str]:
@@ -106,18 +119,89 @@ def _listing_counts(listing) -> str:
             f"{len(listing.skipped) + len(listing.failed)} skipped, {listing.excluded} excluded")
 
 
-def publish_summary(summary: BackupSummary) -> None:
+@dataclass
+class StopReport:
+    """What a backup run has done so far, for the summary of a run that is stopped."""
+
+    tally: BackupTally
+    listing: object  # the FileListing: its totals grow while the walk goes on
+    destination: str
+    dry_run: bool
+    started: float  # time.monotonic() at the run's start
+    shown: ProgressArtifact
+
+    def summary(self) -> BackupSummary:
+        s = self.tally.summary(self.listing, root=self.listing.root, destination=self.destination,
+                               dry_run=self.dry_run, duration_seconds=time.monotonic() - self.started)
+        # The totals the walk found, not only those of the batches that finished.
+        s.files_total = max(s.files_total, self.listing.files)
+        s.bytes_total = max(s.bytes_total, self.listing.bytes)
+        return s
+
+
+_stop_reports: ContextVar[list | None] = ContextVar("stop_reports", default=None)
+
+
+def report_on_stop(report: StopReport) -> None:
+    """Name what the flow's @ends_cancelled_when_stopped reports if the run is stopped from here on."""
+    reports = _stop_reports.get()
+    if reports is not None:
+        reports.append(report)
+
+
+def ends_cancelled_when_stopped(fn):
+    """For the backup flow, outside @stops_on_termination: a run that is stopped (a cancel
+    from the UI or the API, SIGTERM, Ctrl-C) ends Cancelled, with one WARNING line saying
+    how far it got, a `cancelled` summary and a progress artifact that says it stopped, not
+    with Prefect's crash report. Finished batches are checkpointed already, so a new run or
+    a Retry resumes from them."""
+
+    @functools.wraps(fn)
+    def flow_body(*args, **kwargs):
+        token = _stop_reports.set([])
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            if not STOP.is_set():
+                raise
+            reports = _stop_reports.get() or []
+            return _cancelled(reports[-1] if reports else None, kwargs.get("root_directory", args[0] if args else ""))
+        finally:
+            _stop_reports.reset(token)
+
+    return flow_body
+
+
+def _cancelled(report: StopReport | None, root: str):
+    if report is not None:
+        summary = report.summary()
+        report.shown.stopped()
+    else:  # stopped before the walk and the destination were ready
+        summary = BackupSummary(root=str(root))
+    summary.outcome, summary.error = "cancelled", f"{stop_reason()}: finished batches are checkpointed, run again " \
+                                                  f"or Retry to resume"
+    publish_summary(summary, counting=report is not None and report.listing.walking)
+    return Cancelled(data=RunFailed(summary), message=summary.error)
+
+
+def publish_summary(summary: BackupSummary, counting: bool = False) -> None:
     """The summary as a markdown artifact on the flow run, and the files that were skipped
-    or failed as a table artifact when there are any; its outcome as one log line."""
+    or failed as a table artifact when there are any; its outcome as one log line (a
+    WARNING for a run that was cancelled: `counting`, its walk had not ended)."""
     from prefect import get_run_logger
 
     verb = "would upload" if summary.dry_run else "uploaded"
-    get_run_logger().info(
-        "Backup %s: %s, %d %s (%s), %d unchanged, %d skipped, %d failed in %.1f s%s",
-        summary.outcome, count(summary.files_total, "file"), summary.files_uploaded, verb,
-        human_bytes(summary.bytes_uploaded),
-        summary.files_unchanged, summary.files_skipped, summary.files_failed, summary.duration_seconds,
-        f": {summary.error}" if summary.error else "")
+    if summary.outcome == "cancelled":
+        total = f"{summary.files_total}+ files" if counting else count(summary.files_total, "file")
+        get_run_logger().warning("Backup cancelled: %d of %s stored; run again or Retry to resume",
+                                 summary.files_uploaded + summary.files_unchanged, total)
+    else:
+        get_run_logger().info(
+            "Backup %s: %s, %d %s (%s), %d unchanged, %d skipped, %d failed in %.1f s%s",
+            summary.outcome, count(summary.files_total, "file"), summary.files_uploaded, verb,
+            human_bytes(summary.bytes_uploaded),
+            summary.files_unchanged, summary.files_skipped, summary.files_failed, summary.duration_seconds,
+            f": {summary.error}" if summary.error else "")
     create_markdown_artifact(
         markdown=summary.to_markdown(),
         key="backup-summary",

@@ -286,6 +286,29 @@ def flow_run_messages(run, until: str = "Backup completed", tries: int = 50) -> 
     return state, asyncio.run(messages())
 
 
+def assert_said_stopped(logs: list, artifacts: dict, total: int, other_warnings: tuple[str, ...] = ()) -> None:
+    """A stopped backup run's log records (as the API returns them) hold one WARNING, the
+    cancel line (besides any starting with one of `other_warnings`), and no ERROR; its
+    artifacts (by key) say cancelled and stopped."""
+    import logging
+    import re
+
+    shown = "\n".join(f"{logging.getLevelName(log.level)} {log.message[:300]}" for log in logs)
+    warnings = [log.message for log in logs if log.level == logging.WARNING and not (
+        other_warnings and log.message.startswith(other_warnings))]
+    assert len(warnings) == 1, shown
+    line = re.fullmatch(r"Backup cancelled: (\d+) of (\d+)(\+?) files stored; run again or Retry to resume", warnings[0])
+    assert line and int(line.group(1)) <= int(line.group(2)) <= total, shown
+    assert line.group(3) or int(line.group(2)) == total, shown  # "+": the walk had not ended
+    assert not [log for log in logs if log.level >= logging.ERROR], shown
+    summary = artifacts["backup-summary"]
+    assert summary.description.startswith("Backup cancelled") and "| **Outcome** | cancelled |" in summary.data, \
+        summary
+    progress = artifacts["backup-progress"]
+    assert progress.description.startswith("stopped at ") and "counting" not in progress.description, \
+        progress.description
+
+
 def md5(data: bytes) -> bytes:
     return hashlib.md5(data).digest()
 

@@ -10,11 +10,12 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from tests.conftest import PROJECT, read_container
+from tests.conftest import PROJECT, assert_said_stopped, read_container
 from tests.deployment_stack import PREFECT, client_call, stack  # noqa: F401 (stack: this module's fixture)
 
 
@@ -283,9 +284,11 @@ def test_a_configuration_error_is_one_error_line_without_traceback(stack):
         assert not any("Traceback" in log.message for log in logs), [log.message[:200] for log in logs]
 
 
-def test_a_deployment_run_cancelled_through_the_api_ends_within_10_s_and_the_next_run_resumes(
+def test_a_deployment_run_cancelled_through_the_api_ends_within_10_s_says_so_once_and_the_next_run_resumes(
         stack, make_tree, container_name):
     # What the UI's Cancel does: the run goes to Cancelling, the worker stops its process.
+    # Before: about ten ERROR lines (BatchIncomplete "the run ended first (stopped)", "Crash
+    # detected! ... CancelledError"), no summary, the progress artifact left at "(counting)".
     from site_backup.credentials import azurite_connection_string
     from tests.faultproxy import FaultProxy
 
@@ -333,6 +336,7 @@ def test_a_deployment_run_cancelled_through_the_api_ends_within_10_s_and_the_nex
         assert to_cancelled < 20, (to_cancelled, (stack["logs"] / "worker.log").read_text()[-3000:])
         proxy.wait_until_idle()  # requests it was forwarding at the cancel have landed
         landed_first = dict(proxy.writes)
+        said_stopped(stack, flow_run_id, total=300)
         assert 80 <= len(landed_first) < 300
         proxy.latency = 0
 
@@ -352,6 +356,22 @@ def test_a_deployment_run_cancelled_through_the_api_ends_within_10_s_and_the_nex
           f"{len(resent)}, {summary['batches_from_checkpoint']} of {summary['batches']} batches from checkpoints")
 
 
+def run_artifacts(stack, flow_run_id: str) -> dict:
+    """The run's artifacts by key, as the UI's Artifacts tab shows them."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read(client):
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    return {a.key: a for a in client_call(stack, read)}
+
+
+def said_stopped(stack, flow_run_id: str, total: int) -> None:
+    """The stopped run's log and artifacts, as the UI shows them, say so once (conftest)."""
+    assert_said_stopped(run_logs(stack, flow_run_id), run_artifacts(stack, flow_run_id), total)
+
+
 def _alive(pid: int) -> bool:
     """Running, not a zombie waiting to be reaped."""
     try:
@@ -359,3 +379,97 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+class WebhookReceiver:
+    """A webhook endpoint on a free port of 127.0.0.1 that keeps every JSON body POSTed to it."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[dict] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                with receiver.arrived:
+                    receiver.bodies.append(body)
+                    receiver.arrived.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, predicate, timeout: float) -> dict:
+        """The first body for which predicate(body) is true, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while True:
+                found = next((b for b in self.bodies if predicate(b)), None)
+                if found or not self.arrived.wait(max(0.0, deadline - time.monotonic())):
+                    assert found, f"no such notification within {timeout} s; got {self.bodies}"
+                    return found
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_make_deploy_creates_alerts_that_notify_on_a_failed_and_on_a_missed_backup(stack, container_name):
+    from prefect.events.schemas.automations import Posture
+
+    names = ["backup-site-content failed", "backup-site-content missed"]
+    receiver = WebhookReceiver()
+    env = dict(stack["env"], ALERT_BLOCK="test-alerts", ALERT_WEBHOOK_URL=receiver.url, ALERT_MISSED_AFTER="10s")
+    try:
+        deploy = subprocess.run([str(PROJECT / "scripts" / "deploy")], cwd=PROJECT, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        assert all(f"automation {name!r} created" in deploy.stdout for name in names), deploy.stdout
+        again = subprocess.run([sys.executable, "-m", "site_backup.alerts"], cwd=PROJECT, env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert all(f"automation {name!r} updated" in again.stdout for name in names), again.stdout + again.stderr
+
+        async def automations(client):
+            return {name: await client.read_automations_by_name(name) for name in names}
+
+        made = client_call(stack, automations)
+        assert [len(made[name]) for name in names] == [1, 1], made  # a redeploy updates, never duplicates
+        failed, missed = made[names[0]][0].trigger, made[names[1]][0].trigger
+        assert failed.posture == Posture.Reactive and {"prefect.flow-run.Failed", "prefect.flow-run.Crashed",
+                                                       "prefect.flow-run.TimedOut",
+                                                       "prefect.flow-run.Incomplete"} <= failed.expect
+        assert missed.posture == Posture.Proactive and missed.expect == {"prefect.flow-run.Completed"}
+        assert missed.within.total_seconds() == 10
+
+        # A backup that fails (its root does not exist): the webhook gets a POST naming the run.
+        started = subprocess.run(
+            [PREFECT, "deployment", "run", "backup-site-content/local", "--param", "root_directory=/no/such/folder",
+             "--param", f"container={container_name}"], env=stack["env"], capture_output=True, text=True, timeout=120)
+        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+        run_started = time.monotonic()
+        alert = receiver.wait_for(lambda b: flow_run_id in b.get("body", ""), 120)
+        assert "ended Failed" in alert["subject"] and "does not exist" in alert["body"], alert
+        failed_after = time.monotonic() - run_started
+        # No backup completed within the 10 s window: the proactive alert.
+        missed_alert = receiver.wait_for(lambda b: b.get("subject", "").startswith("No backup completed"), 90)
+        assert "10 seconds" in missed_alert["subject"], missed_alert
+        print(f"\nalerts: the failed run's POST {failed_after:.1f} s after it was started; the missed-backup POST "
+              f"{time.monotonic() - run_started:.1f} s after (window 10 s)")
+    finally:
+        async def remove(client):
+            for automation in await client.read_automations():
+                if automation.name in names:
+                    await client.delete_automation(automation.id)
+
+        client_call(stack, remove)  # later tests' runs must not alert a receiver that is gone
+        receiver.close()

@@ -33,7 +33,7 @@ from site_backup.retry import (
 )
 from site_backup.storage import RetryLog
 from site_backup.summary import RunFailed
-from tests.conftest import read_container, read_tree, start_process, stop_process
+from tests.conftest import assert_said_stopped, read_container, read_tree, start_process, stop_process
 from tests.faultproxy import FaultProxy
 from tests.test_durability import cli, cli_env, sas_via, tree, wait_until
 
@@ -314,6 +314,10 @@ def test_sigterm_ends_the_command_line_run_within_10_s_and_a_rerun_resumes(azuri
     assert took < 10, took
     lines = [line for line in err.splitlines() if "stopped by SIGTERM" in line]
     assert len(lines) == 1 and "run the same command again to resume" in lines[0], err[-3000:]
+    # The flow run as the UI shows it: Cancelled, one WARNING, a `cancelled` summary. (The
+    # silent link also kept the lock blob from being deleted, which is said too.)
+    state = said_stopped_on_the_server(container_name, len(files), other_warnings=("the run's lock blob",))
+    assert state.is_cancelled(), state
     proxy.silent_after, proxy.latency = None, 0
     landed_first = dict(proxy.writes)
 
@@ -326,6 +330,37 @@ def test_sigterm_ends_the_command_line_run_within_10_s_and_a_rerun_resumes(azuri
     assert summary["batches_from_checkpoint"] >= 1
     assert read_container(azurite, container_name) == files
     print(f"\nSIGTERM: exit 143 after {took:.1f} s; {len(landed_first)} blobs before, {len(resent)} re-sent")
+
+
+def said_stopped_on_the_server(container: str, total: int, timeout: float = 30, other_warnings: tuple[str, ...] = ()):
+    """The state of the one backup flow run into `container`, once its log on the server has
+    the cancel line, after checking its log and artifacts (conftest.assert_said_stopped)."""
+    import asyncio
+    import logging
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName,
+                                                LogFilter, LogFilterFlowRunId)
+
+    async def read():
+        async with get_client() as client:
+            runs = [r for r in await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["backup-site-content"])), limit=200)
+                if r.parameters.get("container") == container]
+            assert len(runs) == 1, runs
+            deadline = time.monotonic() + timeout
+            while True:  # the run's process sent its last records as it left; the server stores them in the background
+                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[runs[0].id])))
+                if any(log.message.startswith("Backup cancelled") for log in logs) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id])))
+            return (await client.read_flow_run(runs[0].id)).state, logs, {a.key: a for a in artifacts}
+
+    state, logs, artifacts = asyncio.run(read())
+    assert_said_stopped(sorted(logs, key=lambda log: log.timestamp), artifacts, total, other_warnings)
+    return state
 
 
 # --- faults on every sign-in mode ---------------------------------------------------------
