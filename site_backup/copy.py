@@ -22,7 +22,7 @@ from .checksums import md5_and_size
 from .content_types import content_type as content_type_of
 from .errors import FileChangedError, describe, error_code
 from .files import FileEntry, Problem, display_path, root_problem, special_file_reason
-from .names import encode_path
+from .names import blob_name
 from .remote import RemoteLookup
 from .retry import STOP, RunStopped, StorageUnavailable, stopped_error
 from .storage import MTIME_KEY, BlobStore, RemoteBlob, format_mtime
@@ -120,13 +120,6 @@ class BatchResult:
             skipped=list(self.skipped),
             entries=getattr(self, "entries", None),
         )
-
-
-def blob_name(prefix: str, path: str) -> str:
-    """The blob for a file: the prefix, then the path relative to the root with each name
-    encoded as rclone does for Azure Blob (ordinary names stay as they are)."""
-    name = encode_path(path)
-    return f"{prefix}/{name}" if prefix else name
 
 
 def blob_name_problem(name: str) -> str | None:

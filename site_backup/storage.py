@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
@@ -296,8 +297,6 @@ class HistoryStore:
         """Copy Blob from `source_url` (same account) to `name`: content, Content-MD5 and
         metadata, without a download; returns once the copy has ended. With `source_etag`,
         only while the source's ETag is that one (else 412: the source changed)."""
-        from .mirror import wait_for_copy
-
         if self.signed is not None:
             signed, container = self.signed, self.container_name
             status = signed.copy(container, name, source_url, self.retries, source_if_match=source_etag)
@@ -683,3 +682,15 @@ class MemoryBlobStore:
                 self.snapshots.pop((name, snapshot or "v" + version_id), None)
             else:
                 self.blobs.pop(name, None)
+
+
+def wait_for_copy(status: str, poll, budget=None, interval: float = 0.5) -> None:
+    """Wait until a Copy Blob that answered `status` has ended; `poll()` gives the status
+    now. A copy inside one account usually ends at once; Azure may still answer pending."""
+    while status == "pending":
+        if budget is not None:
+            budget.check()
+        time.sleep(interval)
+        status = poll()
+    if status != "success":
+        raise RuntimeError(f"the copy to the history container ended {status!r}")

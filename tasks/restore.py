@@ -9,7 +9,8 @@ from prefect.context import TaskRunContext
 
 from site_backup.accounts import open_store
 from site_backup.destination import Destination
-from site_backup.history import open_history_store, read_kept
+from site_backup.history import open_history_store
+from site_backup.history_restore import read_kept
 from site_backup.restore import (
     BlobEntry,
     FolderEntry,
