@@ -25,7 +25,8 @@ from .files import FileEntry, Problem, display_path, root_problem, special_file_
 from .names import blob_name
 from .remote import RemoteLookup
 from .retry import STOP, RunStopped, StorageUnavailable, stopped_error
-from .storage import MTIME_KEY, BlobStore, RemoteBlob, format_mtime
+from .blob_metadata import MTIME_KEY, format_mtime
+from .storage import BlobStore, RemoteBlob
 from .units import MiB
 MAX_BLOCKS = 50_000  # Azure's limit of committed blocks per blob
 

@@ -18,7 +18,8 @@ import site_backup.copy as copy_module
 from site_backup.copy import BatchResult, CopyOptions, FilePool, blob_name, copy_batch, copy_file, file_pool
 from site_backup.errors import FileChangedError, is_transient
 from site_backup.files import FileEntry, list_batches
-from site_backup.storage import MemoryBlobStore, format_mtime, parse_mtime
+from site_backup.blob_metadata import format_mtime, parse_mtime
+from tests.memory_store import MemoryBlobStore
 
 
 def entries(root):

@@ -23,7 +23,7 @@ from site_backup.history import (
     runs_folder,
 )
 from site_backup.history_restore import plan_run_restore
-from site_backup.storage import MemoryBlobStore
+from tests.memory_store import MemoryBlobStore
 
 UTC = dt.timezone.utc
 

@@ -7,7 +7,7 @@ import hashlib
 
 from site_backup.files import Batch, FileEntry, FileListing, Problem
 from site_backup.mirror import attic_folder, blocker, delete_missing, excluded, missing_blobs
-from site_backup.storage import MemoryBlobStore
+from tests.memory_store import MemoryBlobStore
 from site_backup.files import compile_patterns
 
 
