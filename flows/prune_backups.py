@@ -18,7 +18,7 @@ from prefect import flow
 
 from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy
-from site_backup.summary import PruneSummary
+from site_backup.run_summaries import PruneSummary
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import prune_history
 from tasks.prepare_destination import prepare_destination

@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.restore import RestoreBatchResult, exclusive_target
-from site_backup.summary import RestoreSummary, summarize_restore
+from site_backup.run_summaries import RestoreSummary, summarize_restore
 from site_backup.units import MiB
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import plan_history_restore

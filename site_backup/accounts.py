@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 from .credentials import check_endpoint, environment_key, find_credentials, sas_account, shared_key_account
 from .errors import ConfigurationError, redact
-from .retry import RetryPolicy, StorageBudget, sdk_retry_policy
+from .retry import RetryPolicy, StorageBudget
+from .sdk_retry import sdk_retry_policy
 from .azure_store import AzureBlobStore
 from .storage import RetryLog
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from .errors import ConfigurationError
-from .files import check_root, compile_patterns
+from .files import check_root
+from .globs import compile_patterns
 from .mirror import DEFAULT_MAX_DELETE, DeleteLimit
 from .retry import RetryPolicy
 from .shards import SHARD_BY, Shard, check_mirror

@@ -51,7 +51,8 @@ from typing import Iterable, Iterator
 from urllib.parse import quote, unquote
 
 from .errors import ConfigurationError, describe, error_code, status_of
-from .files import FileListing, Problem, compile_patterns, display_path
+from .files import FileListing, Problem, display_path
+from .globs import compile_patterns
 from .names import attic_folder, decode_path, encode_path
 from .retry import RunStopped, StorageUnavailable
 from .units import count

@@ -11,7 +11,8 @@ from typing import Iterator
 from prefect.utilities.annotations import quote
 
 from site_backup.destination import Destination
-from site_backup.files import DRY_RUN_BATCHES_PER_TASK, Batch, FileListing, heaviest_first_within, joined
+from site_backup.batch_order import DRY_RUN_BATCHES_PER_TASK, heaviest_first_within, joined
+from site_backup.files import Batch, FileListing
 from site_backup.mirror import DeleteLimit, blocker
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy

@@ -24,7 +24,8 @@ from site_backup.prune import describe_run, prune
 from site_backup.run_history import RunHistory
 from site_backup.restore import RestorePlan
 from site_backup.units import count
-from site_backup.summary import BackupSummary, PruneSummary
+from site_backup.run_summaries import PruneSummary
+from site_backup.summary import BackupSummary
 from tasks.errors import task_reports_configuration_error
 from tasks.retry import run_budget
 

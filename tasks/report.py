@@ -13,7 +13,8 @@ from prefect.artifacts import (
 
 from prefect.states import Completed, Failed
 
-from site_backup.summary import BackupSummary, PruneSummary, RestoreSummary, RunFailed, VerifySummary
+from site_backup.run_summaries import PruneSummary, RestoreSummary, VerifySummary
+from site_backup.summary import BackupSummary, RunFailed
 from site_backup.units import count, human_bytes
 
 

@@ -11,7 +11,7 @@ from flows.restore_site_content import restore_site_content
 from site_backup.files import Problem
 from site_backup.restore import RestoreBatchResult, plan_restore
 from site_backup.storage import RemoteBlob
-from site_backup.summary import summarize_restore
+from site_backup.run_summaries import summarize_restore
 from tests.conftest import read_tree
 
 
