@@ -31,8 +31,9 @@ from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import plan_history_restore
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_destination
-from tasks.report import announce_restore, failed_state, final_state, publish_restore_summary
-from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
+from tasks.report import announce_restore
+from tasks.restore import (failed_before_restore, list_backup, open_restore, prepare_restore_target, restore_batch,
+                           restore_end, restore_folders)
 
 
 @flow(name="restore-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
@@ -97,10 +98,7 @@ def restore_site_content(
             else:
                 plan = list_backup(destination, files_per_batch, mib_per_batch * MiB, policy)
         except (StorageUnavailable, RunStopped) as exc:  # the run ends, with a summary that says why
-            summary = RestoreSummary(outcome="failed", error=str(exc), source=destination.describe(), target=target,
-                                     duration_seconds=time.monotonic() - started)
-            publish_restore_summary(summary)
-            return failed_state(summary)
+            return failed_before_restore(exc, destination, target, started)
         announce_restore(plan, destination, target)
         restore = restore_batch.with_options(refresh_cache=True) if refresh else restore_batch
         futures = restore.map(unmapped(target), unmapped(restore_id), plan.batches, unmapped(destination),
@@ -114,15 +112,7 @@ def restore_site_content(
         summary = summarize_restore(plan.refused, results, source=destination.describe(), target=target,
                                     duration_seconds=time.monotonic() - started)
         summary.restored_from = plan.run
-        if summary.outcome == "completed":
-            close_restore(target_identity, destination)
-        publish_restore_summary(summary)
-        if summary.outcome == "failed":
-            return failed_state(summary)
-        if summary.outcome != "completed":
-            return final_state(summary, "Incomplete",
-                               f"{summary.files_failed} failed, {summary.files_refused} refused: see the summary")
-        return summary
+        return restore_end(summary, target_identity, destination)
 
 
 if __name__ == "__main__":
