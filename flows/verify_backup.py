@@ -11,7 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
-from site_backup.summary import VerifySummary, summarize_verify
+from site_backup.run_summaries import VerifySummary, summarize_verify
 from site_backup.units import MiB
 from site_backup.verify import extra_blobs
 from tasks.errors import flow_fails_on_configuration_error

@@ -8,16 +8,25 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 from .credentials import check_endpoint, environment_key, find_credentials, sas_account, shared_key_account
 from .errors import ConfigurationError, redact
-from .retry import RetryPolicy, StorageBudget, sdk_retry_policy
-from .storage import AzureBlobStore, RetryLog
+from .retry import RetryPolicy, StorageBudget
+from .sdk_retry import sdk_retry_policy
+from .azure_store import AzureBlobStore
+from .storage import RetryLog
 
-if TYPE_CHECKING:
-    from .destination import Destination
+
+class DestinationLike(Protocol):
+    """What the clients read of a destination.Destination (a module above this one)."""
+
+    @property
+    def container(self) -> str: ...
+
+    @property
+    def credentials_block(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -151,12 +160,12 @@ def blob_service_client(conn_str, account_url, credential, **options):
     return BlobServiceClient(account_url, credential=credential, **options)
 
 
-def storage_account(destination: Destination, settings: StorageSettings = StorageSettings()) -> StorageAccount:
+def storage_account(destination: DestinationLike, settings: StorageSettings = StorageSettings()) -> StorageAccount:
     """The destination's storage account (one per process and settings, shared by threads)."""
     return _account(destination.credentials_block, environment_key(), settings)
 
 
-def open_store(destination: Destination, budget: StorageBudget | None = None, access_tier: str | None = None
+def open_store(destination: DestinationLike, budget: StorageBudget | None = None, access_tier: str | None = None
                ) -> AzureBlobStore:
     """A BlobStore for the destination's container, with its own retry count; `budget`
     (the run's) decides its retries, else a fresh one with the default policy. Its

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from .copy import blob_name
+from .names import blob_name
 from .files import FileEntry
 from .remote import RemoteLookup
 from .storage import BlobStore, RemoteBlob

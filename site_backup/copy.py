@@ -5,28 +5,27 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
-import itertools
 import os
-import queue
 import stat
 import threading
-import time
 import uuid
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Callable, NamedTuple
 
 from .checksums import md5_and_size
 from .content_types import content_type as content_type_of
 from .errors import FileChangedError, describe, error_code
+from .file_pool import file_pool
 from .files import FileEntry, Problem, display_path, root_problem, special_file_reason
-from .names import encode_path
+from .names import blob_name
 from .remote import RemoteLookup
 from .retry import STOP, RunStopped, StorageUnavailable, stopped_error
-from .storage import MTIME_KEY, BlobStore, RemoteBlob, format_mtime
+from .blob_metadata import MTIME_KEY, format_mtime
+from .storage import BlobStore, RemoteBlob
 from .units import MiB
+from .writeback import may_still_be_written
 MAX_BLOCKS = 50_000  # Azure's limit of committed blocks per blob
 
 # Files above the block size but within the single-put size are held whole in memory while
@@ -123,13 +122,6 @@ class BatchResult:
         )
 
 
-def blob_name(prefix: str, path: str) -> str:
-    """The blob for a file: the prefix, then the path relative to the root with each name
-    encoded as rclone does for Azure Blob (ordinary names stay as they are)."""
-    name = encode_path(path)
-    return f"{prefix}/{name}" if prefix else name
-
-
 def blob_name_problem(name: str) -> str | None:
     """Why Azure would refuse `name` (checked here because Azurite accepts more than Azure)."""
     if len(name) > 1024:
@@ -141,48 +133,6 @@ def blob_name_problem(name: str) -> str | None:
 
 class _NotRegular(Exception):
     pass
-
-
-class FilePool:
-    """Threads that copy files, highest priority first across every batch that uses them,
-    ties in the order they were queued. Batches copying at the same time share one pool, so
-    one batch alone can use all of it and many cannot exceed it."""
-
-    def __init__(self, workers: int):
-        self._queue: queue.PriorityQueue = queue.PriorityQueue()
-        self._order = itertools.count()  # ties keep submission order; never compares callables
-        for i in range(max(1, workers)):
-            # Daemon: idle workers must not keep a finished process alive; every submitter
-            # waits for its own futures, so no work is cut short.
-            threading.Thread(target=self._work, name=f"copy_{i}", daemon=True).start()
-
-    def submit(self, priority: int, fn: Callable, *args) -> Future:
-        """Queue `fn(*args)`; a higher `priority` starts sooner."""
-        future: Future = Future()
-        self._queue.put((-priority, next(self._order), future, fn, args))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            _, _, future, fn, args = self._queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the submitter, as an executor does
-                future.set_exception(exc)
-
-
-_pools_lock = threading.Lock()
-_pools: dict[int, FilePool] = {}
-
-
-def file_pool(limit: int) -> FilePool:
-    """The process-wide pool of `limit` file-copying threads."""
-    with _pools_lock:
-        if limit not in _pools:
-            _pools[limit] = FilePool(limit)
-        return _pools[limit]
 
 
 def copy_batch(
@@ -373,41 +323,6 @@ def _put_whole(f, before: os.stat_result, store: BlobStore, name, content_type, 
     md5 = hashlib.md5(data).digest()
     keep_previous()
     return md5, store.put(name, data, md5=md5, content_type=content_type, metadata=metadata)
-
-
-# Writes through a shared memory map move the mtime (and ctime) only when they dirty a clean
-# page: a page written again before the kernel writes it back takes the new bytes silently.
-# Writeback cleans a page at most dirty_expire + dirty_writeback after it was dirtied, so a
-# file whose times are older than that (plus a margin for writeback running late) has no
-# page that can change unseen: any write faults and moves the times the stat check compares.
-_WRITEBACK_MARGIN_NS = 30 * 10**9
-
-
-@cache
-def writeback_window_ns() -> int | None:
-    """How long after its last recorded change a file may still change without its times
-    moving; None when periodic writeback is off (then that is any time)."""
-    try:
-        with open("/proc/sys/vm/dirty_expire_centisecs") as f:
-            expire = int(f.read())
-        with open("/proc/sys/vm/dirty_writeback_centisecs") as f:
-            interval = int(f.read())
-    except (OSError, ValueError):
-        expire, interval = 3000, 500  # Linux's defaults
-    if interval <= 0:
-        return None
-    return (max(expire, 0) + interval) * 10**7 + _WRITEBACK_MARGIN_NS
-
-
-def may_still_be_written(st: os.stat_result, now_ns: int | None = None) -> bool:
-    """True when the file changed within the writeback window, so writes through a memory
-    map may go on without moving its times: such a file is read twice before its blob is
-    written. A future ctime counts as recent (ctime cannot be set; the clock moved)."""
-    window = writeback_window_ns()
-    if window is None:
-        return True
-    now = time.time_ns() if now_ns is None else now_ns
-    return st.st_ctime_ns >= now - window or abs(now - st.st_mtime_ns) <= window
 
 
 def _check_reads_the_same(f, before: os.stat_result, data: bytes) -> None:

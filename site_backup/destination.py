@@ -12,7 +12,8 @@ from pydantic import Field
 from .accounts import blob_service_client, storage_account
 from .credentials import block_credentials
 from .errors import ConfigurationError, describe
-from .retry import RetryPolicy, StorageBudget, StorageUnavailable, TokenUnavailable, sdk_retry_policy
+from .retry import RetryPolicy, StorageBudget, StorageUnavailable, TokenUnavailable
+from .sdk_retry import sdk_retry_policy
 from .storage import RetryLog
 
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")

@@ -18,11 +18,10 @@ from uuid import UUID
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from site_backup.http_api import (FINISHED, RUNTIME_STATUS, ApiError, check_content_type, parse_start_body,
+from site_backup.api_runs import (FINISHED, FUNCTION_NAMES, RUNTIME_STATUS, TAG, ApiError, check_content_type, instance_id_of, parse_start_body,
                                   prefect_client, read_body, status_body, status_response, _output)
 
 PREFIX = "/runtime/webhooks/durabletask"
-TAG = "instance:"
 INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
 PAGE = 200  # the Prefect server's largest page
 # runtimeStatus values a query may name, as the Prefect state types they cover
@@ -38,11 +37,6 @@ def check_instance_id(value: str) -> str:
         raise ApiError(400, f"instance id {value[:120]!r} is not valid: use 1-100 letters, digits and . _ : @ -, "
                             f"starting with a letter or digit (or leave it out for a generated one)")
     return value
-
-
-def instance_id_of(run) -> str:
-    """The id callers know the run by: the one they chose, else the flow run's id."""
-    return next((tag[len(TAG):] for tag in run.tags or [] if tag.startswith(TAG)), str(run.id))
 
 
 async def find_run(instance_id: str):
@@ -231,7 +225,6 @@ def add_routes(app: FastAPI, deployment_name: str, url) -> None:
     @app.post(PREFIX + "/orchestrators/{function_name}")
     @app.post(PREFIX + "/orchestrators/{function_name}/{instance_id}")
     async def start(function_name: str, request: Request, instance_id: str | None = None):
-        from site_backup.http_api import FUNCTION_NAMES
 
         if function_name not in FUNCTION_NAMES:
             raise ApiError(404, f"unknown function {function_name!r}: use one of {sorted(FUNCTION_NAMES)}")

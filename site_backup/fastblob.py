@@ -1,4 +1,5 @@
-"""The requests a backup makes, sent directly over http.client: Create Container, Get
+"""The requests a backup makes, sent directly over http.client (over 400 lines: one REST
+client, its signing, connections and errors read together): Create Container, Get
 Container Properties, List Blobs, Put Blob, Get Blob Properties, Put Block, Put Block List,
 Snapshot Blob; and mirror mode's Copy Blob and Delete Blob, conditional on the ETag listed.
 Every sign-in mode takes this path: Shared Key (signed here), a SAS (its query appended) and

@@ -1,4 +1,4 @@
-"""History of a backup: one manifest per run, and restoring the tree as a run saw it.
+"""History of a backup: one manifest per run (restoring the tree a run saw: history_restore.py).
 
 Where history lives: a companion container, `<container>-history` (see history_container),
 never the backup's own container. There a manifest cannot collide with a backed-up file
@@ -32,15 +32,13 @@ import re
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple, Protocol
 from urllib.parse import quote, unquote
 
-from .copy import BatchResult, blob_name
 from .errors import ConfigurationError, describe, error_code
 from .files import Problem, display_path
+from .names import attic_folder, blob_name
 from .remote import RemoteLookup
-from .restore import BlobEntry, RestorePlan, unsafe_name_reason
-from .tiers import is_archived
 from .units import MiB
 
 _json_string = json.encoder.encode_basestring_ascii  # a str as a JSON string, in ASCII
@@ -95,6 +93,19 @@ class RunRecord:
                 "manifest_bytes": self.manifest_size}
 
 
+class BatchFiles(Protocol):
+    """What a manifest reads of a finished batch (a copy.BatchResult)."""
+
+    @property
+    def entries(self) -> list[tuple] | None: ...
+
+    @property
+    def failed(self) -> list[Problem]: ...
+
+    @property
+    def skipped(self) -> list[Problem]: ...
+
+
 class ManifestWriter:
     """Streams one run's manifest into the history container: lines are gzipped as the
     batches finish and staged as blocks of about `block_size`, so memory stays at one block
@@ -116,7 +127,7 @@ class ManifestWriter:
         self._record: RunRecord | None = None
         self.broken = ""  # why the manifest could not be written: the backup goes on without it
 
-    def add_batch(self, result: BatchResult, batch: Iterable) -> None:
+    def add_batch(self, result: BatchFiles, batch: Iterable) -> None:
         """The files of one finished batch that were backed up. A checkpoint from before
         manifests existed has no entries: those files are looked up in the backup. A
         storage error here (after the requests' own retries) gives up the manifest, never
@@ -128,7 +139,7 @@ class ManifestWriter:
         except Exception as exc:
             self.broken = describe(exc)
 
-    def _add(self, result: BatchResult, batch: Iterable) -> None:
+    def _add(self, result: BatchFiles, batch: Iterable) -> None:
         entries = getattr(result, "entries", None)
         if entries is None:
             entries = self._look_up(result, batch, self.backup_store)
@@ -145,7 +156,7 @@ class ManifestWriter:
             self.bytes += size
         self._feed("".join(lines).encode("ascii"))
 
-    def _look_up(self, result: BatchResult, batch: Iterable, store) -> list[tuple]:
+    def _look_up(self, result: BatchFiles, batch: Iterable, store) -> list[tuple]:
         if store is None:
             return []
         left_out = {p.path for p in list(result.failed) + list(result.skipped)}
@@ -339,69 +350,6 @@ def read_manifest(history_store, name: str) -> Iterator[dict]:
         raise ValueError(f"manifest {name} is incomplete: it does not end with the run's line")
 
 
-KEPT_PREFIX = ("snapshot:", "version:", "attic:")
-
-
-def read_kept(store, history_store=None, prefix: str = ""):
-    """A download function for restore: `(name)` reads the blob, `(name, where)` the
-    snapshot (`snapshot:<time>`) or version (`version:<id>`) that holds a run's content,
-    or the copy kept when --delete-missing deleted the blob (`attic:` and its snapshot
-    time, if any, in the history container)."""
-
-    def read(name: str, where: str | None = None):
-        if not where:
-            return store.read(name)
-        kind, _, value = where.partition(":")
-        if kind == "attic":
-            from .mirror import attic_folder
-
-            return history_store.read_kept(attic_folder(prefix) + name, snapshot=value or None)
-        return store.read_kept(name, snapshot=value) if kind == "snapshot" else store.read_kept(name, version_id=value)
-
-    return read
-
-
-def plan_run_restore(history_store, run: RunRecord, backup_store, prefix: str, max_files: int,
-                     max_bytes: int) -> RestorePlan:
-    """Batches that restore the tree as `run` saw it: every file of its manifest, each from
-    the current blob when that still holds the run's content (same size and MD5), else from
-    the earliest snapshot or version that does. A file whose content is no longer stored,
-    or whose path would leave the target, is refused."""
-    from .files import Batch, make_batches
-
-    plan = RestorePlan()
-    wanted: list[dict] = []
-    versions = False
-    for line in read_manifest(history_store, run.manifest):
-        if "run" in line:
-            continue
-        reason = unsafe_name_reason(line["p"])
-        if reason:
-            plan.refused.append(Problem(display_path(line["p"]), f"refused, would not stay inside the target: {reason}"))
-            continue
-        versions = versions or bool(line.get("v"))
-        wanted.append(line)
-    # What is kept for each blob name: the blob, its snapshots, its versions.
-    kept: dict[str, list] = {}
-    for k in backup_store.list_kept(f"{prefix}/" if prefix else "", versions=versions):
-        kept.setdefault(k.name, []).append(k)
-    for k in attic_kept(history_store, prefix):
-        kept.setdefault(k.name, []).append(k)
-    entries = []
-    for line in wanted:
-        name = blob_name(prefix, line["p"])
-        md5 = base64.b64decode(line["m"]) if line.get("m") else None
-        where = _where(kept.get(name, []), line["s"], md5, line.get("v"))
-        if where is None:
-            plan.refused.append(Problem(display_path(line["p"]), "its content as of this run is no longer stored "
-                                        "(pruned, or replaced by another tool without a snapshot)"))
-            continue
-        entries.append(BlobEntry(line["p"], line["s"], name, md5, line.get("t"), where or None,
-                                 _archived(kept.get(name, []), where)))
-    plan.batches = [Batch(b) for b in make_batches(entries, max_files, max_bytes)]
-    return plan
-
-
 class AtticBlob(NamedTuple):
     """A copy of a deleted blob's content in the history container (mirror mode), named
     after the blob it was."""
@@ -418,8 +366,6 @@ class AtticBlob(NamedTuple):
 
 def attic_kept(history_store, prefix: str) -> Iterator[AtticBlob]:
     """What --delete-missing kept of deleted blobs, by the names they had."""
-    from .mirror import attic_folder
-
     folder = attic_folder(prefix)
     try:
         for k in history_store.list_kept(folder):
@@ -427,44 +373,3 @@ def attic_kept(history_store, prefix: str) -> Iterator[AtticBlob]:
     except Exception as exc:
         if error_code(exc) != "ContainerNotFound":
             raise
-
-
-def _archived(candidates: list, where: str) -> bool:
-    """Whether what `where` names is listed in the Archive tier (unreadable until rehydrated)."""
-    kind, _, value = where.partition(":")
-    for k in candidates:
-        attic = getattr(k, "attic", False)
-        if (not where and k.current and not k.snapshot and not attic
-                or kind == "snapshot" and k.snapshot == value and not attic
-                or kind == "version" and k.version_id == value
-                or kind == "attic" and attic and (k.snapshot or "") == value):
-            return is_archived(k.tier)
-    return False
-
-
-def _where(candidates: list, size: int, md5: bytes | None, version: str | None) -> str | None:
-    """'' for the current blob, 'snapshot:<t>', 'version:<id>' or 'attic:[<t>]', or None
-    when nothing kept has this content."""
-    if version and any(k.version_id == version for k in candidates):
-        return f"version:{version}"
-    current = [k for k in candidates if k.current and not k.snapshot]
-    if any(k.size == size and (md5 is None or k.content_md5 == md5) for k in current):
-        return ""
-    if md5 is None:
-        return None  # without an MD5 an older copy cannot be told apart
-    older = sorted((k for k in candidates if not (k.current and not k.snapshot)
-                    and k.size == size and k.content_md5 == md5),
-                   key=lambda k: (getattr(k, "attic", False), k.snapshot or k.version_id or ""))
-    if not older:
-        return None
-    k = older[0]
-    if getattr(k, "attic", False):
-        return f"attic:{k.snapshot or ''}"
-    return f"snapshot:{k.snapshot}" if k.snapshot else f"version:{k.version_id}"
-
-
-def check_run(history_store, run: RunRecord, backup_store, prefix: str) -> tuple[int, list[Problem]]:
-    """(files whose content is still stored, the others with why): each file of the run
-    has the blob, a snapshot or a version with its recorded size and Content-MD5."""
-    plan = plan_run_restore(history_store, run, backup_store, prefix, 10**6, 2**62)
-    return plan.files, plan.refused

@@ -45,22 +45,17 @@ import bisect
 import itertools
 import math
 import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 from urllib.parse import quote, unquote
 
 from .errors import ConfigurationError, describe, error_code, status_of
-from .files import FileListing, Problem, compile_patterns, display_path
-from .names import decode_path, encode_path
+from .files import FileListing, Problem, display_path
+from .globs import compile_patterns
+from .names import attic_folder, decode_path, encode_path
 from .retry import RunStopped, StorageUnavailable
 from .units import count
-
-
-def attic_folder(prefix: str) -> str:
-    """Where the content of deleted files goes in the history container, per destination."""
-    return f"attic/{quote('/' + prefix, safe='')}/"
 
 
 @dataclass
@@ -351,16 +346,4 @@ def remove_keeping_history(store, history_store, prefix: str, name: str, remote=
         # answers If-Match on a missing blob 412 ConditionNotMet, HTTP's rule; a 404, as
         # Azure may answer, is "gone already" in delete_with_snapshots.)
     return "attic"
-
-
-def wait_for_copy(status: str, poll, budget=None, interval: float = 0.5) -> None:
-    """Wait until a Copy Blob that answered `status` has ended; `poll()` gives the status
-    now. A copy inside one account usually ends at once; Azure may still answer pending."""
-    while status == "pending":
-        if budget is not None:
-            budget.check()
-        time.sleep(interval)
-        status = poll()
-    if status != "success":
-        raise RuntimeError(f"the copy to the history container ended {status!r}")
 

@@ -18,6 +18,7 @@ A segment that holds none of these is its own blob name, so ordinary names are u
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 QUOTE = "\u201b"  # SINGLE HIGH-REVERSED-9 QUOTATION MARK
 _PICTURES = 0x2400  # SYMBOL FOR NULL; U+2401-U+241F picture U+0001-U+001F
@@ -101,3 +102,15 @@ def decode_path(name: str) -> str:
     segment (a bare U+FF0F that another tool wrote) cannot be in a file name: it stays
     U+FF0F, the name rclone's local backend gives such a file too."""
     return "/".join(decode_segment(s).replace("/", "\uff0f") for s in name.split("/"))
+
+
+def blob_name(prefix: str, path: str) -> str:
+    """The blob for a file: the prefix, then the path relative to the root with each name
+    encoded as rclone does for Azure Blob (ordinary names stay as they are)."""
+    name = encode_path(path)
+    return f"{prefix}/{name}" if prefix else name
+
+
+def attic_folder(prefix: str) -> str:
+    """Where the content of deleted files goes in the history container, per destination."""
+    return f"attic/{quote('/' + prefix, safe='')}/"

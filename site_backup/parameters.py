@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from site_backup.destination import normalize_prefix, validate_container_name
 from site_backup.errors import ConfigurationError
-from site_backup.files import compile_patterns
+from site_backup.globs import compile_patterns
 from site_backup.mirror import DEFAULT_MAX_DELETE, DeleteLimit
 from site_backup.shards import Shard, check_mirror
 from site_backup.tiers import check_access_tier

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import ConfigurationError
-from .copy import blob_name
-from .history import RunRecord, iso, read_manifest, runs_by_prefix
+from .names import attic_folder, blob_name
+from .history import RunRecord, attic_kept, iso, read_manifest, runs_by_prefix
 from .locks import HeldLock, lock_for_prune, overlaps  # noqa: F401 - HeldLock: what callers catch
 
 
@@ -128,9 +128,6 @@ def _plan_attic(plan: PrunePlan, history_store, prefix: str, needed: set[bytes])
     """The copies of deleted blobs no kept run needs: the earliest copy of each needed
     content stays. A copy is deleted only with every snapshot of it (Azure refuses a blob
     with snapshots), so one whose snapshot stays is kept too."""
-    from .history import attic_kept
-    from .mirror import attic_folder
-
     folder = attic_folder(prefix)
     by_name: dict[str, list] = {}
     for k in attic_kept(history_store, prefix):

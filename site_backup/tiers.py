@@ -73,7 +73,7 @@ def rehydrator(store, history_store, prefix: str, priority: str):
             return archived_reason(kept=True)
         try:
             if kind == "attic":
-                from .mirror import attic_folder
+                from .names import attic_folder
 
                 history_store.set_tier(attic_folder(prefix) + entry.name, "Hot", priority)
             else:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from .checksums import file_md5
-from .copy import blob_name
+from .names import blob_name
 from .files import FileEntry, Problem, display_path
 from .names import decode_path
 from .storage import BlobStore, RemoteBlob

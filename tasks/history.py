@@ -18,13 +18,14 @@ from site_backup.retry import RetryPolicy
 from site_backup.errors import describe
 from site_backup.files import FileListing
 from site_backup.mirror import DEFAULT_MAX_DELETE, MirrorResult, delete_missing
-from site_backup.history import (RunRecord, history_container, iso, list_runs, open_history_store, pick_run,
-                                 plan_run_restore)
+from site_backup.history import RunRecord, history_container, iso, list_runs, open_history_store, pick_run
+from site_backup.history_restore import plan_run_restore
 from site_backup.prune import describe_run, prune
 from site_backup.run_history import RunHistory
 from site_backup.restore import RestorePlan
 from site_backup.units import count
-from site_backup.summary import BackupSummary, PruneSummary
+from site_backup.run_summaries import PruneSummary
+from site_backup.summary import BackupSummary
 from tasks.errors import task_reports_configuration_error
 from tasks.retry import run_budget
 

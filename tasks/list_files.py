@@ -9,7 +9,8 @@ from typing import Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from site_backup.files import Batch, FileListing, compile_patterns, heaviest_first, open_listing
+from site_backup.files import Batch, FileListing, heaviest_first, open_listing
+from site_backup.globs import compile_patterns
 from site_backup.walker import ChildWalk
 from site_backup.shards import Shard
 from tasks.errors import task_reports_configuration_error

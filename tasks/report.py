@@ -18,7 +18,8 @@ from prefect.artifacts import (
 from prefect.states import Cancelled, Completed, Failed
 
 from site_backup.retry import STOP, stop_reason
-from site_backup.summary import BackupSummary, BackupTally, PruneSummary, RestoreSummary, RunFailed, VerifySummary
+from site_backup.run_summaries import PruneSummary, RestoreSummary, VerifySummary
+from site_backup.summary import BackupSummary, BackupTally, RunFailed
 from site_backup.units import count, human_bytes
 
 

@@ -3,13 +3,16 @@ kept in the checkpoint store), restore batches, make the folders, close the rest
 
 from __future__ import annotations
 
+import time
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from site_backup.accounts import open_store
 from site_backup.destination import Destination
-from site_backup.history import open_history_store, read_kept
+from site_backup.history import open_history_store
+from site_backup.history_restore import read_kept
 from site_backup.restore import (
     BlobEntry,
     FolderEntry,
@@ -22,10 +25,12 @@ from site_backup.restore import (
     restore_folders as make_folders,
 )
 from site_backup.retry import RetryPolicy
+from site_backup.run_summaries import RestoreSummary
 from site_backup.tiers import rehydrator
 from tasks.checkpoints import checkpoint_key
 from tasks.errors import task_reports_configuration_error
 from tasks.outcomes import BatchIncomplete
+from tasks.report import failed_state, final_state, publish_restore_summary
 from tasks.retry import BATCH_RETRIES, earlier_attempts, end_attempt, run_budget
 
 
@@ -110,3 +115,26 @@ def restore_batch(target: str, restore_id: str, batch: list[BlobEntry], destinat
     if result.failed:
         raise BatchIncomplete(result)
     return result
+
+
+def failed_before_restore(exc: Exception, destination: Destination, target: str, started: float):
+    """The end of a restore that could not list what to restore (storage gone, stopped), with
+    a summary that says why."""
+    summary = RestoreSummary(outcome="failed", error=str(exc), source=destination.describe(), target=target,
+                             duration_seconds=time.monotonic() - started)
+    publish_restore_summary(summary)
+    return failed_state(summary)
+
+
+def restore_end(summary: RestoreSummary, target_identity: str, destination: Destination):
+    """A completed restore forgets its checkpoints; the summary is published; the run's end
+    state: failed, incomplete (files failed or refused) or the summary."""
+    if summary.outcome == "completed":
+        close_restore(target_identity, destination)
+    publish_restore_summary(summary)
+    if summary.outcome == "failed":
+        return failed_state(summary)
+    if summary.outcome != "completed":
+        return final_state(summary, "Incomplete",
+                           f"{summary.files_failed} failed, {summary.files_refused} refused: see the summary")
+    return summary

@@ -145,14 +145,15 @@ def run_shards_on_workers(deployment: str, parameters: dict[str, Any], shards: l
 
 
 @task(name="back-up-shard", cache_policy=NO_CACHE, persist_result=False)
-def back_up_shard(parameters: dict[str, Any], shard: Shard) -> tuple[ShardRow, BackupSummary | None]:
-    """Back up one shard here (a Dask worker with the tree mounted): the backup flow runs
-    as a nested flow run of this task."""
+def back_up_shard(parameters: dict[str, Any], shard: Shard, flow: str) -> tuple[ShardRow, BackupSummary | None]:
+    """Back up one shard here (a Dask worker with the tree mounted): the backup flow, named
+    by the module path the sharded flow gives (as a deployment names it), runs as a nested
+    flow run of this task."""
     from prefect.context import TaskRunContext
+    from prefect.flows import load_flow_from_entrypoint
 
-    from flows.backup_site_content import backup_site_content
-
-    state = backup_site_content(**parameters, shard=str(shard), shard_by=shard.by, return_state=True)
+    backup_flow = load_flow_from_entrypoint(flow, use_placeholder_flow=False)
+    state = backup_flow(**parameters, shard=str(shard), shard_by=shard.by, return_state=True)
     summary, why = summary_of(state)
     attempts = TaskRunContext.get().task_run.run_count if TaskRunContext.get() else 1
     row = shard_row(shard, summary, flow_run_id=str(state.state_details.flow_run_id or ""), state=state.name,
@@ -173,15 +174,16 @@ class ShardFailed(Exception):
         return f"shard {self.row.shard} failed: {self.row.error or (self.summary.error if self.summary else '')}"
 
 
-def run_shards_on_dask(parameters: dict, parts: list[Shard], retries: int, address: str | None):
+def run_shards_on_dask(parameters: dict, parts: list[Shard], retries: int, address: str | None, flow: str):
     """One task per shard on a Dask cluster (an existing one at `address`, else a temporary
-    local one); Prefect retries a failed shard's task, Dask moves it off a lost worker."""
+    local one), each running the backup flow at module path `flow`; Prefect retries a failed
+    shard's task, Dask moves it off a lost worker."""
     from prefect_dask import DaskTaskRunner
 
     runner = DaskTaskRunner(address=address) if address else DaskTaskRunner()
     task = back_up_shard.with_options(retries=retries, retry_delay_seconds=1)
     with runner:
-        futures = [runner.submit(task, parameters={"parameters": parameters, "shard": part}) for part in parts]
+        futures = [runner.submit(task, parameters={"parameters": parameters, "shard": part, "flow": flow}) for part in parts]
         outcomes = []
         for future in futures:
             try:

@@ -10,7 +10,7 @@ import pytest
 
 from flows.backup_site_content import backup_site_content
 from site_backup.errors import ConfigurationError
-from site_backup.storage import parse_mtime
+from site_backup.blob_metadata import parse_mtime
 from tests.conftest import flow_run_messages, read_container
 
 SITE = {
@@ -326,7 +326,7 @@ def test_a_root_that_vanishes_mid_run_fails_the_run_and_counts_what_was_uploaded
     import json
 
     from site_backup.cli import main
-    from site_backup.storage import AzureBlobStore
+    from site_backup.azure_store import AzureBlobStore
 
     files = {f"d{i % 4}/f{i:03d}.txt": f"file {i}".encode() for i in range(200)}
     root = make_tree(files)

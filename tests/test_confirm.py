@@ -14,8 +14,9 @@ from site_backup.accounts import open_store
 from site_backup.confirm import unconfirmed
 from site_backup.destination import Destination
 from site_backup.files import FileEntry
-from site_backup.history import check_run, history_container, open_history_store
-from site_backup.storage import AzureBlobStore
+from site_backup.history import history_container, open_history_store
+from site_backup.history_restore import check_run
+from site_backup.azure_store import AzureBlobStore
 from tasks.confirm import CONFIRM_BATCHES
 from tests.conftest import TestTokenCredential, md5
 from tests.test_durability import proxy, sas_via, tree, via  # noqa: F401 (proxy is a fixture)

@@ -9,7 +9,9 @@ import os
 from site_backup.confirm import holds, unconfirmed
 from site_backup.copy import CopyOptions, copy_batch
 from site_backup.files import FileEntry, list_batches
-from site_backup.storage import MemoryBlobStore, RemoteBlob, StoredBlob, format_mtime
+from site_backup.blob_metadata import format_mtime
+from site_backup.storage import RemoteBlob
+from tests.memory_store import MemoryBlobStore, StoredBlob
 
 
 def md5(data: bytes) -> bytes:

@@ -15,10 +15,13 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 import site_backup.copy as copy_module
-from site_backup.copy import BatchResult, CopyOptions, FilePool, blob_name, copy_batch, copy_file, file_pool
+import site_backup.writeback as writeback
+from site_backup.copy import BatchResult, CopyOptions, blob_name, copy_batch, copy_file
+from site_backup.file_pool import FilePool, file_pool
 from site_backup.errors import FileChangedError, is_transient
 from site_backup.files import FileEntry, list_batches
-from site_backup.storage import MemoryBlobStore, format_mtime, parse_mtime
+from site_backup.blob_metadata import format_mtime, parse_mtime
+from tests.memory_store import MemoryBlobStore
 
 
 def entries(root):
@@ -257,23 +260,23 @@ def test_only_files_changed_within_the_writeback_window_are_read_twice(make_tree
     options = dict(single_put_size=2**20, block_size=2**20) if size > 2 * 2**20 else {}
     run(root, MemoryBlobStore(), **options)
     assert second_reads == [1]  # just written: read twice
-    window = copy_module.writeback_window_ns()
-    monkeypatch.setattr(copy_module.time, "time_ns", lambda: os.stat(root / "a.bin").st_ctime_ns + window + 1)
+    window = writeback.writeback_window_ns()
+    monkeypatch.setattr(writeback.time, "time_ns", lambda: os.stat(root / "a.bin").st_ctime_ns + window + 1)
     run(root, MemoryBlobStore(), **options)
     assert second_reads == [1]  # older than the window: read once, as before
 
 
 def test_writeback_window_comes_from_the_kernel_settings():
-    window = copy_module.writeback_window_ns()
+    window = writeback.writeback_window_ns()
     with open("/proc/sys/vm/dirty_expire_centisecs") as a, open("/proc/sys/vm/dirty_writeback_centisecs") as b:
-        assert window == (int(a.read()) + int(b.read())) * 10**7 + copy_module._WRITEBACK_MARGIN_NS
+        assert window == (int(a.read()) + int(b.read())) * 10**7 + writeback._WRITEBACK_MARGIN_NS
     changed = SimpleNamespace(st_mtime_ns=10**12, st_ctime_ns=10**12)
-    assert copy_module.may_still_be_written(changed, now_ns=10**12 + window)
-    assert not copy_module.may_still_be_written(changed, now_ns=10**12 + window + 1)
+    assert writeback.may_still_be_written(changed, now_ns=10**12 + window)
+    assert not writeback.may_still_be_written(changed, now_ns=10**12 + window + 1)
     # A far-future mtime (set with touch) does not make an old file hot; a recent ctime does.
     far_mtime = SimpleNamespace(st_mtime_ns=300_000_000_000 * 10**9, st_ctime_ns=10**12)
-    assert not copy_module.may_still_be_written(far_mtime, now_ns=10**12 + window + 1)
-    assert copy_module.may_still_be_written(far_mtime, now_ns=10**12 + 1)
+    assert not writeback.may_still_be_written(far_mtime, now_ns=10**12 + window + 1)
+    assert writeback.may_still_be_written(far_mtime, now_ns=10**12 + 1)
 
 
 def test_vanished_and_special_files_are_skipped(make_tree):

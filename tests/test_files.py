@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from site_backup.errors import ConfigurationError
-from site_backup.files import FileEntry, check_root, compile_patterns, list_batches, make_batches
+from site_backup.files import FileEntry, check_root, list_batches, make_batches
+from site_backup.globs import compile_patterns
 
 
 def paths(listing):

@@ -11,7 +11,7 @@ import pytest
 from flows.backup_site_content import backup_site_content
 from site_backup.copy import BatchResult, CopyOptions, copy_batch
 from site_backup.files import list_batches
-from site_backup.storage import MemoryBlobStore
+from tests.memory_store import MemoryBlobStore
 
 
 def run(root, store, **options):

@@ -19,11 +19,11 @@ from site_backup.history import (
     list_runs,
     parse_as_of,
     pick_run,
-    plan_run_restore,
     read_manifest,
     runs_folder,
 )
-from site_backup.storage import MemoryBlobStore
+from site_backup.history_restore import plan_run_restore
+from tests.memory_store import MemoryBlobStore
 
 UTC = dt.timezone.utc
 

@@ -11,7 +11,7 @@ from flows.restore_site_content import restore_site_content
 from site_backup.files import Problem
 from site_backup.restore import RestoreBatchResult, plan_restore
 from site_backup.storage import RemoteBlob
-from site_backup.summary import summarize_restore
+from site_backup.run_summaries import summarize_restore
 from tests.conftest import read_tree
 
 
@@ -89,7 +89,7 @@ def test_restore_summary_prints_names_that_are_not_utf8():
 def test_limits_apply_to_the_encoded_name_and_are_reported_not_truncated(tmp_path):
     from site_backup.copy import CopyOptions, copy_batch
     from site_backup.files import list_batches
-    from site_backup.storage import MemoryBlobStore
+    from tests.memory_store import MemoryBlobStore
 
     # 1,023 characters as a path, 3,063 once each byte that is not UTF-8 is quoted.
     long = b"/".join([b"\xff" * 255] * 4)

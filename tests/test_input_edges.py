@@ -14,7 +14,7 @@ from flows.backup_site_content import backup_site_content
 from site_backup.cli import main
 from site_backup.credentials import AZURITE_KEY
 from site_backup.errors import ConfigurationError
-from site_backup.storage import parse_mtime
+from site_backup.blob_metadata import parse_mtime
 
 
 def never_called(**kwargs):

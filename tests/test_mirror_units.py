@@ -7,8 +7,8 @@ import hashlib
 
 from site_backup.files import Batch, FileEntry, FileListing, Problem
 from site_backup.mirror import attic_folder, blocker, delete_missing, excluded, missing_blobs
-from site_backup.storage import MemoryBlobStore
-from site_backup.files import compile_patterns
+from tests.memory_store import MemoryBlobStore
+from site_backup.globs import compile_patterns
 
 
 def put(store, name, data=b"x", metadata=None):

@@ -15,7 +15,8 @@ import pytest
 from flows.backup_site_content import backup_site_content
 from flows.restore_site_content import restore_site_content
 from site_backup.restore import BlobEntry, FolderEntry, plan_restore, restore_file, unsafe_name_reason
-from site_backup.storage import MemoryBlobStore, RemoteBlob
+from site_backup.storage import RemoteBlob
+from tests.memory_store import MemoryBlobStore
 from tests.conftest import PROJECT, read_tree
 
 ODD = {
@@ -297,7 +298,7 @@ def test_temporary_names_are_cut_by_bytes_between_characters():
 # ---- issue 12: other tools' containers: folder markers, their times, Last-Modified ----
 
 def test_stored_time_is_mtime_else_azcopys_modtime():
-    from site_backup.storage import is_folder_marker, stored_mtime
+    from site_backup.blob_metadata import is_folder_marker, stored_mtime
 
     assert stored_mtime({"mtime": "2021-03-04T05:06:07.123456789Z", "modtime": "5"}) == 1614834367123456789
     assert stored_mtime({"modtime": "1614834367123456789"}) == 1614834367123456789  # AzCopy 10.32's format

@@ -1,4 +1,4 @@
-"""The SDK path's retry decision (site_backup.retry._retryable) against the SDK's own rule
+"""The SDK path's retry decision (site_backup.sdk_retry._retryable) against the SDK's own rule
 as the oracle: the same answer for every status and header, except 429, which ours retries."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from azure.storage.blob._shared.models import LocationMode  # the oracle's own types: tests only
 from azure.storage.blob._shared.policies import is_checksum_retry, is_retry
 
-from site_backup.retry import _retryable
+from site_backup.sdk_retry import _retryable
 
 
 class _Headers(dict):

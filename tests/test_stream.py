@@ -11,10 +11,8 @@ import pytest
 
 from site_backup.copy import CopyOptions
 from site_backup.destination import Destination
-from site_backup.files import (
-    DRY_RUN_BATCHES_PER_TASK, Batch, FileEntry, heaviest_first, heaviest_first_within, joined, list_batches,
-    open_listing, stream_batches,
-)
+from site_backup.batch_order import DRY_RUN_BATCHES_PER_TASK, heaviest_first_within, joined
+from site_backup.files import Batch, FileEntry, heaviest_first, list_batches, open_listing, stream_batches
 from tasks.copy_batch import batch_checkpoint_key
 from tests.conftest import flow_run_messages
 

@@ -16,8 +16,8 @@ from site_backup.accounts import _account, open_store
 from site_backup.credentials import azurite_connection_string
 from site_backup.destination import Destination
 from site_backup.files import list_batches
-from site_backup.history import ManifestWriter, list_runs, open_history_store, plan_run_restore, read_kept, \
-    read_manifest
+from site_backup.history import ManifestWriter, list_runs, open_history_store, read_manifest
+from site_backup.history_restore import plan_run_restore, read_kept
 from site_backup.mirror import delete_missing
 from site_backup.restore import restore_batch
 from tests.conftest import read_tree
