@@ -24,7 +24,6 @@ from site_backup.destination import ContainerName
 from site_backup.mirror import DEFAULT_MAX_DELETE
 from site_backup.retry import RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.summary import BackupSummary
-from site_backup.tiers import check_access_tier
 from site_backup.units import MiB
 from tasks.backup_run import FanIn, backup_end, checked_input, copy_order, failed_before_copy, mirror_deletions
 from tasks.confirm import confirmed
@@ -120,9 +119,8 @@ def backup_site_content(
             shard stages its files into; empty for a run of its own.
     """
     started = time.monotonic()
-    destination, policy, part = checked_input(container, prefix, credentials_block, retries, storage_timeout, shard,
-                                              shard_by, delete_missing, max_delete)
-    access_tier = check_access_tier(access_tier)
+    destination, policy, part, access_tier = checked_input(container, prefix, credentials_block, retries, storage_timeout,
+                                                           shard, shard_by, delete_missing, max_delete, access_tier)
     # A generator task: each batch is walked when the flow asks for it, so copies start
     # after the first batch and memory holds the batches in flight, not the tree.
     walk = Walk(list_files(root_directory, include or [], exclude or [], follow_symlinks, files_per_batch,

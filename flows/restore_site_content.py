@@ -24,7 +24,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from site_backup.destination import ContainerName, Destination
 from site_backup.retry import RetryPolicy, RunStopped, StorageUnavailable, stops_on_termination
-from site_backup.restore import RestoreBatchResult, exclusive_target
+from site_backup.restore import RestoreBatchResult
+from site_backup.restore_target import exclusive_target
 from site_backup.run_summaries import RestoreSummary, summarize_restore
 from site_backup.tiers import check_rehydrate
 from site_backup.units import MiB

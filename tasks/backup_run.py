@@ -19,6 +19,7 @@ from site_backup.retry import RetryPolicy
 from site_backup.run_history import RunHistory
 from site_backup.shards import Shard, check_mirror
 from site_backup.summary import BackupSummary, BackupTally
+from site_backup.tiers import check_access_tier
 from site_backup.units import count
 from tasks.copy_batch import copy_slots
 from tasks.history import delete_missing_files
@@ -26,16 +27,16 @@ from tasks.report import ProgressArtifact, announce_listed, failed_state, final_
 
 
 def checked_input(container: str, prefix: str, credentials_block: str | None, retries: int, storage_timeout: float,
-                  shard: str | None, shard_by: str, delete_missing: bool, max_delete: int | str
-                  ) -> tuple[Destination, RetryPolicy, Shard | None]:
-    """The destination, the retry policy and the shard; ConfigurationError before anything
-    is uploaded when one of them, or the deletion limit, is wrong."""
+                  shard: str | None, shard_by: str, delete_missing: bool, max_delete: int | str,
+                  access_tier: str | None) -> tuple[Destination, RetryPolicy, Shard | None, str | None]:
+    """The destination, the retry policy, the shard and the access tier; ConfigurationError
+    before anything is uploaded when one of them, or the deletion limit, is wrong."""
     destination = Destination.checked(container, prefix, credentials_block)
     policy = RetryPolicy.checked(retries, storage_timeout)
     part = Shard.parse(shard, shard_by)
     check_mirror(part, delete_missing)
     DeleteLimit.parse(max_delete)
-    return destination, policy, part
+    return destination, policy, part, check_access_tier(access_tier)
 
 
 def failed_before_copy(exc: Exception, listing: FileListing, destination: Destination, dry_run: bool,

@@ -18,12 +18,11 @@ from site_backup.restore import (
     FolderEntry,
     RestoreBatchResult,
     RestorePlan,
-    new_restore_id,
     plan_restore,
-    prepare_target,
     restore_batch as restore_files,
     restore_folders as make_folders,
 )
+from site_backup.restore_target import new_restore_id, prepare_target
 from site_backup.retry import RetryPolicy
 from site_backup.run_summaries import RestoreSummary
 from site_backup.tiers import rehydrator

@@ -463,7 +463,7 @@ def test_a_killed_restore_leaves_the_target_free(storage, prefect_server, checkp
 
 def test_the_target_lock_refuses_any_path_to_the_same_folder_and_ends_with_its_holder(tmp_path):
     from site_backup.errors import ConfigurationError
-    from site_backup.restore import exclusive_target
+    from site_backup.restore_target import exclusive_target
 
     (tmp_path / "real").mkdir()
     (tmp_path / "alias").symlink_to(tmp_path / "real")
