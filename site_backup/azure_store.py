@@ -81,7 +81,12 @@ class HistoryStore:
 
     def list_leases(self, prefix: str) -> Iterator[tuple[str, str, dict[str, str]]]:
         """(name, lease state, metadata) of the blobs under `prefix`: `leased` while a lease
-        is held, `expired`, `broken` or `available` otherwise."""
+        is held, `expired`, `broken` or `available` otherwise. On the direct requests when
+        there are any: every backup lists the locks, and the SDK costs a run its import."""
+        if self.signed is not None:
+            for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries):
+                yield b.name, b.lease_state, b.metadata
+            return
         for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
             yield props.name, props.lease.state, {k.lower(): v for k, v in (props.metadata or {}).items()}
 

@@ -29,7 +29,7 @@ def unconfirmed(store: BlobStore, prefix: str,
     of them (several at a time), so grouping batches saves requests."""
     claims = list(claims)
     names = (blob_name(prefix, e[0]) for _, entries in claims if entries for e in entries)
-    lookup = RemoteLookup(store, names).prefetch(at_once=16)
+    lookup = RemoteLookup(store, names).prefetch(at_once=32)
     answer = []
     for batch, entries in claims:
         if entries is None:

@@ -143,6 +143,7 @@ class Listed(NamedTuple):
     metadata: dict[str, str]
     version_id: str | None = None  # on accounts with blob versioning on: the current version
     tier: str | None = None  # AccessTier: Hot, Cool, Cold or Archive (a lifecycle rule's doing)
+    lease_state: str = "available"  # leased, expired, breaking, broken or available, as Azure names them
 
 
 class DirectBlobs:
@@ -459,7 +460,8 @@ def _listed(blob: ElementTree.Element) -> Listed:
     metadata = {m.tag.lower(): m.text or "" for m in (found if found is not None else ())}
     return Listed(name, int(blob.findtext("Properties/Content-Length") or 0),
                   base64.b64decode(md5) if md5 else None, metadata, blob.findtext("VersionId") or None,
-                  blob.findtext("Properties/AccessTier") or None)
+                  blob.findtext("Properties/AccessTier") or None,
+                  blob.findtext("Properties/LeaseState") or "available")
 
 
 def _error(status: int, code: str, body: bytes):
