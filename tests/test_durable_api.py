@@ -1,7 +1,7 @@
 """The Durable Functions routes without a Prefect server: instance id validation, the Python
 client's input encoding, listing pages and their continuation token, query errors, and the
 Host, Origin and key checks on every new route (the Prefect client is a fake here;
-tests/test_deployment.py drives them with azure-functions-durable's client over a real server
+tests/test_http_deployment.py drives them with azure-functions-durable's client over a real server
 and worker)."""
 
 from __future__ import annotations

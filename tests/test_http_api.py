@@ -1,6 +1,6 @@
 """The HTTP start/status API without a Prefect server: request validation, body limit,
 content type, Host and Origin checks, the key never echoed, and Prefect's errors mapped
-(the Prefect client is replaced by a fake here; tests/test_deployment.py drives the API
+(the Prefect client is replaced by a fake here; tests/test_http_deployment.py drives the API
 against a real server and worker)."""
 
 from __future__ import annotations

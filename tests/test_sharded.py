@@ -211,7 +211,7 @@ def pool(azurite, tmp_path_factory):
     """A Prefect server, the sharded and shard deployments of prefect.yaml, and two process
     workers (three slots each) whose runs reach Azurite through the fault proxy."""
     from tests.faultproxy import FaultProxy
-    from tests.test_deployment import PREFECT, wait_for_health
+    from tests.deployment_stack import PREFECT, wait_for_health
     from site_backup.credentials import azurite_connection_string
 
     home = tmp_path_factory.mktemp("prefect-server-home")
@@ -251,7 +251,7 @@ def pool(azurite, tmp_path_factory):
 
 
 def start_sharded(pool, root, container, **params) -> str:
-    from tests.test_deployment import PREFECT
+    from tests.deployment_stack import PREFECT
 
     args = [PREFECT, "deployment", "run", "backup-site-sharded/local", "--param", f"root_directory={root}",
             "--param", f"container={container}"]
@@ -361,7 +361,7 @@ def test_a_sharded_backup_on_two_workers_adds_up_and_a_killed_shard_resends_only
 
 
 def parent_artifacts(pool, flow_run_id: str) -> dict:
-    from tests.test_deployment import client_call
+    from tests.deployment_stack import client_call
 
     async def read(client):
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -374,7 +374,7 @@ def parent_artifacts(pool, flow_run_id: str) -> dict:
 
 def find_child(pool, parent: str, shard: int) -> str:
     """The id of the running child run of `parent` for shard `shard` (of 4)."""
-    from tests.test_deployment import client_call
+    from tests.deployment_stack import client_call
 
     async def read(client):
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
