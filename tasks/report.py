@@ -157,20 +157,26 @@ def ends_cancelled_when_stopped(fn):
     with Prefect's crash report. Finished batches are checkpointed already, so a new run or
     a Retry resumes from them."""
 
+    # The wrapper refers to module functions only: Dask pickles the flow with its context,
+    # and a ContextVar (or the stop Event) it referred to directly cannot be pickled.
     @functools.wraps(fn)
     def flow_body(*args, **kwargs):
-        token = _stop_reports.set([])
-        try:
-            return fn(*args, **kwargs)
-        except BaseException:
-            if not STOP.is_set():
-                raise
-            reports = _stop_reports.get() or []
-            return _cancelled(reports[-1] if reports else None, kwargs.get("root_directory", args[0] if args else ""))
-        finally:
-            _stop_reports.reset(token)
+        return _ending_cancelled_when_stopped(fn, args, kwargs)
 
     return flow_body
+
+
+def _ending_cancelled_when_stopped(fn, args, kwargs):
+    token = _stop_reports.set([])
+    try:
+        return fn(*args, **kwargs)
+    except BaseException:
+        if not STOP.is_set():
+            raise
+        reports = _stop_reports.get() or []
+        return _cancelled(reports[-1] if reports else None, kwargs.get("root_directory", args[0] if args else ""))
+    finally:
+        _stop_reports.reset(token)
 
 
 def _cancelled(report: StopReport | None, root: str):
