@@ -21,10 +21,9 @@ from site_backup.retry import RetryPolicy
 from site_backup.sharded import ShardedSummary, combine
 from site_backup.shards import Shard, check_shards
 from site_backup.tiers import check_access_tier
-from site_backup.units import count
 from tasks.history import commit_run_history, open_run_history, releases_run_history
 from tasks.prepare_destination import prepare_destination
-from tasks.report import announce_sharded, failed_state, final_state, publish_sharded_summary
+from tasks.report import announce_sharded, backup_state, publish_sharded_summary
 from tasks.shards import run_shards_on_dask, run_shards_on_workers
 
 CHILD_DEPLOYMENT = "backup-site-content/shard"
@@ -131,11 +130,7 @@ def backup_site_sharded(
     # One manifest for the whole tree, only when every shard finished (none when one failed).
     commit_run_history(history, summary, [s.manifest_part if s else None for _, s in outcomes])
     publish_sharded_summary(summary)
-    if summary.outcome == "failed":
-        return failed_state(summary)
-    if summary.files_failed:
-        return final_state(summary, "Incomplete", f"{count(summary.files_failed, 'file')} failed: run again to retry them")
-    return summary
+    return backup_state(summary)
 
 
 if __name__ == "__main__":

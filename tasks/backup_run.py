@@ -20,10 +20,9 @@ from site_backup.run_history import RunHistory
 from site_backup.shards import Shard, check_mirror
 from site_backup.summary import BackupSummary, BackupTally
 from site_backup.tiers import check_access_tier
-from site_backup.units import count
 from tasks.copy_batch import copy_slots
 from tasks.history import delete_missing_files
-from tasks.report import ProgressArtifact, announce_listed, failed_state, final_state, publish_summary
+from tasks.report import ProgressArtifact, announce_listed, backup_state, failed_state, publish_summary
 
 
 def checked_input(container: str, prefix: str, credentials_block: str | None, retries: int, storage_timeout: float,
@@ -120,8 +119,4 @@ def mirror_deletions(summary: BackupSummary, fan_in: FanIn, destination: Destina
 def backup_end(summary: BackupSummary):
     """Publish the summary; the run's end state: failed, incomplete (some files failed) or the summary."""
     publish_summary(summary)
-    if summary.outcome == "failed":
-        return failed_state(summary)
-    if summary.files_failed:
-        return final_state(summary, "Incomplete", f"{count(summary.files_failed, 'file')} failed: run again to retry them")
-    return summary
+    return backup_state(summary)

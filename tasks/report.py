@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -88,6 +87,16 @@ def final_state(summary, name: str, message: str):
 def failed_state(summary):
     """A run that could not go on: Failed, with the summary inside the exception it raises."""
     return Failed(data=RunFailed(summary), message=summary.error)
+
+
+def backup_state(summary):
+    """A backup's (or sharded backup's) end state: failed, incomplete (some files failed)
+    or the summary."""
+    if summary.outcome == "failed":
+        return failed_state(summary)
+    if summary.files_failed:
+        return final_state(summary, "Incomplete", f"{count(summary.files_failed, 'file')} failed: run again to retry them")
+    return summary
 
 
 def announce_backup(listing, destination, *, dry_run: bool, empty: bool) -> None:
