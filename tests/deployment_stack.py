@@ -88,3 +88,14 @@ def client_call(stack, coro_fn):
 
     with temporary_settings(updates={PREFECT_API_URL: stack["api_url"]}):
         return asyncio.run(run())
+
+
+def run_artifacts(stack, flow_run_id: str) -> dict:
+    """The flow run's artifacts by key, as the UI's Artifacts tab shows them."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read(client):
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    return {a.key: a for a in client_call(stack, read)}

@@ -16,7 +16,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from tests.conftest import PROJECT, assert_said_stopped, read_container
-from tests.deployment_stack import PREFECT, client_call, stack  # noqa: F401 (stack: this module's fixture)
+from tests.deployment_stack import PREFECT, client_call, run_artifacts, stack  # noqa: F401 (stack: this module's fixture)
 
 
 def test_prefect_deployment_run_watch_completes_and_backs_up(stack, make_tree, container_name):
@@ -354,17 +354,6 @@ def test_a_deployment_run_cancelled_through_the_api_ends_within_10_s_says_so_onc
     print(f"\ncancel test: the process gone {took:.1f} s and the run Cancelled {to_cancelled:.1f} s after Cancelling; "
           f"{len(landed_first)} blobs before; the next run uploaded {summary['files_uploaded']}, re-sent "
           f"{len(resent)}, {summary['batches_from_checkpoint']} of {summary['batches']} batches from checkpoints")
-
-
-def run_artifacts(stack, flow_run_id: str) -> dict:
-    """The run's artifacts by key, as the UI's Artifacts tab shows them."""
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    async def read(client):
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-    return {a.key: a for a in client_call(stack, read)}
 
 
 def said_stopped(stack, flow_run_id: str, total: int) -> None:

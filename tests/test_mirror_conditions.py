@@ -24,9 +24,9 @@ ODD_NAMES = ["plain.txt", "dir/ü ñ %#?&+;=~!'()*,-._/é.bin", "x//y", "日本/
 ETAG = "0x8DCAFE0123456789"
 
 
-def _recording_server():
-    """Answers every request as the Blob service would a successful Delete Blob or Copy
-    Blob, and keeps (method, path, query, headers) of each."""
+def recording_server(status: int, headers: dict[str, str]):
+    """A stand-in for the Blob service on 127.0.0.1: answers every PUT and DELETE with
+    `status` and `headers`, and keeps (method, path, query, headers) of each request."""
     seen = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -34,11 +34,11 @@ def _recording_server():
 
         def _answer(self):
             parts = urlsplit(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
             seen.append((self.command, parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()}))
-            self.send_response(202)
-            self.send_header("x-ms-copy-status", "success")
-            self.send_header("x-ms-copy-id", "00000000-0000-0000-0000-000000000000")
-            self.send_header("Content-Length", "0")
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": "0"}.items():
+                self.send_header(name, value)
             self.end_headers()
 
         do_PUT = do_DELETE = _answer
@@ -63,21 +63,14 @@ def _sas() -> str:
 @pytest.mark.parametrize("mode", ["key", "sas"])
 def test_conditional_delete_and_copy_requests_equal_the_sdks(mode):
     from azure.core import MatchConditions
-    from azure.storage.blob import BlobServiceClient
 
-    from site_backup.accounts import StorageSettings, direct_access
-    from site_backup.fastblob import DirectBlobs
     from site_backup.storage import RetryLog
-    from tests.test_copy import _sdk_authorization
 
-    server, seen = _recording_server()
+    # As the Blob service answers a successful Delete Blob or Copy Blob.
+    server, seen = recording_server(202, {"x-ms-copy-status": "success",
+                                          "x-ms-copy-id": "00000000-0000-0000-0000-000000000000"})
     try:
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}/devstoreaccount1"
-        conn = (azurite_connection_string(endpoint) if mode == "key"
-                else f"BlobEndpoint={endpoint};SharedAccessSignature={_sas()}")
-        url, auth = direct_access(conn, None, None)
-        ours = DirectBlobs(url, auth, "2025-11-05", StorageSettings())
-        sdk = BlobServiceClient.from_connection_string(conn).get_container_client("c")
+        ours, sdk = direct_and_sdk(server, mode)
         relevant = ("if-match", "x-ms-delete-snapshots", "x-ms-source-if-match", "x-ms-copy-source",
                     "x-ms-lease-id")
         for name in ODD_NAMES:
@@ -98,14 +91,36 @@ def test_conditional_delete_and_copy_requests_equal_the_sdks(mode):
                 assert {k: v for k, v in theirs[3].items() if k in relevant} == \
                        {k: v for k, v in mine[3].items() if k in relevant}, name
                 if mode == "key":  # the signature covers If-Match and the x-ms- headers: the SDK signs ours alike
-                    method, path, query, headers = mine
-                    target = f"http://127.0.0.1:{server.server_address[1]}{path}" + (
-                        "?" + "&".join(f"{k}={v[0]}" for k, v in query.items()) if query else "")
-                    unsigned = {k: v for k, v in headers.items() if k != "authorization"}
-                    assert headers["authorization"] == _sdk_authorization(method, target, unsigned), name
+                    assert mine[3]["authorization"] == sdk_signature(server, mine), name
     finally:
         server.shutdown()
         server.server_close()
+
+
+def direct_and_sdk(server, mode: str):
+    """Our direct requests and the SDK's client of container "c", both sending to the
+    recording `server`, signed in with the account key (`mode` "key") or a SAS."""
+    from azure.storage.blob import BlobServiceClient
+
+    from site_backup.accounts import StorageSettings, direct_access
+    from site_backup.fastblob import DirectBlobs
+
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}/devstoreaccount1"
+    conn = (azurite_connection_string(endpoint) if mode == "key"
+            else f"BlobEndpoint={endpoint};SharedAccessSignature={_sas()}")
+    url, auth = direct_access(conn, None, None)
+    return (DirectBlobs(url, auth, "2025-11-05", StorageSettings()),
+            BlobServiceClient.from_connection_string(conn).get_container_client("c"))
+
+
+def sdk_signature(server, request) -> str:
+    """The Shared Key signature the SDK computes for one recorded request of ours."""
+    from tests.test_copy import _sdk_authorization
+
+    method, path, query, headers = request
+    target = f"http://127.0.0.1:{server.server_address[1]}{path}" + (
+        "?" + "&".join(f"{k}={v[0]}" for k, v in query.items()) if query else "")
+    return _sdk_authorization(method, target, {k: v for k, v in headers.items() if k != "authorization"})
 
 
 def _same_url(ours: str, sdk: str) -> bool:

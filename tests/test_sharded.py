@@ -351,25 +351,15 @@ def test_a_sharded_backup_on_two_workers_adds_up_and_a_killed_shard_resends_only
     lines = [json.loads(raw) for raw in gzip.decompress(history.download_blob(manifest.name).readall()).splitlines()]
     assert sorted(line["p"] for line in lines[:-1]) == sorted(files) and lines[-1]["run"]["run_id"] == parent
     # The UI shows which shard did what: the summary's markdown and a table of the shards.
-    artifacts = parent_artifacts(pool, parent)
+    from tests.deployment_stack import run_artifacts
+
+    artifacts = run_artifacts(pool, parent)
     assert [row["shard"] for row in json.loads(artifacts["backup-shards"].data)] == ["0/4", "1/4", "2/4", "3/4"]
     assert f"| {victim}/4 | {rows[victim]['flow_run_name']} | Completed | 2 |" in artifacts["backup-summary"].data
     print(f"\nsharded run, 80 files in 4 shards on 2 workers: {took:.1f} s from `prefect deployment run` to "
           f"Completed (load {os.getloadavg()[0]:.1f}); shard {victim} killed after {before_kill} of its "
           f"{len(parts[victim])} files; its second run: {retried['batches_from_checkpoint']} of "
           f"{retried['batches']} batches from checkpoints, {retried['files_uploaded']} uploaded, re-sent {len(resent)}")
-
-
-def parent_artifacts(pool, flow_run_id: str) -> dict:
-    from tests.deployment_stack import client_call
-
-    async def read(client):
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-    return {a.key: a for a in client_call(pool, read)}
 
 
 def find_child(pool, parent: str, shard: int) -> str:

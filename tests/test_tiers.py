@@ -14,37 +14,7 @@ import pytest
 from flows.backup_site_content import backup_site_content
 from site_backup.errors import ConfigurationError
 from site_backup.tiers import check_access_tier, check_rehydrate
-from tests.test_mirror_conditions import _sas, signed_in  # noqa: F401 (a fixture)
-
-
-def _recording_server():
-    """Answers every request as the Blob service would a successful Put Blob or Put Block
-    List (201), and keeps (method, path, query, headers) of each."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs, urlsplit
-
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_PUT(self):
-            parts = urlsplit(self.path)
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            seen.append((self.command, parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()}))
-            self.send_response(201)
-            self.send_header("ETag", '"0x8DCAFE"')
-            self.send_header("Last-Modified", "Wed, 02 Dec 2026 20:00:00 GMT")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, seen
+from tests.test_mirror_conditions import direct_and_sdk, recording_server, sdk_signature, signed_in  # noqa: F401 (a fixture)
 
 
 def _tiers(container: str, snapshots: bool = False) -> dict:
@@ -79,22 +49,14 @@ def test_the_command_line_refuses_archive_before_anything_is_uploaded(tmp_path, 
 
 @pytest.mark.parametrize("mode", ["key", "sas"])
 def test_put_blob_and_put_block_list_send_the_tier_as_the_sdk_does(mode):
-    from azure.storage.blob import BlobBlock, BlobServiceClient, StandardBlobTier
+    from azure.storage.blob import BlobBlock, StandardBlobTier
 
-    from site_backup.accounts import StorageSettings, direct_access
-    from site_backup.credentials import azurite_connection_string
-    from site_backup.fastblob import DirectBlobs
     from site_backup.storage import RetryLog
-    from tests.test_copy import _sdk_authorization
 
-    server, seen = _recording_server()
+    # As the Blob service answers a successful Put Blob or Put Block List.
+    server, seen = recording_server(201, {"ETag": '"0x8DCAFE"', "Last-Modified": "Wed, 02 Dec 2026 20:00:00 GMT"})
     try:
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}/devstoreaccount1"
-        conn = (azurite_connection_string(endpoint) if mode == "key"
-                else f"BlobEndpoint={endpoint};SharedAccessSignature={_sas()}")
-        url, auth = direct_access(conn, None, None)
-        ours = DirectBlobs(url, auth, "2025-11-05", StorageSettings())
-        sdk = BlobServiceClient.from_connection_string(conn).get_container_client("c")
+        ours, sdk = direct_and_sdk(server, mode)
         data = b"tiered"
         md5 = hashlib.md5(data).digest()
         for tier in ("Hot", "Cool", "Cold"):
@@ -108,11 +70,7 @@ def test_put_blob_and_put_block_list_send_the_tier_as_the_sdk_does(mode):
                 assert theirs[:3] == mine[:3]
                 assert theirs[3]["x-ms-access-tier"] == mine[3]["x-ms-access-tier"] == tier
                 if mode == "key":  # the tier header is signed: the SDK's signature of our request is ours
-                    method, path, query, headers = mine
-                    target = f"{endpoint.rsplit('/', 1)[0]}{path}" + (
-                        "?" + "&".join(f"{k}={v[0]}" for k, v in query.items()) if query else "")
-                    unsigned = {k: v for k, v in headers.items() if k != "authorization"}
-                    assert headers["authorization"] == _sdk_authorization(method, target, unsigned)
+                    assert mine[3]["authorization"] == sdk_signature(server, mine)
         seen.clear()
         ours.put("c", "x", data, md5, "text/plain", {}, RetryLog())  # no tier: the account's default
         assert "x-ms-access-tier" not in seen[0][3]
