@@ -26,7 +26,7 @@ from site_backup.retry import RunStopped, StorageUnavailable, stops_on_terminati
 from site_backup.summary import BackupSummary
 from site_backup.units import MiB
 from tasks.backup_run import FanIn, backup_end, checked_input, copy_order, failed_before_copy, mirror_deletions
-from tasks.confirm import confirmed
+from tasks.confirm import confirmed, read_destination
 from tasks.copy_batch import CopyTaskRunner, copy_as_walked, with_checkpoints
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import commit_run_history, open_run_history, releases_run_history
@@ -132,6 +132,8 @@ def backup_site_content(
             history = open_run_history(destination, policy, dry_run, part, run_manifest)
         except (StorageUnavailable, RunStopped) as exc:
             return failed_before_copy(exc, listing, destination, dry_run, started)
+        # Read under the lock while the copies start: what checkpoints claim is confirmed against it.
+        listed = None if refresh or empty or dry_run else read_destination.submit(destination, policy)
         if checkpoint_block:
             prepare_checkpoints(checkpoint_block, policy)
         options = CopyOptions(dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
@@ -147,7 +149,7 @@ def backup_site_content(
         report_on_stop(StopReport(fan_in.tally, listing, destination.describe(), dry_run, started, fan_in.shown))
         copied = copy_as_walked(submit, batches, ahead, until=fan_in.stopping)
         # A batch from a checkpoint counts only once this run's listing shows its blobs.
-        for batch, result, cached in confirmed(copied, copy, listing.root, destination, options, policy):
+        for batch, result, cached in confirmed(copied, copy, listing.root, destination, options, policy, listed):
             fan_in.add(batch, result, cached)
     finally:
         # Ends list-files when the run stopped early (in its own context, or Prefect's clean-up fails).

@@ -234,15 +234,21 @@ class AzureBlobStore(HistoryStore):
         for props in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
             yield props.name, _remote(props)
 
-    def list_folder(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
+    def list_folder(self, prefix: str, recursive: bool = False) -> Iterator[tuple[str, RemoteBlob]]:
         """The blobs whose names start with `prefix` and hold no '/' after it (one folder's
-        files, no subfolders), with size, MD5 and stored mtime."""
+        files, no subfolders), with size, MD5 and stored mtime; with `recursive`, its
+        subfolders' blobs too, from one flat listing."""
+        delimiter = None if recursive else "/"
         if self.signed is not None:
-            for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries, delimiter="/"):
+            for b in self.signed.list_blobs(self.container_name, prefix or None, self.retries, delimiter=delimiter):
                 yield b.name, RemoteBlob(b.size, b.content_md5, stored_mtime(b.metadata), is_folder_marker(b.metadata),
                                          version_id=b.version_id, tier=b.tier)
             return
-        for item in self.container.walk_blobs(name_starts_with=prefix or None, include=["metadata"], delimiter="/"):
+        if recursive:
+            items = self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"])
+        else:
+            items = self.container.walk_blobs(name_starts_with=prefix or None, include=["metadata"], delimiter="/")
+        for item in items:
             if not item.name.endswith("/") or hasattr(item, "size"):  # BlobPrefix items are subfolders
                 yield item.name, _remote(item)
 

@@ -20,16 +20,17 @@ def holds(blob: RemoteBlob | None, size: int, md5: bytes | None) -> bool:
     return blob is not None and not blob.folder and blob.size == size and blob.content_md5 == md5
 
 
-def unconfirmed(store: BlobStore, prefix: str,
-                claims: Iterable[tuple[Sequence[FileEntry], list[tuple] | None]]) -> list[frozenset[str]]:
+def unconfirmed(store: BlobStore, prefix: str, claims: Iterable[tuple[Sequence[FileEntry], list[tuple] | None]],
+                listed: dict[str, RemoteBlob] | None = None) -> list[frozenset[str]]:
     """For each (batch, entries) a checkpoint vouches for, the paths whose blob the
     destination does not show with the recorded size and Content-MD5 (empty: the batch is
     confirmed). Entries are (path, size, md5, ...); a checkpoint without entries (written
     before they were kept) confirms nothing. The batches' folders are listed once for all
-    of them (several at a time), so grouping batches saves requests."""
+    of them (several at a time), so grouping batches saves requests; or `listed`, the
+    run's listing of the whole destination (remote.list_destination), answers them all."""
     claims = list(claims)
     names = (blob_name(prefix, e[0]) for _, entries in claims if entries for e in entries)
-    lookup = RemoteLookup(store, names).prefetch(at_once=32)
+    lookup = RemoteLookup(store, names, listed).prefetch(at_once=32)
     answer = []
     for batch, entries in claims:
         if entries is None:

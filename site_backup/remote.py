@@ -13,6 +13,21 @@ from typing import Iterable
 from .storage import BlobStore, RemoteBlob
 
 PAGE = 5000  # List Blobs answers at most this many names a request
+# The most blobs a destination may hold to be listed whole (flat) at the start of a run,
+# 10 pages: memory stays a few MB, and a larger destination costs those pages only.
+LISTED_AT_MOST = 10 * PAGE
+
+
+def list_destination(store: BlobStore, prefix: str) -> dict[str, RemoteBlob] | None:
+    """Every blob under `prefix` by name, from one flat listing, or None when there are
+    more than LISTED_AT_MOST. A page answers up to 5,000 blobs, so a destination of a few
+    thousand files costs one request, where a listing per folder costs one per folder."""
+    found: dict[str, RemoteBlob] = {}
+    for name, blob in store.list_folder(prefix, recursive=True):
+        if len(found) >= LISTED_AT_MOST:
+            return None
+        found[name] = blob
+    return found
 
 
 class RemoteLookup:
@@ -25,8 +40,11 @@ class RemoteLookup:
     and listed again, narrower, and a name left alone is asked for by itself: the cost
     stays within a few pages per part or a request per file, whatever the folder holds."""
 
-    def __init__(self, store: BlobStore, names: Iterable[str]):
+    def __init__(self, store: BlobStore, names: Iterable[str], listed: dict[str, RemoteBlob] | None = None):
+        """`listed`: the whole destination from `list_destination`, which then answers every
+        name, with no request."""
         self.store = store
+        self.listed = listed
         self._groups: dict[str, set[str]] = defaultdict(set)
         for name in names:
             self._groups[_folder(name)].add(name)
@@ -37,6 +55,8 @@ class RemoteLookup:
         """Start listing every folder now, a few at a time: a file then waits for its own
         folder's listing only, not for those of every folder before it (with storage far
         away and many small folders, one after another adds up to seconds a batch)."""
+        if self.listed is not None:
+            return self
         with self._lock:
             todo = {folder: Future() for folder in self._groups if folder not in self._listings}
             self._listings.update(todo)
@@ -55,6 +75,8 @@ class RemoteLookup:
 
     def get(self, name: str) -> RemoteBlob | None:
         """The blob called `name`, or None when there is none."""
+        if self.listed is not None:
+            return self.listed.get(name)
         folder = _folder(name)
         with self._lock:
             future = self._listings.get(folder)

@@ -10,9 +10,11 @@ from typing import Callable, Iterable, Iterator
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
+from prefect.utilities.annotations import quote
 
 from site_backup.accounts import open_store
 from site_backup.confirm import unconfirmed
+from site_backup.remote import list_destination
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import Destination
 from site_backup.errors import describe
@@ -27,21 +29,38 @@ from tasks.retry import run_budget
 CONFIRM_BATCHES = 8
 
 
-@task(name="confirm-batches", cache_policy=NO_CACHE, persist_result=False)
-def confirm_batches(claims: Batch, destination: Destination, policy: RetryPolicy = RetryPolicy()
-                    ) -> list[frozenset[str]]:
-    """For each (batch, entries) from a checkpoint, the paths storage does not hold as recorded."""
+@task(name="list-destination", cache_policy=NO_CACHE, persist_result=False)
+def read_destination(destination: Destination, policy: RetryPolicy = RetryPolicy()) -> dict | None:
+    """Every blob of the destination by name, from one flat listing read while the run
+    starts, or None when it holds too many to keep (then each folder is listed on need)."""
     store = open_store(destination, run_budget(policy, destination.account_url))
-    return unconfirmed(store, destination.prefix, claims)
+    return list_destination(store, f"{destination.prefix}/" if destination.prefix else "")
+
+
+@task(name="confirm-batches", cache_policy=NO_CACHE, persist_result=False)
+def confirm_batches(claims: Batch, destination: Destination, policy: RetryPolicy = RetryPolicy(),
+                    listed: dict | None = None) -> list[frozenset[str]]:
+    """For each (batch, entries) from a checkpoint, the paths storage does not hold as
+    recorded, from `listed` (the run's listing of the destination), else a listing per folder."""
+    store = open_store(destination, run_budget(policy, destination.account_url))
+    return unconfirmed(store, destination.prefix, claims, listed)
 
 
 def confirmed(finished: Iterable[tuple[Batch, PrefectFuture]], copy, root: str, destination: Destination,
-              options: CopyOptions, policy: RetryPolicy, group: int = CONFIRM_BATCHES
-              ) -> Iterator[tuple[Batch, BatchResult, bool]]:
+              options: CopyOptions, policy: RetryPolicy, listed: PrefectFuture | None = None,
+              group: int = CONFIRM_BATCHES) -> Iterator[tuple[Batch, BatchResult, bool]]:
     """Each finished copy as (batch, result, from a checkpoint), a checkpoint's result only
-    once this run's listing showed every blob it claims. A batch with files storage does not
+    once this run's listing showed every blob it claims (`listed`, the read_destination
+    started with the run, else a listing per folder). A batch with files storage does not
     hold as recorded is copied again by `copy` (the run's copy task) without its checkpoint,
     those files compared by content, and its new result is yielded instead."""
+    read: list[dict | None] = []  # the listing's answer, once needed
+
+    def listing() -> dict | None:
+        if not read:  # a failed listing (its task run says why) leaves a listing per folder
+            answer = listed.result(raise_on_failure=False) if listed is not None else None
+            read.append(answer if isinstance(answer, dict) else None)
+        return read[0]
     held: list[tuple[Batch, BatchResult]] = []  # from checkpoints, not yet sent to be confirmed
     checks: list[tuple[PrefectFuture, list[tuple[Batch, BatchResult]]]] = []
 
@@ -50,7 +69,8 @@ def confirmed(finished: Iterable[tuple[Batch, PrefectFuture]], copy, root: str, 
 
     def send() -> None:
         claims = Batch((batch, getattr(result, "entries", None)) for batch, result in held)
-        checks.append((confirm_batches.submit(claims, destination, policy), list(held)))
+        # quote: Prefect would otherwise visit every entry and every listed blob for futures.
+        checks.append((confirm_batches.submit(quote(claims), destination, policy, quote(listing())), list(held)))
         held.clear()
 
     def settle(check) -> Iterator[tuple[Batch, BatchResult, bool]]:
@@ -90,3 +110,5 @@ def confirmed(finished: Iterable[tuple[Batch, PrefectFuture]], copy, root: str, 
         send()
     for check in checks:
         yield from settle(check)
+    if listed is not None:  # unused when no batch came from a checkpoint; a run leaves no task running
+        listed.wait()

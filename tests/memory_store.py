@@ -87,11 +87,11 @@ class MemoryBlobStore:
             if name.startswith(prefix):
                 yield name, self._remote(name)
 
-    def list_folder(self, prefix: str) -> Iterator[tuple[str, RemoteBlob]]:
+    def list_folder(self, prefix: str, recursive: bool = False) -> Iterator[tuple[str, RemoteBlob]]:
         with self._lock:
             self.requests.append(("list", prefix))
         for name in sorted(self.blobs):
-            if name.startswith(prefix) and "/" not in name[len(prefix):]:
+            if name.startswith(prefix) and (recursive or "/" not in name[len(prefix):]):
                 yield name, self._remote(name)
 
     def read(self, name: str) -> Iterator[bytes]:

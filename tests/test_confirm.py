@@ -16,6 +16,7 @@ from site_backup.destination import Destination
 from site_backup.files import FileEntry
 from site_backup.history import history_container, open_history_store
 from site_backup.history_restore import check_run
+from site_backup.remote import list_destination
 from site_backup.azure_store import AzureBlobStore
 from tasks.confirm import CONFIRM_BATCHES
 from tests.conftest import TestTokenCredential, md5
@@ -129,6 +130,15 @@ def test_the_listing_confirms_on_the_signed_path_and_the_sdk(storage, checkpoint
     assert unconfirmed(signed, "p", [(batch, entries)]) == [frozenset({"d0/page0.html"})]
     sdk = AzureBlobStore(container_name, lambda: storage.container(container_name))
     assert unconfirmed(sdk, "p", [(batch, entries)]) == [frozenset({"d0/page0.html"})]
+    # The run's flat listing of the destination: the same blobs, sizes, MD5s and mtimes.
+    storage.container(container_name).upload_blob("p-sibling/x.txt", b"not under p/")
+    listed = list_destination(signed, "p/")
+
+    def compared(blobs):  # what confirming reads (the direct listing carries no ETag or write time)
+        return {n: (b.size, b.content_md5, b.mtime_ns, b.folder, b.version_id, b.tier) for n, b in blobs.items()}
+
+    assert compared(listed) == compared(list_destination(sdk, "p/")) and len(listed) == 9
+    assert unconfirmed(signed, "p", [(batch, entries)], listed) == [frozenset({"d0/page0.html"})]
 
 
 @pytest.mark.parametrize("mode", ["sas", "entra"])
@@ -154,8 +164,14 @@ def test_each_sign_in_mode_uploads_a_deleted_blob_again(mode, request, checkpoin
     assert container.download_blob("d0/page6.html").readall() == files["d0/page6.html"]
 
 
-def test_a_no_change_run_lists_each_folder_once_for_all_its_batches(azurite, proxy, checkpoints, monkeypatch,
-                                                                     make_tree, container_name):
+def listings(proxy, since: int, container: str) -> list[str]:
+    """Each List Blobs of `container` the proxy forwarded after request `since`."""
+    return [path for method, path, comp in proxy.log[since:] if method == "GET" and path == container
+            and comp == "list"]
+
+
+def test_a_no_change_run_confirms_every_batch_with_one_listing_of_the_destination(
+        azurite, proxy, checkpoints, monkeypatch, make_tree, container_name):
     files, root = tree(make_tree, 600, seed=5)  # 13 folders
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
     backup_site_content(str(root), container=container_name, files_per_batch=200)
@@ -163,8 +179,23 @@ def test_a_no_change_run_lists_each_folder_once_for_all_its_batches(azurite, pro
     again = backup_site_content(str(root), container=container_name, files_per_batch=200)
     assert (again.files_unchanged, again.files_uploaded) == (600, 0) and again.batches_from_checkpoint == again.batches
     assert 3 <= again.batches <= CONFIRM_BATCHES  # several batches, confirmed by one task run
-    # Create Container, its properties, one page to see the prefix is not empty, 13 folders
-    # (one listing each, however many batches share it); history: the lock (Put Blob, Lease
-    # Blob, Delete Blob, and one List Blobs of the locks for an overlapping prune) and the
-    # manifest (Put Block, Put Block List).
-    assert proxy.requests - before <= 3 + 13 + 6, proxy.requests - before
+    # One page to see the prefix is not empty, then one flat listing for all 13 folders.
+    assert len(listings(proxy, before, container_name)) == 2, proxy.log[before:]
+    # Create Container, its properties, that page, the listing; history: the lock (Put
+    # Blob, Lease Blob, Delete Blob, and one List Blobs of the locks for an overlapping
+    # prune) and the manifest (Put Block, Put Block List).
+    assert proxy.requests - before <= 4 + 6, proxy.log[before:]
+
+
+def test_a_destination_too_large_to_list_whole_is_listed_once_per_folder(azurite, proxy, checkpoints, monkeypatch,
+                                                                         make_tree, container_name):
+    files, root = tree(make_tree, 600, seed=5)  # 13 folders
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
+    backup_site_content(str(root), container=container_name, files_per_batch=200)
+    monkeypatch.setattr("site_backup.remote.LISTED_AT_MOST", 599)  # one blob short of the tree
+    before = proxy.requests
+    again = backup_site_content(str(root), container=container_name, files_per_batch=200)
+    assert (again.files_unchanged, again.files_uploaded) == (600, 0) and again.batches_from_checkpoint == again.batches
+    # The first page, the flat listing given up at 599 blobs (one page here), then each of
+    # the 13 folders once, however many batches share it.
+    assert len(listings(proxy, before, container_name)) == 2 + 13, proxy.log[before:]

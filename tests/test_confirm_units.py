@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+from site_backup import remote
 from site_backup.confirm import holds, unconfirmed
 from site_backup.copy import CopyOptions, copy_batch
 from site_backup.files import FileEntry, list_batches
@@ -57,6 +58,24 @@ def test_one_listing_per_folder_for_the_whole_group():
     store = MemoryBlobStore(blobs={f"pre/{p}": stored(d) for f in files for p, d in f.items()})
     assert unconfirmed(store, "pre", [claim(h) for h in halves]) == [frozenset()] * 6
     assert sorted(store.requests) == [("list", "pre/d0/f"), ("list", "pre/d1/f"), ("list", "pre/d2/f")]
+
+
+def test_the_runs_listing_of_the_destination_answers_every_claim_with_no_further_request(monkeypatch):
+    one = {"a.txt": b"aaa", "sub/b.txt": b"bb", "sub/deeper/c.txt": b"c"}
+    two = {"x/d.txt": b"dddd", "x/e.txt": b"eeeee"}
+    store = MemoryBlobStore(blobs={f"pre/{p}": stored(d) for p, d in {**one, **two}.items()})
+    store.blobs["prefix-of-another/a.txt"] = stored(b"aaa")  # not under pre/: not listed
+    del store.blobs["pre/sub/b.txt"]
+    store.blobs["pre/x/e.txt"] = stored(b"EEEEE")
+    listed = remote.list_destination(store, "pre/")
+    assert sorted(listed) == ["pre/a.txt", "pre/sub/deeper/c.txt", "pre/x/d.txt", "pre/x/e.txt"]
+    assert store.requests == [("list", "pre/")]  # one flat listing
+    assert unconfirmed(store, "pre", [claim(one), claim(two)], listed) == [frozenset({"sub/b.txt"}),
+                                                                           frozenset({"x/e.txt"})]
+    assert store.requests == [("list", "pre/")]
+
+    monkeypatch.setattr(remote, "LISTED_AT_MOST", 3)  # more blobs than a run keeps: list per folder instead
+    assert remote.list_destination(store, "pre/") is None
 
 
 def test_a_checkpoint_without_entries_confirms_nothing():
