@@ -199,8 +199,8 @@ class Storage:
     def emulator_cpu(self) -> float:
         """CPU seconds Azurite's JavaScript thread has used so far. Azurite's blob service
         runs every request on that one thread, so its CPU seconds during a run are a lower
-        bound on the run's wall time. Not the whole process: Node's other threads (garbage
-        collection, the libuv pool) use some CPU on the other core meanwhile."""
+        bound on the run's wall time. Not the whole process: V8's helper threads (garbage
+        collection) add CPU on the other core, which would overstate the bound."""
         azurite = self.pids[0]
         return cpu_seconds(f"/proc/{azurite}/task/{azurite}/stat")
 
