@@ -194,12 +194,22 @@ class Storage:
 
     def cpu(self) -> float:
         """CPU seconds (user + system) the storage side has used so far."""
-        total = 0
-        for pid in self.pids:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(cpu_seconds(f"/proc/{pid}/stat") for pid in self.pids)
+
+    def emulator_cpu(self) -> float:
+        """CPU seconds Azurite's JavaScript thread has used so far. Azurite's blob service
+        runs every request on that one thread, so its CPU seconds during a run are a lower
+        bound on the run's wall time. Not the whole process: V8's helper threads (garbage
+        collection) add CPU on the other core, which would overstate the bound."""
+        azurite = self.pids[0]
+        return cpu_seconds(f"/proc/{azurite}/task/{azurite}/stat")
+
+
+def cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds from a /proc stat file (a process's or one thread's)."""
+    with open(stat) as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def connection_string(url: str) -> str:
@@ -236,6 +246,40 @@ class Run:
     requests: int | None = None  # as counted by the latency proxy
     load: float | None = None  # the machine's 1-minute load average when the run started
     storage_cpu: float | None = None  # CPU seconds of Azurite and the proxy during the run
+    emulator_cpu: float | None = None  # CPU seconds of Azurite's JavaScript thread: a bound on wall
+    latency_bound: float | None = None  # seconds of waiting on storage (latency_bound()); None: unknown
+
+
+RCLONE_TRANSFERS = 16
+
+
+def requests_in_flight(tool: str) -> int | None:
+    """How many requests a tool keeps going at once as the benchmark runs it; None when that is
+    not one known number."""
+    if tool.startswith("flow"):
+        return 16  # --files-in-flight's default
+    if tool == "rclone":
+        return RCLONE_TRANSFERS
+    # AzCopy sends requests from two pools (network operations, 32 on 2 cores, and transfer
+    # initiation, 64, which checks the destination), and the SDK floor sends a large file's
+    # blocks 4 at a time within its 16 threads.
+    return None
+
+
+def latency_bound(requests: int | None, in_flight: int | None, latency: float) -> float | None:
+    """Seconds a run waits on storage `latency` seconds away if it keeps `in_flight` requests
+    going all the time: requests / in flight x latency (0 with no latency; None if unknown)."""
+    if latency == 0:
+        return 0.0
+    if requests is None or not in_flight:
+        return None
+    return requests / in_flight * latency
+
+
+def times_bound(wall: float, *bounds: float | None) -> float | None:
+    """How far a run is from the larger of its known bounds: wall / that bound."""
+    known = [b for b in bounds if b is not None]
+    return wall / max(known) if known and max(known) > 0 else None
 
 
 def measure(args, env, log: Path) -> tuple[float, float, float, int, str]:
@@ -321,7 +365,7 @@ def tool_command(tool, root, container, storage: Storage, mode, ctx) -> tuple[li
     if tool == "rclone":
         env.update(RCLONE_CONFIG_AZ_TYPE="azureblob", RCLONE_CONFIG_AZ_ACCOUNT=ACCOUNT,
                    RCLONE_CONFIG_AZ_KEY=KEY, RCLONE_CONFIG_AZ_ENDPOINT=storage.url)
-        args = [str(VENV_BIN / "rclone"), "copy", str(root), f"az:{container}", "--transfers", "16"]
+        args = [str(VENV_BIN / "rclone"), "copy", str(root), f"az:{container}", "--transfers", str(RCLONE_TRANSFERS)]
         args += ["--ca-cert", str(storage.cert)] if storage.cert else []
         return args + (["--dry-run"] if mode == "dry-run" else []), env
     if tool == "azcopy":
@@ -398,15 +442,20 @@ def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
                 print(f"  (waited {waited:.0f} s for the machine to go quiet)", flush=True)
             load = os.getloadavg()[0]
             before, storage_before = storage.proxy.count() if storage.proxy else None, storage.cpu()
+            emulator_before = storage.emulator_cpu()
             if mode == "first-upload":
                 wall, rss, cpu, code, out = measure_first_blob(args, env, log, storage, container)
             else:
                 wall, rss, cpu, code, out = measure(args, env, log)
             time.sleep(0.2)  # the last answers leave the proxy and Azurite
             run = Run(tree, mode, tool, rnd, round(wall, 2), round(rss, 1), code == 0, scenario=scenario,
-                      cpu=round(cpu, 2), load=round(load, 2), storage_cpu=round(storage.cpu() - storage_before, 2))
+                      cpu=round(cpu, 2), load=round(load, 2), storage_cpu=round(storage.cpu() - storage_before, 2),
+                      emulator_cpu=round(storage.emulator_cpu() - emulator_before, 2))
             if storage.proxy:
                 run.requests = storage.proxy.count() - before
+            latency = ctx["latency_ms"] / 1000 if storage.proxy else 0
+            bound = latency_bound(run.requests, requests_in_flight(tool), latency)
+            run.latency_bound = None if bound is None else round(bound, 2)
             if tool.startswith("flow") and code == 0 and mode != "first-upload":
                 summary = json.loads(out)
                 copy_tasks = summary["batches"]
@@ -419,6 +468,8 @@ def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
             runs.append(run)
             print(f"  {scenario:7} {tree:6} {mode:7} {tool:15} round {rnd}: {wall:7.2f} s  {rss:6.0f} MiB"
                   f"  cpu {cpu:6.2f} s  storage cpu {run.storage_cpu:5.2f} s{'' if run.requests is None else f'  {run.requests:6d} requests'}"
+                  f"  bounds: latency {_num(run.latency_bound) or '?'} s, emulator {run.emulator_cpu:.2f} s"
+                  f" (x{_num(times_bound(wall, run.latency_bound, run.emulator_cpu)) or ' ?'})"
                   f"  load {load:.1f}{'' if code == 0 else '  FAILED ' + run.note[-120:]}", flush=True)
     finally:
         for service in services:
@@ -450,10 +501,11 @@ def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
     if not runs:
         return "", []
     lines = [
-        "Storage 0 ms away over HTTP, account key." + _load(runs),
+        "Storage 0 ms away over HTTP, account key." + _load(runs) + BOUNDS_NOTE,
         "",
-        "| tree | run | tool | wall s | × rclone | × SDK | files/s | MiB/s | peak RSS MiB | task runs | orchestration s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tree | run | tool | wall s | × rclone | × SDK | files/s | MiB/s | peak RSS MiB | task runs "
+        "| orchestration s | latency bound s | emulator CPU s | × bound |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     checks = []
     for tree, (_, files, size) in trees.items():
@@ -474,7 +526,7 @@ def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
                     f"{'' if mode == 'first-upload' else f'{size / MiB / wall:.1f}'} | "
                     f"{median([r.rss_mib for r in mine]):.0f} | "
                     f"{'' if task_runs is None else f'{task_runs:.0f}'} | "
-                    f"{'' if copy is None else f'{wall - copy:.1f}'} |"
+                    f"{'' if copy is None else f'{wall - copy:.1f}'} | {_bounds(mine, wall)} |"
                 )
             flow = med.get("flow")
             if flow is None:
@@ -523,10 +575,11 @@ def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str
         f"the account key, `flow-sas` with an account SAS, `flow-entra` with Entra ID (DefaultAzureCredential, a "
         f"managed identity); `refresh` is a no-change run with `--refresh` (no local checkpoints). *requests* as "
         f"counted by the proxy, *CPU s* of the tool's process, *storage CPU s* of Azurite and the proxy (both "
-        f"on the same 2 cores)." + _load(runs),
+        f"on the same 2 cores)." + _load(runs) + BOUNDS_NOTE,
         "",
-        "| tree | run | tool | wall s | × rclone | × key | requests | CPU s | storage CPU s | peak RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tree | run | tool | wall s | × rclone | × key | requests | CPU s | storage CPU s | peak RSS MiB "
+        "| latency bound s | emulator CPU s | × bound |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     checks = []
     at = f"at {latency_ms:g} ms"
@@ -547,7 +600,7 @@ def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str
                     f"{_ratio(wall, med.get('flow')) if tool.startswith('flow') else ''} | "
                     f"{'' if requests is None else f'{requests:.0f}'} | {median([r.cpu for r in mine]):.2f} | "
                     f"{_num(median([r.storage_cpu for r in mine if r.storage_cpu is not None]))} | "
-                    f"{median([r.rss_mib for r in mine]):.0f} |"
+                    f"{median([r.rss_mib for r in mine]):.0f} | {_bounds(mine, wall)} |"
                 )
             key = med.get("flow")
             if key is None:
@@ -567,6 +620,18 @@ def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str
     if failed:
         lines += ["", f"{len(failed)} run(s) failed: " + "; ".join(f"{r.tool} {r.tree} {r.mode}" for r in failed)]
     return "\n".join(lines) + "\n", checks
+
+
+BOUNDS_NOTE = (" *latency bound*: requests ÷ requests in flight × latency (empty where a tool's requests in flight "
+               "are not one known number); *emulator CPU s*: Azurite's JavaScript thread, which runs every "
+               "request; *× bound*: wall ÷ the larger of the two.")
+
+
+def _bounds(runs: list[Run], wall: float) -> str:
+    """The latency bound, the emulator CPU bound and wall / the larger, as table cells (medians)."""
+    latency = median([r.latency_bound for r in runs if r.latency_bound is not None])
+    emulator = median([r.emulator_cpu for r in runs if r.emulator_cpu is not None])
+    return f"{_num(latency)} | {_num(emulator)} | {_num(times_bound(wall, latency, emulator))}"
 
 
 def _num(value) -> str:
