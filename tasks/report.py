@@ -10,7 +10,6 @@ from uuid import UUID
 
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
 )
 
@@ -32,8 +31,7 @@ class ProgressArtifact:
         self.counting = counting  # the walk goes on: the totals are those found so far
         self.halted = False  # the run was stopped (cancelled, SIGTERM, Ctrl-C)
         self.files_done = self.bytes_done = 0
-        self.id: UUID = create_progress_artifact(progress=0.0, key="backup-progress", description=self._text())
-        self._update(0.0)  # the totals, readable before the first batch ends
+        self.id: UUID = self._create()  # the totals, readable before the first batch ends
         self.last = time.monotonic()
 
     def expect(self, files_total: int, bytes_total: int, counting: bool) -> None:
@@ -55,14 +53,27 @@ class ProgressArtifact:
         done, total = (self.bytes_done, self.bytes_total) if self.bytes_total else (self.files_done, self.files_total)
         self._update(100.0 * done / total if total else 0.0)
 
+    def _create(self) -> UUID:
+        # create_progress_artifact cannot set metadata: this is its request, with it (one, not two).
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactCreate
+        from prefect.utilities.context import get_task_and_flow_run_ids
+
+        task_run_id, flow_run_id = get_task_and_flow_run_ids()
+        return get_client(sync_client=True).create_artifact(artifact=ArtifactCreate(
+            type="progress", key="backup-progress", data=0.0, description=self._text(), metadata_=self._counts(),
+            flow_run_id=flow_run_id, task_run_id=task_run_id)).id
+
+    def _counts(self) -> dict[str, str]:
+        return progress_counts(self.files_done, self.files_total, self.bytes_done, self.bytes_total)
+
     def _update(self, percent: float) -> None:
         # update_progress_artifact cannot set metadata; this is the same request with it.
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import ArtifactUpdate
 
-        counts = progress_counts(self.files_done, self.files_total, self.bytes_done, self.bytes_total)
         get_client(sync_client=True).update_artifact(
-            artifact_id=self.id, artifact=ArtifactUpdate(data=percent, description=self._text(), metadata_=counts))
+            artifact_id=self.id, artifact=ArtifactUpdate(data=percent, description=self._text(), metadata_=self._counts()))
 
     def _text(self) -> str:
         more = " found so far (counting)" if self.counting else ""

@@ -150,7 +150,7 @@ def test_summary_markdown_is_a_table_and_a_dry_run_says_so():
 def test_progress_description_is_in_human_units(monkeypatch):
     from tasks import report
 
-    monkeypatch.setattr(report, "create_progress_artifact", lambda **kw: "id")
+    monkeypatch.setattr(report.ProgressArtifact, "_create", lambda self: "id")
     monkeypatch.setattr(report.ProgressArtifact, "_update", lambda self, percent: None)
     shown = report.ProgressArtifact(44, 11_016_030)
     shown.advance(44, 11_016_030)

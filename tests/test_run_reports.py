@@ -65,3 +65,20 @@ def test_verify_restore_and_prune_announce_start_and_end_and_publish_their_summa
     summary = artifacts(state)["prune-summary"]
     assert "Kept (1):" in summary.data and "Would delete (1):" in summary.data and "Freed:" in summary.data
     assert oldest.run_id in summary.data.split("Would delete (1):")[1]
+
+
+def test_the_progress_artifact_carries_its_counts_from_the_request_that_creates_it():
+    """customStatus (the HTTP status API) reads the counts before the first batch ends."""
+    from prefect import flow
+
+    from tasks.report import ProgressArtifact
+
+    @flow
+    def shows_progress() -> str:
+        return str(ProgressArtifact(12, 3_000, counting=True).id)
+
+    state = shows_progress(return_state=True)
+    progress = artifacts(state)["backup-progress"]
+    assert str(progress.id) == state.result()
+    assert progress.metadata_ == {"files_done": "0", "files_total": "12", "bytes_done": "0", "bytes_total": "3000"}
+    assert progress.data == 0.0 and progress.description == "0 of 12 files, 0 B of 2.9 KiB found so far (counting)"
