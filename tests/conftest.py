@@ -38,7 +38,7 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 # fresh clone and the benchmark's smoke run, each a whole stack at once, never run side by side.
 LONGEST_FIRST = ["test_deployment.py", "test_http_deployment.py", "test_readme.py", "test_bench_smoke.py", "test_sharded.py",
                  "test_services.py"]
-GROUPS = {"test_deployment.py": "deployment-server", "test_http_deployment.py": "http-api-server",
+GROUPS = {"test_deployment.py": "deployment-server", "test_http_deployment.py": "deployment-server",
           "test_sharded.py": "sharded-server",
           "test_services.py": "services-clone", "test_readme.py": "whole-stack",
           "test_bench_smoke.py": "whole-stack"}
@@ -214,13 +214,22 @@ def storage(azurite, monkeypatch):
     return azurite
 
 
+HARNESS_SERVICES_OFF = {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false"
+                        for name in ("TASK_RUN_RECORDER", "EVENT_PERSISTER", "EVENT_LOGGER", "TRIGGERS")}
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One temporary Prefect server for the session; yields its API URL."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    # No test reads this server's events or task runs (the deployment tests' server keeps
+    # every service): without the services that record them, it spends its CPU on the API.
+    os.environ.update(HARNESS_SERVICES_OFF)
     with prefect_test_harness(server_startup_timeout=180):
+        for name in HARNESS_SERVICES_OFF:  # the servers tests start themselves keep them
+            os.environ.pop(name, None)
         url = PREFECT_API_URL.value()
         # The command-line runs the tests start use it too: without PREFECT_API_URL each would
         # start a temporary server of its own (10-30 s, and left running when a test kills it).
@@ -236,6 +245,16 @@ def prefect_server():
 
             APILogWorker.drain_all(timeout=30)
             EventsWorker.drain_all(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stack(azurite, tmp_path_factory):
+    """A Prefect server with the repository's deployments and a process worker, shared by
+    test_deployment.py and test_http_deployment.py (one xdist group: one process, once)."""
+    from tests.deployment_stack import deployment_stack
+
+    with deployment_stack(azurite, tmp_path_factory) as started:
+        yield started
 
 
 @pytest.fixture

@@ -1,17 +1,17 @@
 """A Prefect server on a free port with the repository's deployments (scripts/deploy) and a
-process worker: the `stack` fixture of the modules that run deployments, one per module."""
+process worker: the session's `stack` fixture (tests/conftest.py), shared by the modules that
+run deployments (one xdist group, so one process starts it once)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
-
-import pytest
 
 from tests.conftest import PROJECT, free_port, start_process, stop_process
 
@@ -32,9 +32,9 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return err.code, {k.lower(): v for k, v in err.headers.items()}, json.loads(raw) if raw else None
 
 
-@pytest.fixture(scope="module")
-def stack(azurite, tmp_path_factory):
-    """A Prefect server and a process worker, with the repository's deployment deployed."""
+@contextlib.contextmanager
+def deployment_stack(azurite, tmp_path_factory):
+    """A Prefect server and a process worker, with the repository's deployments deployed."""
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -88,6 +88,18 @@ def client_call(stack, coro_fn):
 
     with temporary_settings(updates={PREFECT_API_URL: stack["api_url"]}):
         return asyncio.run(run())
+
+
+def start_run(stack, deployment: str, parameters: dict, job_variables: dict | None = None) -> str:
+    """Start a run of `deployment` ("flow/name") through the API, as `prefect deployment run`
+    does (test_deployment.py runs that command itself once), without a Prefect import per
+    run; returns the flow run's id."""
+    async def create(client):
+        found = await client.read_deployment_by_name(deployment)
+        return await client.create_flow_run_from_deployment(found.id, parameters=parameters,
+                                                            job_variables=job_variables)
+
+    return str(client_call(stack, create).id)
 
 
 def run_artifacts(stack, flow_run_id: str) -> dict:

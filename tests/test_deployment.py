@@ -1,13 +1,12 @@
 """Deployments for real: a Prefect server on a free port, `scripts/deploy` (prefect deploy
 from prefect.yaml), a process worker, `prefect deployment run --watch`, a crashed run resumed with
 `prefect flow-run retry`, a schedule made through the API that survives a redeploy (the HTTP
-API's tests, over a stack of their own: test_http_deployment.py)."""
+API's tests, test_http_deployment.py, run on the same stack after these)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from tests.conftest import PROJECT, assert_said_stopped, read_container
-from tests.deployment_stack import PREFECT, client_call, run_artifacts, stack  # noqa: F401 (stack: this module's fixture)
+from tests.deployment_stack import PREFECT, client_call, run_artifacts, start_run
 
 
 def test_prefect_deployment_run_watch_completes_and_backs_up(stack, make_tree, container_name):
@@ -90,6 +89,17 @@ def test_schedule_made_in_the_api_survives_redeploy_and_runs(stack):
         return dep.id
 
     deployment_id = client_call(stack, add_schedule)
+    try:
+        schedule_survives_and_runs(stack, deployment_id)
+    finally:
+        async def remove_schedules(client):  # and their runs to come: later tests share the stack
+            for schedule in (await client.read_deployment(deployment_id)).schedules:
+                await client.delete_deployment_schedule(deployment_id, schedule.id)
+
+        client_call(stack, remove_schedules)
+
+
+def schedule_survives_and_runs(stack, deployment_id) -> None:
     redeploy = subprocess.run([str(PROJECT / "scripts" / "deploy")], cwd=PROJECT, env=stack["env"],
                               capture_output=True, text=True, timeout=300)
     assert redeploy.returncode == 0, redeploy.stderr[-3000:]
@@ -183,14 +193,9 @@ def test_a_crashed_deployment_run_resumes_with_flow_run_retry(stack, make_tree, 
     with FaultProxy(stack["azurite"].port) as proxy:
         proxy.latency = 0.04  # slow enough to kill the run part-way
         via_proxy = azurite_connection_string(f"http://127.0.0.1:{proxy.port}/devstoreaccount1")
-        started = subprocess.run(
-            [PREFECT, "deployment", "run", "backup-site-content/local", "--param", f"root_directory={root}",
-             "--param", f"container={container_name}", "--param", "files_per_batch=25",
-             "--param", "files_in_flight=2",
-             "--job-variable", "env=" + json.dumps({"AZURE_STORAGE_CONNECTION_STRING": via_proxy})],
-            env=stack["env"], capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+        flow_run_id = start_run(stack, "backup-site-content/local", {
+            "root_directory": str(root), "container": container_name, "files_per_batch": 25, "files_in_flight": 2},
+            {"env": {"AZURE_STORAGE_CONNECTION_STRING": via_proxy}})
 
         deadline = time.monotonic() + 180
         while proxy.landed() < 120:
@@ -269,12 +274,7 @@ def test_a_configuration_error_is_one_error_line_without_traceback(stack):
             params = {"container": container, parameter: value}
         else:
             params = {"root_directory": str(PROJECT / "sample-site"), "container": container, parameter: value}
-        started = subprocess.run(
-            [PREFECT, "deployment", "run", deployment,
-             *[arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]],
-            env=stack["env"], capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        runs.append((deployment, message, re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)))
+        runs.append((deployment, message, start_run(stack, deployment, params)))
     for deployment, message, flow_run_id in runs:
         state = wait_for_state(stack, flow_run_id, {"COMPLETED", "FAILED", "CRASHED"}, 240)
         assert state.is_failed() and message in state.message, (deployment, state)
@@ -294,18 +294,14 @@ def test_a_deployment_run_cancelled_through_the_api_ends_within_10_s_says_so_onc
 
     files = {f"d{i % 7}/f{i:03d}.txt": f"file {i} ".encode() * (10 + i) for i in range(300)}
     root = make_tree(files)
-    params = ["--param", f"root_directory={root}", "--param", f"container={container_name}",
-              "--param", "files_per_batch=25", "--param", "files_in_flight=2"]
+    params = {"root_directory": str(root), "container": container_name, "files_per_batch": 25, "files_in_flight": 2}
     with FaultProxy(stack["azurite"].port) as proxy:
         proxy.latency = 0.1  # slow enough to cancel the run part-way
         via_proxy = azurite_connection_string(f"http://127.0.0.1:{proxy.port}/devstoreaccount1")
-        job_env = ["--job-variable", "env=" + json.dumps({"AZURE_STORAGE_CONNECTION_STRING": via_proxy})]
+        job_env = {"env": {"AZURE_STORAGE_CONNECTION_STRING": via_proxy}}
 
         def start():
-            started = subprocess.run([PREFECT, "deployment", "run", "backup-site-content/local", *params, *job_env],
-                                     env=stack["env"], capture_output=True, text=True, timeout=120)
-            assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-            return re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+            return start_run(stack, "backup-site-content/local", params, job_env)
 
         flow_run_id = start()
         deadline = time.monotonic() + 180
@@ -441,10 +437,8 @@ def test_make_deploy_creates_alerts_that_notify_on_a_failed_and_on_a_missed_back
         assert missed.within.total_seconds() == 10
 
         # A backup that fails (its root does not exist): the webhook gets a POST naming the run.
-        started = subprocess.run(
-            [PREFECT, "deployment", "run", "backup-site-content/local", "--param", "root_directory=/no/such/folder",
-             "--param", f"container={container_name}"], env=stack["env"], capture_output=True, text=True, timeout=120)
-        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+        flow_run_id = start_run(stack, "backup-site-content/local",
+                                {"root_directory": "/no/such/folder", "container": container_name})
         run_started = time.monotonic()
         alert = receiver.wait_for(lambda b: flow_run_id in b.get("body", ""), 120)
         assert "ended Failed" in alert["subject"] and "does not exist" in alert["body"], alert

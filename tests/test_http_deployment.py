@@ -1,6 +1,5 @@
 """The sample's HTTP start/status API and the Durable Functions client over a real Prefect
-server and process worker of their own (one for this module, so that it runs beside
-test_deployment.py)."""
+server and process worker (the session's `stack`, which test_deployment.py uses too)."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.conftest import PROJECT, free_port, read_container, start_process, stop_process, wait_for_port
-from tests.deployment_stack import client_call, http, stack  # noqa: F401 (stack: this module's fixture)
+from tests.deployment_stack import client_call, http
 
 
 @pytest.fixture(scope="module")

@@ -251,15 +251,9 @@ def pool(azurite, tmp_path_factory):
 
 
 def start_sharded(pool, root, container, **params) -> str:
-    from tests.deployment_stack import PREFECT
+    from tests.deployment_stack import start_run
 
-    args = [PREFECT, "deployment", "run", "backup-site-sharded/local", "--param", f"root_directory={root}",
-            "--param", f"container={container}"]
-    for name, value in params.items():
-        args += ["--param", f"{name}={json.dumps(value)}"]
-    started = subprocess.run(args, env=pool["env"], capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-    return re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+    return start_run(pool, "backup-site-sharded/local", {"root_directory": str(root), "container": container, **params})
 
 
 def finished(pool, flow_run_id: str, timeout: float = 240):
