@@ -12,6 +12,7 @@ from pydantic import Field
 from .accounts import blob_service_client, storage_account
 from .credentials import block_credentials
 from .errors import ConfigurationError, describe
+from .names import blob_folder
 from .retry import RetryPolicy, StorageBudget, StorageUnavailable, TokenUnavailable
 from .sdk_retry import sdk_retry_policy
 from .storage import RetryLog
@@ -97,7 +98,7 @@ def prepare(destination: Destination, create: bool = True, policy: RetryPolicy =
     # retry, and no longer than the run's own deadline.
     budget = StorageBudget(RetryPolicy(retries=1, storage_timeout=min(policy.storage_timeout, 30)), url)
     destination = replace(destination, account_url=url, credentials_source=source)
-    prefix = destination.prefix + "/" if destination.prefix else None
+    prefix = blob_folder(destination.prefix) or None
     try:
         if account.signed is not None:
             if create:

@@ -7,7 +7,7 @@ import base64
 
 from .files import Batch, Problem, display_path, make_batches
 from .history import RunRecord, attic_kept, read_manifest
-from .names import attic_folder, blob_name
+from .names import attic_folder, blob_folder, blob_name
 from .restore import BlobEntry, RestorePlan, unsafe_name_reason
 from .tiers import is_archived
 
@@ -52,7 +52,7 @@ def plan_run_restore(history_store, run: RunRecord, backup_store, prefix: str, m
         wanted.append(line)
     # What is kept for each blob name: the blob, its snapshots, its versions.
     kept: dict[str, list] = {}
-    for k in backup_store.list_kept(f"{prefix}/" if prefix else "", versions=versions):
+    for k in backup_store.list_kept(blob_folder(prefix), versions=versions):
         kept.setdefault(k.name, []).append(k)
     for k in attic_kept(history_store, prefix):
         kept.setdefault(k.name, []).append(k)

@@ -53,7 +53,7 @@ from urllib.parse import quote, unquote
 from .errors import ConfigurationError, describe, error_code, status_of
 from .files import FileListing, Problem, display_path
 from .globs import compile_patterns
-from .names import attic_folder, decode_path, encode_path
+from .names import attic_folder, blob_folder, decode_path, encode_path
 from .retry import RunStopped, StorageUnavailable
 from .units import count
 
@@ -143,7 +143,7 @@ def owned_blobs(store, prefix: str, listing: FileListing, include: Iterable[str]
     skipped = sorted(p.path for p in listing.skipped)
     includes, excludes = compile_patterns(include), compile_patterns(exclude)
     nested = tuple(nested)
-    start = f"{prefix}/" if prefix else ""
+    start = blob_folder(prefix)
     for name, remote in store.list(start):
         rel = name[len(start):]
         if remote.folder or not rel or rel.endswith("/") or any(name.startswith(n) for n in nested):

@@ -111,6 +111,12 @@ def blob_name(prefix: str, path: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
+def blob_folder(prefix: str) -> str:
+    """Where the blobs of `prefix` start ("site/" for site; "" for the whole container), so
+    that a listing of site never reaches site2."""
+    return f"{prefix}/" if prefix else ""
+
+
 def attic_folder(prefix: str) -> str:
     """Where the content of deleted files goes in the history container, per destination."""
     return f"attic/{quote('/' + prefix, safe='')}/"

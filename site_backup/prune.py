@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import ConfigurationError
-from .names import attic_folder, blob_name
+from .names import attic_folder, blob_folder, blob_name
 from .history import RunRecord, attic_kept, iso, read_manifest, runs_by_prefix
 from .locks import HeldLock, lock_for_prune, overlaps  # noqa: F401 - HeldLock: what callers catch
 
@@ -71,7 +71,7 @@ def _key(name: str, size: int, md5: bytes | None) -> bytes:
 def needed_keys(prefix: str, manifests: Iterable[tuple[str, Iterable[dict]]]) -> set[bytes]:
     """Fingerprints of the content that `manifests` ((the run's prefix, its lines), for
     every run that stays) name under `prefix`: what a prune of `prefix` must keep."""
-    scope = f"{prefix}/" if prefix else ""
+    scope = blob_folder(prefix)
     needed: set[bytes] = set()
     for run_prefix, lines in manifests:
         for line in lines:
@@ -113,7 +113,7 @@ def plan_prune(history_store, backup_store, prefix: str, runs: dict[str, list[Ru
             else:
                 plan.snapshots.append((k.name, k.snapshot, k.size))
 
-    for k in backup_store.list_kept(f"{prefix}/" if prefix else ""):
+    for k in backup_store.list_kept(blob_folder(prefix)):
         if group and k.name != group[0].name:
             settle(group)
             group = []

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from .checksums import file_md5
-from .names import blob_name
+from .names import blob_folder, blob_name
 from .files import FileEntry, Problem, display_path
 from .names import decode_path
 from .storage import BlobStore, RemoteBlob
@@ -28,7 +28,7 @@ class VerifyResult:
 def remote_blobs(store: BlobStore, prefix: str) -> dict[str, RemoteBlob]:
     """Every file's blob under the prefix, by name: one listing instead of a request per
     file. Folder markers (other tools' blobs for folders) are no file's and no extra."""
-    return {name: blob for name, blob in store.list(f"{prefix}/" if prefix else "") if not blob.folder}
+    return {name: blob for name, blob in store.list(blob_folder(prefix)) if not blob.folder}
 
 
 def verify_batch(root: str, batch: list[FileEntry], remote: Mapping[str, RemoteBlob], prefix: str,

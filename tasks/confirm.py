@@ -19,6 +19,7 @@ from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import Destination
 from site_backup.errors import describe
 from site_backup.files import Batch, display_path
+from site_backup.names import blob_folder
 from site_backup.retry import RetryPolicy
 from site_backup.units import count
 from tasks.outcomes import batch_outcome
@@ -34,7 +35,7 @@ def read_destination(destination: Destination, policy: RetryPolicy = RetryPolicy
     """Every blob of the destination by name, from one flat listing read while the run
     starts, or None when it holds too many to keep (then each folder is listed on need)."""
     store = open_store(destination, run_budget(policy, destination.account_url))
-    return list_destination(store, f"{destination.prefix}/" if destination.prefix else "")
+    return list_destination(store, blob_folder(destination.prefix))
 
 
 @task(name="confirm-batches", cache_policy=NO_CACHE, persist_result=False)

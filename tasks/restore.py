@@ -13,6 +13,7 @@ from site_backup.accounts import open_store
 from site_backup.destination import Destination
 from site_backup.history import open_history_store
 from site_backup.history_restore import read_kept
+from site_backup.names import blob_folder
 from site_backup.restore import (
     BlobEntry,
     FolderEntry,
@@ -39,7 +40,7 @@ def list_backup(destination: Destination, max_files: int, max_bytes: int, policy
                 ) -> RestorePlan:
     """The blobs under the prefix as batches to restore; unsafe names refused."""
     store = open_store(destination, run_budget(policy, destination.account_url))
-    prefix = f"{destination.prefix}/" if destination.prefix else ""
+    prefix = blob_folder(destination.prefix)
     return plan_restore(store.list(prefix), destination.prefix, max_files, max_bytes)
 
 

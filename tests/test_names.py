@@ -116,3 +116,13 @@ def test_names_other_tools_wrote_decode_leniently():
 def test_a_name_no_file_can_have_is_refused():
     with pytest.raises(ValueError):
         encode_segment("lone\ud800")
+
+
+def test_a_prefix_folder_holds_its_own_blobs_and_never_a_sibling_prefixs():
+    from site_backup.names import blob_folder, blob_name
+
+    assert blob_folder("") == "" and blob_folder("sites/www") == "sites/www/"
+    for path in ("index.html", "a/b.txt"):
+        assert blob_name("site", path).startswith(blob_folder("site"))
+        assert not blob_name("site2", path).startswith(blob_folder("site"))
+        assert blob_name("site", path).startswith(blob_folder(""))
