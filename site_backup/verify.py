@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from .checksums import file_md5
-from .names import blob_folder, blob_name
+from .names import blob_folder, blob_name, decode_path
 from .files import FileEntry, Problem, display_path
-from .names import decode_path
 from .storage import BlobStore, RemoteBlob
 
 

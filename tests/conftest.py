@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -33,8 +34,8 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 
 # `make test` runs the suite in several processes (pytest-xdist, --dist loadgroup). The
-# files that take longest start first, so that the processes end at about the same time; a
-# module whose tests share a server of its own runs whole in one process, once; the README's
+# files that take longest start first, so that the processes end at about the same time;
+# files whose tests share a server of their own run whole in one process, once; the README's
 # fresh clone and the benchmark's smoke run, each a whole stack at once, never run side by side.
 LONGEST_FIRST = ["test_deployment.py", "test_http_deployment.py", "test_readme.py", "test_bench_smoke.py", "test_sharded.py",
                  "test_services.py"]
@@ -224,12 +225,15 @@ def prefect_server():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    # No test reads this server's events or task runs (the deployment tests' server keeps
-    # every service): without the services that record them, it spends its CPU on the API.
-    os.environ.update(HARNESS_SERVICES_OFF)
-    with prefect_test_harness(server_startup_timeout=180):
-        for name in HARNESS_SERVICES_OFF:  # the servers tests start themselves keep them
-            os.environ.pop(name, None)
+    with contextlib.ExitStack() as harness:
+        # No test reads this server's events or task runs (the deployment tests' server keeps
+        # every service): without the services that record them, it spends its CPU on the API.
+        os.environ.update(HARNESS_SERVICES_OFF)
+        try:
+            harness.enter_context(prefect_test_harness(server_startup_timeout=180))
+        finally:  # the servers tests start themselves keep them, even when this one failed
+            for name in HARNESS_SERVICES_OFF:
+                os.environ.pop(name, None)
         url = PREFECT_API_URL.value()
         # The command-line runs the tests start use it too: without PREFECT_API_URL each would
         # start a temporary server of its own (10-30 s, and left running when a test kills it).
