@@ -16,6 +16,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 if __name__ == "__main__":
     gc.disable()  # importing Prefect makes ~10^6 objects, none garbage; on again in run_flow
+    # Storage is checked and listed while Prefect imports (site_backup/cli_head_start.py).
+    importlib.import_module("site_backup.cli_head_start").begin(sys.argv[1:])
 
 from prefect import flow
 

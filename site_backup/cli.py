@@ -7,12 +7,14 @@ import gc
 import os
 import sys
 
+from .cli_head_start import checked, confirms_by_listing
+from .cli_head_start import forget as forget_head_start
 from .cli_history import check_history, choose_run, list_history
 from .cli_options import build_parser, build_prune_parser, build_restore_parser, build_sharded_parser, flow_parameters
 from .cli_prefect import prefect_settings_for_this_run
 from .cli_progress import ProgressLine
 from .cli_stop import Stopped, grace_timer, handle_stop_signals, restore_signals, stopped_exit
-from .destination import Destination, prepare, storage_account
+from .destination import Destination, storage_account
 from .errors import ConfigurationError, redact
 from .retry import STOP, RetryPolicy, RunStopped, StorageBudget, StorageUnavailable, forget_on_stop, on_stop
 from .summary import EXIT_BAD_INPUT, EXIT_INCOMPLETE, RunFailed
@@ -34,7 +36,7 @@ def main(flow, argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     show_progress = not args.no_progress and not args.verify and args.task_runner == "threads" and sys.stderr.isatty()
     return run_flow(flow, parameters, destination, create=not args.verify, as_json=args.json,
-                    show_progress=show_progress)
+                    show_progress=show_progress, listing=confirms_by_listing(args))
 
 
 def task_runner(args: argparse.Namespace):
@@ -133,8 +135,9 @@ def prune_main(flow, argv: list[str] | None = None) -> int:
 
 
 def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, as_json: bool,
-             show_progress: bool) -> int:
-    """Pick the Prefect server, check the storage, run the flow, print its summary.
+             show_progress: bool, listing: bool = False) -> int:
+    """Pick the Prefect server, check the storage, run the flow, print its summary; with
+    `listing`, the destination's listing starts with the check (cli_head_start).
     SIGTERM and Ctrl-C stop the run within seconds (exit 143 or 130)."""
     from prefect.exceptions import TerminationSignal
     from prefect.settings import temporary_settings
@@ -152,7 +155,7 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
         with temporary_settings(updates=updates):
             # Checked before the flow starts, so a wrong address or key is one clear line,
             # not a failed flow run with tracebacks.
-            prepare(destination, create=create, policy=policy)
+            checked(destination, create, policy, listing)
             if notice:
                 print(notice, file=sys.stderr)
             with ProgressLine(show_progress):
@@ -172,6 +175,7 @@ def run_flow(flow, parameters: dict, destination: Destination, *, create: bool, 
         return EXIT_INCOMPLETE
     finally:
         gc.freeze()  # what the run made is not collected again at exit either
+        forget_head_start()
         restore_signals(previous)
         forget_on_stop(grace_timer)
     if STOP.is_set():

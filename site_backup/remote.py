@@ -30,6 +30,41 @@ def list_destination(store: BlobStore, prefix: str) -> dict[str, RemoteBlob] | N
     return found
 
 
+# Listings started before the run by the command line (site_backup/cli_head_start.py), by
+# (account URL, container, folder): a run's list-destination task takes its own, once.
+_ahead: dict[tuple[str, str, str], Future] = {}
+_ahead_lock = threading.Lock()
+
+
+def list_ahead(store: BlobStore, account_url: str, container: str, prefix: str) -> None:
+    """Start `list_destination` of `store` (that account's container) under `prefix` in a
+    thread now, for `listed_ahead` to take."""
+    future: Future = Future()
+    with _ahead_lock:
+        _ahead[(account_url, container, prefix)] = future
+
+    def fill() -> None:
+        try:
+            future.set_result(list_destination(store, prefix))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=fill, name="list-ahead", daemon=True).start()
+
+
+def listed_ahead(account_url: str, container: str, prefix: str) -> Future | None:
+    """The listing `list_ahead` started of this folder in this process, taken (a second
+    call gets None), or None when there is none."""
+    with _ahead_lock:
+        return _ahead.pop((account_url, container, prefix), None)
+
+
+def forget_listings_ahead() -> None:
+    """Drop every listing started ahead that no run took (a run that ended early)."""
+    with _ahead_lock:
+        _ahead.clear()
+
+
 class RemoteLookup:
     """`get(name)` for the blobs of one batch, each folder listed once, on first need.
 

@@ -14,7 +14,7 @@ from prefect.utilities.annotations import quote
 
 from site_backup.accounts import open_store
 from site_backup.confirm import unconfirmed
-from site_backup.remote import list_destination
+from site_backup.remote import list_destination, listed_ahead
 from site_backup.copy import BatchResult, CopyOptions
 from site_backup.destination import Destination
 from site_backup.errors import describe
@@ -34,8 +34,15 @@ CONFIRM_BATCHES = 8
 def read_destination(destination: Destination, policy: RetryPolicy = RetryPolicy()) -> dict | None:
     """Every blob of the destination by name, from one flat listing read while the run
     starts, or None when it holds too many to keep (then each folder is listed on need)."""
+    folder = blob_folder(destination.prefix)
+    ahead = listed_ahead(destination.account_url, destination.container, folder)
+    if ahead is not None:  # the command line's, read while Prefect imported
+        try:
+            return ahead.result()
+        except Exception as exc:  # listed again below: a lasting problem fails this task
+            get_run_logger().info(f"The listing started ahead failed ({describe(exc)}); listing again")
     store = open_store(destination, run_budget(policy, destination.account_url))
-    return list_destination(store, blob_folder(destination.prefix))
+    return list_destination(store, folder)
 
 
 @task(name="confirm-batches", cache_policy=NO_CACHE, persist_result=False)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 
 import pytest
 
 from flows.backup_site_content import backup_site_content
-from site_backup.accounts import open_store
+from site_backup import remote
+from site_backup.accounts import open_store, storage_account
 from site_backup.confirm import unconfirmed
 from site_backup.destination import Destination
 from site_backup.files import FileEntry
@@ -20,7 +22,7 @@ from site_backup.remote import list_destination
 from site_backup.azure_store import AzureBlobStore
 from tasks.confirm import CONFIRM_BATCHES
 from tests.conftest import TestTokenCredential, md5
-from tests.test_durability import proxy, sas_via, tree, via  # noqa: F401 (proxy is a fixture)
+from tests.test_durability import cli, cli_env, proxy, sas_via, tree, via  # noqa: F401 (proxy is a fixture)
 from tests.test_history import runs_of
 
 
@@ -199,3 +201,53 @@ def test_a_destination_too_large_to_list_whole_is_listed_once_per_folder(azurite
     # The first page, the flat listing given up at 599 blobs (one page here), then each of
     # the 13 folders once, however many batches share it.
     assert len(listings(proxy, before, container_name)) == 2 + 13, proxy.log[before:]
+
+
+class Unanswered:
+    """A store whose listing fails, as one started ahead does when storage drops it."""
+
+    def list_folder(self, prefix: str, recursive: bool = False):
+        raise ConnectionResetError("the connection was dropped")
+
+
+def test_a_listing_started_ahead_that_failed_is_read_again_by_the_run(storage, checkpoints, container_name,
+                                                                      make_tree):
+    files = ten_files()
+    root = make_tree(files)
+    backup_site_content(str(root), container=container_name)
+    storage.container(container_name).delete_blob("d2/page5.html")
+    url = storage_account(Destination.checked(container_name)).url
+    remote.list_ahead(Unanswered(), url, container_name, "")
+    again = backup_site_content(str(root), container=container_name)
+    assert remote.listed_ahead(url, container_name, "") is None  # the run took it
+    assert (again.outcome, again.files_uploaded, again.files_unchanged) == ("completed", 1, 9)
+    assert storage.container(container_name).download_blob("d2/page5.html").readall() == files["d2/page5.html"]
+
+
+def test_the_command_line_lists_the_destination_before_the_lock_and_still_sees_a_deleted_blob(
+        azurite, proxy, prefect_server, checkpoints, make_tree, container_name):
+    """The script starts its storage check and the listing while Prefect imports
+    (site_backup/cli_head_start.py); the run confirms its checkpoints with that listing."""
+    files, root = tree(make_tree, 60, seed=7)
+    env = cli_env(prefect_server, via(proxy), checkpoints)
+
+    def run() -> dict:
+        done = subprocess.run(cli(root, container_name, env), env=env, capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    run()
+    before = len(proxy.log)
+    unchanged = run()
+    assert (unchanged["files_uploaded"], unchanged["files_unchanged"]) == (0, 60)
+    log = proxy.log[before:]
+    listings = [i for i, (method, path, comp) in enumerate(log) if (method, path, comp) == ("GET", container_name, "list")]
+    lock = next(i for i, (method, path, _) in enumerate(log) if method == "PUT" and "/locks/" in path)
+    # The command line's check and the flow's each read one page (is the prefix empty?);
+    # the third is the flat listing, sent before the lock, and the run lists nothing else.
+    assert len(listings) == 3 and listings[-1] < lock, log
+    azurite.container(container_name).delete_blob("d03/file-0003.dat")
+    again = run()
+    assert (again["outcome"], again["files_uploaded"], again["files_unchanged"]) == ("completed", 1, 59)
+    assert azurite.container(container_name).download_blob("d03/file-0003.dat").readall() == files["d03/file-0003.dat"]

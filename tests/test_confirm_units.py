@@ -129,3 +129,21 @@ def test_a_slice_of_a_flat_folder_of_100000_blobs_costs_a_few_listings_not_a_req
         pages.clear()
         assert unconfirmed(store, "", [(batch, entries)]) == [frozenset()]
         assert not [r for r in store.requests if r[0] == "get"] and sum(pages) <= 8, (start, pages)
+
+
+def test_a_listing_started_ahead_is_taken_once_and_only_for_its_own_destination():
+    store = MemoryBlobStore()
+    store.blobs["site/a.html"] = stored(b"a")
+    store.blobs["other/b.html"] = stored(b"b")
+    remote.list_ahead(store, "https://acct", "c", "site/")
+    assert remote.listed_ahead("https://acct", "c", "other/") is None  # another folder
+    assert remote.listed_ahead("https://other", "c", "site/") is None  # another account
+    taken = remote.listed_ahead("https://acct", "c", "site/")
+    assert set(taken.result(timeout=30)) == {"site/a.html"}
+    assert remote.listed_ahead("https://acct", "c", "site/") is None  # a later run lists for itself
+
+
+def test_listings_started_ahead_and_never_taken_are_forgotten():
+    remote.list_ahead(MemoryBlobStore(), "https://acct", "c", "")
+    remote.forget_listings_ahead()
+    assert remote.listed_ahead("https://acct", "c", "") is None
