@@ -134,7 +134,8 @@ def backup_site_content(
             history = open_run_history(destination, policy, dry_run, part, run_manifest)
         except (StorageUnavailable, RunStopped) as exc:
             return failed_before_copy(exc, listing, destination, dry_run, started)
-        # Read under the lock while the copies start: what checkpoints claim is confirmed against it.
+        # Read while the copies start, unless the command line read it first (site_backup/cli_head_start.py):
+        # what checkpoints claim is confirmed against it.
         listed = None if refresh or empty or dry_run else read_destination.submit(destination, policy)
         if checkpoint_block:
             prepare_checkpoints(checkpoint_block, policy)

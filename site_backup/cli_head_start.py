@@ -39,10 +39,13 @@ def begin(argv: list[str] | None) -> None:
         flow_parameters(args)
         destination = Destination.checked(args.container, args.prefix, args.credentials_block)
         policy = RetryPolicy.checked(args.retries, args.storage_timeout)
-    except (SystemExit, Exception):  # the run parses them again and says what is wrong
+        if args.verify or args.credentials_block:
+            return
+        storage_account(destination)  # once, here, for both threads
+    except (SystemExit, Exception):  # the run checks all this again and says what is wrong
         return
-    if args.verify or args.credentials_block:
-        return
+    if confirms_by_listing(args):
+        start_listing(destination, policy)
     future: Future = Future()
     _begun[:] = [(destination, policy, future)]
 
@@ -53,8 +56,6 @@ def begin(argv: list[str] | None) -> None:
             future.set_exception(exc)
 
     threading.Thread(target=check, name="storage-check", daemon=True).start()
-    if confirms_by_listing(args):
-        start_listing(destination, policy)
 
 
 def confirms_by_listing(args: argparse.Namespace) -> bool:
