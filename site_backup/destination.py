@@ -4,11 +4,13 @@ container ready (the credentials are in credentials.py, the clients in accounts.
 from __future__ import annotations
 
 import re
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Callable
 
 from pydantic import Field
 
+from . import ahead
 from .accounts import blob_service_client, storage_account
 from .credentials import block_credentials
 from .errors import ConfigurationError, describe
@@ -122,6 +124,27 @@ def prepare(destination: Destination, create: bool = True, policy: RetryPolicy =
             raise
         raise problem from None
     return replace(destination, generation=generation), first is None
+
+
+def prepare_ahead(destination: Destination, policy: RetryPolicy) -> Future:
+    """Start `prepare` (creating the container when missing) in a thread now; the run's
+    `prepared` of the same destination and policy takes its answer (site_backup/ahead.py)."""
+    return ahead.start(("prepared", destination, policy), lambda: prepare(destination, True, policy))
+
+
+def prepared(destination: Destination, create: bool = True, policy: RetryPolicy = RetryPolicy()
+             ) -> tuple[Destination, bool]:
+    """`prepare`'s answer: the one started ahead for this destination and policy in this
+    process (asked again when it failed on anything but the configuration), else one now."""
+    future = ahead.take(("prepared", destination, policy)) if create else None
+    if future is not None:
+        try:
+            return future.result()
+        except ConfigurationError:
+            raise
+        except Exception:  # storage may answer now; a lasting problem fails the request below
+            pass
+    return prepare(destination, create=create, policy=policy)
 
 
 def _may_refuse(create_container: Callable[[], Any]) -> None:

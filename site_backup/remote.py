@@ -10,6 +10,7 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable
 
+from . import ahead
 from .storage import BlobStore, RemoteBlob
 
 PAGE = 5000  # List Blobs answers at most this many names a request
@@ -30,39 +31,16 @@ def list_destination(store: BlobStore, prefix: str) -> dict[str, RemoteBlob] | N
     return found
 
 
-# Listings started before the run by the command line (site_backup/cli_head_start.py), by
-# (account URL, container, folder): a run's list-destination task takes its own, once.
-_ahead: dict[tuple[str, str, str], Future] = {}
-_ahead_lock = threading.Lock()
-
-
 def list_ahead(store: BlobStore, account_url: str, container: str, prefix: str) -> None:
     """Start `list_destination` of `store` (that account's container) under `prefix` in a
     thread now, for `listed_ahead` to take."""
-    future: Future = Future()
-    with _ahead_lock:
-        _ahead[(account_url, container, prefix)] = future
-
-    def fill() -> None:
-        try:
-            future.set_result(list_destination(store, prefix))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=fill, name="list-ahead", daemon=True).start()
+    ahead.start(("listing", account_url, container, prefix), lambda: list_destination(store, prefix))
 
 
 def listed_ahead(account_url: str, container: str, prefix: str) -> Future | None:
     """The listing `list_ahead` started of this folder in this process, taken (a second
     call gets None), or None when there is none."""
-    with _ahead_lock:
-        return _ahead.pop((account_url, container, prefix), None)
-
-
-def forget_listings_ahead() -> None:
-    """Drop every listing started ahead that no run took (a run that ended early)."""
-    with _ahead_lock:
-        _ahead.clear()
+    return ahead.take(("listing", account_url, container, prefix))
 
 
 class RemoteLookup:

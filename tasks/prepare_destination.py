@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from site_backup.destination import Destination, prepare, prepare_checkpoint_store
+from site_backup.destination import Destination, prepare_checkpoint_store, prepared
 from site_backup.retry import RetryPolicy
 from tasks.errors import task_reports_configuration_error
 
@@ -15,8 +15,9 @@ from tasks.errors import task_reports_configuration_error
 @task_reports_configuration_error
 def prepare_destination(destination: Destination, create: bool = True, policy: RetryPolicy = RetryPolicy()
                         ) -> tuple[Destination, bool]:
-    """The destination with its account URL filled in, and whether its prefix is empty."""
-    return prepare(destination, create=create, policy=policy)
+    """The destination with its account URL filled in, and whether its prefix is empty
+    (the command line's answer when it asked already, site_backup/cli_head_start.py)."""
+    return prepared(destination, create=create, policy=policy)
 
 
 @task(name="prepare-checkpoints", cache_policy=NO_CACHE)

@@ -224,10 +224,11 @@ def test_a_listing_started_ahead_that_failed_is_read_again_by_the_run(storage, c
     assert storage.container(container_name).download_blob("d2/page5.html").readall() == files["d2/page5.html"]
 
 
-def test_the_command_line_lists_the_destination_before_the_lock_and_still_sees_a_deleted_blob(
+def test_the_command_line_checks_and_lists_the_destination_once_before_the_lock_and_still_sees_a_deleted_blob(
         azurite, proxy, prefect_server, checkpoints, make_tree, container_name):
     """The script starts its storage check and the listing while Prefect imports
-    (site_backup/cli_head_start.py); the run confirms its checkpoints with that listing."""
+    (site_backup/cli_head_start.py); the flow takes the check's answer, and confirms its
+    checkpoints with that listing."""
     files, root = tree(make_tree, 60, seed=7)
     env = cli_env(prefect_server, via(proxy), checkpoints)
 
@@ -244,9 +245,11 @@ def test_the_command_line_lists_the_destination_before_the_lock_and_still_sees_a
     log = proxy.log[before:]
     listings = [i for i, (method, path, comp) in enumerate(log) if (method, path, comp) == ("GET", container_name, "list")]
     lock = next(i for i, (method, path, _) in enumerate(log) if method == "PUT" and "/locks/" in path)
-    # The command line's check and the flow's each read one page (is the prefix empty?);
-    # the third is the flat listing, sent before the lock, and the run lists nothing else.
-    assert len(listings) == 3 and listings[-1] < lock, log
+    # The command line's check reads one page (is the prefix empty?), and the flow takes
+    # its answer; the other listing is the flat one, sent before the lock; nothing else.
+    assert len(listings) == 2 and listings[-1] < lock, log
+    assert [entry for entry in log if entry[2] == "container"] == [("PUT", container_name, "container"),
+                                                                  ("HEAD", container_name, "container")], log
     azurite.container(container_name).delete_blob("d03/file-0003.dat")
     again = run()
     assert (again["outcome"], again["files_uploaded"], again["files_unchanged"]) == ("completed", 1, 59)

@@ -6,7 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 
-from site_backup import remote
+from dataclasses import replace
+
+import pytest
+
+from site_backup import ahead, destination, remote
+from site_backup.errors import ConfigurationError
+from site_backup.retry import RetryPolicy
 from site_backup.confirm import holds, unconfirmed
 from site_backup.copy import CopyOptions, copy_batch
 from site_backup.files import FileEntry, list_batches
@@ -145,5 +151,37 @@ def test_a_listing_started_ahead_is_taken_once_and_only_for_its_own_destination(
 
 def test_listings_started_ahead_and_never_taken_are_forgotten():
     remote.list_ahead(MemoryBlobStore(), "https://acct", "c", "")
-    remote.forget_listings_ahead()
+    ahead.forget()
     assert remote.listed_ahead("https://acct", "c", "") is None
+
+
+def test_a_storage_check_started_ahead_answers_the_run_once_and_a_failed_one_is_asked_again(monkeypatch):
+    asked = []
+    monkeypatch.setattr(destination, "prepare", lambda d, create=True, policy=None: asked.append(d) or (d, True))
+    site, policy = destination.Destination.checked("cont", "site"), RetryPolicy(3, 9.0)
+    answer = (replace(site, account_url="https://acct", generation="0x1"), False)
+    destination.prepare_ahead(site, policy).result(timeout=30)
+    monkeypatch.setattr(destination, "prepare", lambda d, create=True, policy=None: asked.append(d) or answer)
+    assert destination.prepared(destination.Destination.checked("cont", "other"), True, policy) == answer
+    assert destination.prepared(site, True, RetryPolicy(4, 9.0)) == answer  # another policy: asked again
+    assert len(asked) == 3
+    assert destination.prepared(site, True, policy) == (site, True)  # the one started ahead, taken
+    assert destination.prepared(site, True, policy) == answer and len(asked) == 4  # once: asked again
+
+    def unanswered(d, create=True, policy=None):
+        raise ConnectionResetError("the connection was dropped")
+
+    monkeypatch.setattr(destination, "prepare", unanswered)
+    failed = destination.prepare_ahead(site, policy)
+    assert failed.exception(timeout=30) is not None
+    monkeypatch.setattr(destination, "prepare", lambda d, create=True, policy=None: answer)
+    assert destination.prepared(site, True, policy) == answer
+
+    def misconfigured(d, create=True, policy=None):
+        raise ConfigurationError("the account key is not valid base64: copy it again")
+
+    monkeypatch.setattr(destination, "prepare", misconfigured)
+    destination.prepare_ahead(site, policy).exception(timeout=30)
+    monkeypatch.setattr(destination, "prepare", lambda d, create=True, policy=None: answer)
+    with pytest.raises(ConfigurationError, match="not valid base64"):
+        destination.prepared(site, True, policy)  # the same mistake, not asked again
