@@ -29,7 +29,7 @@ from site_backup.summary import BackupSummary
 from site_backup.units import MiB
 from tasks.backup_run import FanIn, backup_end, checked_input, copy_order, failed_before_copy, mirror_deletions
 from tasks.confirm import confirmed, read_destination
-from tasks.copy_batch import CopyTaskRunner, copy_as_walked, with_checkpoints
+from tasks.copy_batch import CopyTaskRunner, copy_as_walked, shared_listing, with_checkpoints
 from tasks.errors import flow_fails_on_configuration_error
 from tasks.history import commit_run_history, open_run_history, releases_run_history
 from tasks.list_files import Walk, list_files
@@ -135,8 +135,8 @@ def backup_site_content(
         except (StorageUnavailable, RunStopped) as exc:
             return failed_before_copy(exc, listing, destination, dry_run, started)
         # Read while the copies start, unless the command line read it first (site_backup/cli_head_start.py):
-        # what checkpoints claim is confirmed against it.
-        listed = None if refresh or empty or dry_run else read_destination.submit(destination, policy)
+        # what checkpoints claim is confirmed against it, and the copies compare with it.
+        listed = None if empty or dry_run else read_destination.submit(destination, policy)
         if checkpoint_block:
             prepare_checkpoints(checkpoint_block, policy)
         options = CopyOptions(dry_run=dry_run, check_remote=not empty, follow_symlinks=follow_symlinks,
@@ -148,7 +148,8 @@ def backup_site_content(
         fan_in = FanIn(listing, history, keep_paths=delete_missing)
         # An empty prefix holds none of what earlier checkpoints describe: make new ones.
         copy = with_checkpoints(refresh or empty, checkpoint_block, checkpoint_days, dry_run)
-        submit = partial(copy.submit, listing.root, destination=destination, options=options, policy=policy)
+        submit = partial(copy.submit, listing.root, destination=destination, options=options, policy=policy,
+                         listed=shared_listing(listed))
         report_on_stop(StopReport(fan_in.tally, listing, destination.describe(), dry_run, started, fan_in.shown))
         copied = copy_as_walked(submit, batches, ahead, until=fan_in.stopping)
         # A batch from a checkpoint counts only once this run's listing shows its blobs.

@@ -7,7 +7,7 @@ import gc
 import os
 import sys
 
-from .cli_head_start import checked, confirms_by_listing
+from .cli_head_start import checked, reads_listing
 from .cli_head_start import forget as forget_head_start
 from .cli_history import check_history, choose_run, list_history
 from .cli_options import build_parser, build_prune_parser, build_restore_parser, build_sharded_parser, flow_parameters
@@ -36,7 +36,7 @@ def main(flow, argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     show_progress = not args.no_progress and not args.verify and args.task_runner == "threads" and sys.stderr.isatty()
     return run_flow(flow, parameters, destination, create=not args.verify, as_json=args.json,
-                    show_progress=show_progress, listing=confirms_by_listing(args))
+                    show_progress=show_progress, listing=reads_listing(args))
 
 
 def task_runner(args: argparse.Namespace):

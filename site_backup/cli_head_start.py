@@ -2,7 +2,7 @@
 
 Importing Prefect takes longer than what a no-change run asks of storage tens of ms away:
 the check of the destination (three requests) and one flat listing of it, which confirms
-the checkpoints. The backup script calls `begin` before it imports Prefect, and both start
+the checkpoints and answers the copies. The backup script calls `begin` before it imports Prefect, and both start
 in threads (site_backup/ahead.py). The command line waits for the check before the flow
 starts (`checked`); the flow's prepare-destination takes its answer and its
 list-destination the listing, each only for the destination, policy and account it was
@@ -42,15 +42,15 @@ def begin(argv: list[str] | None) -> None:
         storage_account(destination)  # once, here, for both threads
     except (SystemExit, Exception):  # the run checks all this again and says what is wrong
         return
-    if confirms_by_listing(args):
+    if reads_listing(args):
         start_listing(destination, policy)
     prepare_ahead(destination, policy)
 
 
-def confirms_by_listing(args: argparse.Namespace) -> bool:
-    """Whether the run reads the flat listing of its destination: a run that may take
-    batches from checkpoints, with its tasks in this process."""
-    return not (args.refresh or args.dry_run or args.verify) and args.task_runner == "threads"
+def reads_listing(args: argparse.Namespace) -> bool:
+    """Whether the run reads the flat listing of its destination (every backup but a dry
+    run) in this process (its tasks in threads, not on Dask workers)."""
+    return not (args.dry_run or args.verify) and args.task_runner == "threads"
 
 
 def start_listing(destination: Destination, policy: RetryPolicy) -> None:

@@ -143,12 +143,15 @@ def copy_batch(
     options: CopyOptions,
     done: dict[str, FileOutcome] | None = None,
     on_file: Callable[[FileOutcome], None] | None = None,
+    listed: dict[str, RemoteBlob] | None = None,
 ) -> list[FileOutcome]:
     """Copy every file of `batch`, several at a time. Per-file problems become outcomes,
-    never exceptions. Files in `done` (finished by an earlier attempt) are not redone."""
+    never exceptions. Files in `done` (finished by an earlier attempt) are not redone.
+    `listed`: the run's flat listing of the destination, which then answers what storage
+    holds with no request."""
     done = done or {}
-    # What the destination holds, one listing per folder, only for files that need it.
-    remote = RemoteLookup(store, (blob_name(prefix, f.path) for f in batch if f.path not in done)).prefetch() \
+    # What the destination holds: the run's listing, else one listing per folder, only for files that need it.
+    remote = RemoteLookup(store, (blob_name(prefix, f.path) for f in batch if f.path not in done), listed).prefetch() \
         if options.check_remote else None
 
     def one(entry: FileEntry) -> FileOutcome:

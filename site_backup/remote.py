@@ -59,7 +59,7 @@ class RemoteLookup:
         self.store = store
         self.listed = listed
         self._groups: dict[str, set[str]] = defaultdict(set)
-        for name in names:
+        for name in names if listed is None else ():
             self._groups[_folder(name)].add(name)
         self._lock = threading.Lock()
         self._listings: dict[str, Future] = {}

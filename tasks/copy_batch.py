@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from site_backup.accounts import open_store
 from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files
@@ -57,13 +58,16 @@ def with_checkpoints(refresh: bool = False, block: str | None = None, days: floa
     **BATCH_RETRIES,
 )
 def copy_batch(root: str, batch: list[FileEntry], destination: Destination, options: CopyOptions,
-               policy: RetryPolicy = RetryPolicy()) -> BatchResult:
-    """Copy one batch; raises BatchIncomplete (with the partial result) if any file failed."""
+               policy: RetryPolicy = RetryPolicy(), listed: PrefectFuture | None = None) -> BatchResult:
+    """Copy one batch; raises BatchIncomplete (with the partial result) if any file failed.
+    `listed`: the run's list-destination (see `shared_listing`), which then answers what
+    storage holds; else each folder of the batch is listed."""
     context = TaskRunContext.get()
     earlier = earlier_attempts(context)
     store = open_store(destination, run_budget(policy, destination.account_url), options.access_tier)
+    answer = listed.result(raise_on_failure=False) if listed is not None else None
     outcomes = copy_files(root, batch, store, destination.prefix, options, done=earlier.finished,
-                          on_file=progress.add)
+                          on_file=progress.add, listed=answer if isinstance(answer, dict) else None)
     earlier.finished.update((o.path, o) for o in outcomes if o.status in ("uploaded", "unchanged"))
     earlier.storage_retries += store.retries.total
     result = BatchResult.from_outcomes(outcomes)
@@ -94,6 +98,15 @@ def copy_slots(default: int = 4) -> int:
     context = FlowRunContext.get()
     slots = getattr(context.task_runner, "slots", None) if context else None
     return slots if isinstance(slots, int) and 0 < slots < 1024 else default
+
+
+def shared_listing(listed: PrefectFuture | None):
+    """The run's list-destination as a copy task's `listed`, when the copy tasks run in
+    this process (a thread pool; a Dask worker elsewhere cannot wait on it): quoted, so
+    Prefect passes the future itself instead of waiting for it before each copy starts."""
+    context = FlowRunContext.get()
+    shared = listed is not None and context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
+    return quote(listed) if shared else None
 
 
 def copy_as_walked(submit: Callable[[Batch], PrefectFuture], batches: Iterable[Batch], max_pending: int,

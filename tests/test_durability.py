@@ -204,19 +204,30 @@ def test_overlapping_runs_on_one_destination(azurite, prefect_server, make_tree,
     assert read_container(azurite, container_name) == files
 
 
-def test_a_run_without_checkpoints_lists_folders_instead_of_asking_per_file(azurite, proxy, checkpoints, monkeypatch,
-                                                                            make_tree, container_name):
+@pytest.mark.parametrize("too_large", [False, True], ids=["flat-listing", "past-its-limit"])
+def test_a_run_without_checkpoints_compares_with_listings_not_a_request_per_file(too_large, azurite, proxy,
+                                                                                 checkpoints, monkeypatch, make_tree,
+                                                                                 container_name):
     # A fresh worker, --refresh, or a tree first copied by another tool: no checkpoint says
-    # what is stored, so each batch lists its folders (5,000 names a request) rather than
+    # what is stored, so the copies compare with the run's flat listing of the destination
+    # (5,000 names a request), or past its limit with a listing per folder, rather than
     # sending a request per file, which storage 5-50 ms away turns into minutes.
     files, root = tree(make_tree, 600, seed=3)
     proxy.latency = 0.025
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
     backup_site_content(str(root), container=container_name)
-    before = proxy.requests
+    if too_large:
+        monkeypatch.setattr("site_backup.remote.LISTED_AT_MOST", 599)  # one blob short of the tree
+    before, logged = proxy.requests, len(proxy.log)
     again = backup_site_content(str(root), container=container_name, refresh=True)
     assert (again.files_unchanged, again.files_uploaded) == (600, 0)
-    # Create Container, its properties, one page to see the prefix is not empty, 13 folders;
-    # history: the run's lock (Put Blob, Lease Blob, Delete Blob, and one List Blobs of the
-    # locks for an overlapping prune) and its manifest (Put Block, Put Block List).
-    assert proxy.requests - before <= 3 + 13 + 6, proxy.requests - before
+    listings = [entry for entry in proxy.log[logged:] if entry == ("GET", container_name, "list")]
+    # One page to see the prefix is not empty, the flat listing (given up at its limit, in
+    # one page here), then, past the limit only, each of the 13 folders.
+    assert len(listings) == (2 + 13 if too_large else 2), proxy.log[logged:]
+    # Besides: Create Container, its properties; history: the run's lock (Put Blob, Lease
+    # Blob, Delete Blob, and one List Blobs of the locks for an overlapping prune) and its
+    # manifest (Put Block, Put Block List).
+    assert proxy.requests - before == len(listings) + 2 + 6, proxy.log[logged:]
+
+
