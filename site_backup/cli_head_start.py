@@ -2,11 +2,11 @@
 
 Importing Prefect takes longer than what a no-change run asks of storage tens of ms away:
 the check of the destination (three requests) and one flat listing of it, which confirms
-the checkpoints and answers the copies. The backup script calls `begin` before it imports Prefect, and both start
-in threads (site_backup/ahead.py). The command line waits for the check before the flow
-starts (`checked`); the flow's prepare-destination takes its answer and its
-list-destination the listing, each only for the destination, policy and account it was
-started for, in this process. Both are as much the run's own as answers read after its
+the checkpoints and answers the copies. The backup script calls `begin` before it imports
+Prefect, and both start in threads (site_backup/ahead.py). The command line waits for the
+check before the flow starts (`checked`); the flow's prepare-destination takes its answer
+and its list-destination the listing, each only for the destination, policy and account it
+was started for, in this process. Both are as much the run's own as answers read after its
 lock: the lock keeps prunes away, a prune never deletes a current blob, and other writers
 take no lock either way.
 """
@@ -27,10 +27,10 @@ from .retry import RetryPolicy, StorageBudget
 
 
 def begin(argv: list[str] | None) -> None:
-    """Start the storage check and, for a run that confirms checkpoints, the destination's
-    listing. Arguments with a mistake, or naming a credentials block (loading it needs
-    Prefect), start nothing here: the run itself reports the mistake, or starts both when
-    it has loaded the block."""
+    """Start the storage check and, for a run that reads it, the destination's listing.
+    Arguments with a mistake, or naming a credentials block (loading it needs Prefect),
+    start nothing here: the run itself reports the mistake, or starts both when it has
+    loaded the block."""
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             args = build_parser().parse_args(argv)
