@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, TypeVar
+
+T = TypeVar("T")
 
 _started: dict[Hashable, Future] = {}
 _lock = threading.Lock()
@@ -42,6 +44,19 @@ def take(key: tuple) -> Future | None:
     """What was started under `key`, taken: a second call gets None."""
     with _lock:
         return _started.pop(key, None)
+
+
+def answered(future: Future | None, ask: Callable[[], T], lasting: tuple[type[BaseException], ...] = ()) -> T:
+    """`future`'s answer (one started ahead, taken), else `ask()` now. One that failed is
+    asked again, unless it failed with one of `lasting` (the same mistake would come back)."""
+    if future is not None:
+        try:
+            return future.result()
+        except lasting:
+            raise
+        except Exception:  # storage may answer now; a lasting problem fails `ask` too
+            pass
+    return ask()
 
 
 def forget() -> None:

@@ -136,15 +136,8 @@ def prepared(destination: Destination, create: bool = True, policy: RetryPolicy 
              ) -> tuple[Destination, bool]:
     """`prepare`'s answer: the one started ahead for this destination and policy in this
     process (asked again when it failed on anything but the configuration), else one now."""
-    future = ahead.take(("prepared", destination, policy)) if create else None
-    if future is not None:
-        try:
-            return future.result()
-        except ConfigurationError:
-            raise
-        except Exception:  # storage may answer now; a lasting problem fails the request below
-            pass
-    return prepare(destination, create=create, policy=policy)
+    return ahead.answered(ahead.take(("prepared", destination, policy)) if create else None,
+                          lambda: prepare(destination, create=create, policy=policy), lasting=(ConfigurationError,))
 
 
 def _may_refuse(create_container: Callable[[], Any]) -> None:

@@ -13,6 +13,7 @@ from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
 from site_backup.accounts import open_store
+from site_backup.ahead import answered
 from site_backup.confirm import unconfirmed
 from site_backup.remote import list_destination, listed_ahead
 from site_backup.copy import BatchResult, CopyOptions
@@ -35,14 +36,15 @@ def read_destination(destination: Destination, policy: RetryPolicy = RetryPolicy
     """Every blob of the destination by name, from one flat listing read while the run
     starts, or None when it holds too many to keep (then each folder is listed on need)."""
     folder = blob_folder(destination.prefix)
-    ahead = listed_ahead(destination.account_url, destination.container, folder)
-    if ahead is not None:  # the command line's, read while Prefect imported
-        try:
-            return ahead.result()
-        except Exception as exc:  # listed again below: a lasting problem fails this task
-            get_run_logger().info(f"The listing started ahead failed ({describe(exc)}); listing again")
-    store = open_store(destination, run_budget(policy, destination.account_url))
-    return list_destination(store, folder)
+    return answered(listed_ahead(destination.account_url, destination.container, folder),  # the command line's
+                    lambda: list_destination(open_store(destination, run_budget(policy, destination.account_url)), folder))
+
+
+def listing_answer(listed: PrefectFuture | None) -> dict | None:
+    """What `listed` (a read_destination of this run) found, waited for; None when there is
+    no listing, it failed (its task run says why) or the destination was too large."""
+    answer = listed.result(raise_on_failure=False) if listed is not None else None
+    return answer if isinstance(answer, dict) else None
 
 
 @task(name="confirm-batches", cache_policy=NO_CACHE, persist_result=False)
@@ -65,9 +67,8 @@ def confirmed(finished: Iterable[tuple[Batch, PrefectFuture]], copy, root: str, 
     read: list[dict | None] = []  # the listing's answer, once needed
 
     def listing() -> dict | None:
-        if not read:  # a failed listing (its task run says why) leaves a listing per folder
-            answer = listed.result(raise_on_failure=False) if listed is not None else None
-            read.append(answer if isinstance(answer, dict) else None)
+        if not read:  # no listing leaves a listing per folder
+            read.append(listing_answer(listed))
         return read[0]
     held: list[tuple[Batch, BatchResult]] = []  # from checkpoints, not yet sent to be confirmed
     checks: list[tuple[PrefectFuture, list[tuple[Batch, BatchResult]]]] = []

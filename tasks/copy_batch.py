@@ -18,6 +18,7 @@ from site_backup.files import Batch, FileEntry
 from site_backup.progress import progress
 from site_backup.retry import RetryPolicy
 from tasks.checkpoints import checkpoint_key
+from tasks.confirm import listing_answer
 from tasks.outcomes import BatchIncomplete
 from tasks.retry import BATCH_RETRIES, earlier_attempts, end_attempt, run_budget
 
@@ -65,9 +66,8 @@ def copy_batch(root: str, batch: list[FileEntry], destination: Destination, opti
     context = TaskRunContext.get()
     earlier = earlier_attempts(context)
     store = open_store(destination, run_budget(policy, destination.account_url), options.access_tier)
-    answer = listed.result(raise_on_failure=False) if listed is not None else None
     outcomes = copy_files(root, batch, store, destination.prefix, options, done=earlier.finished,
-                          on_file=progress.add, listed=answer if isinstance(answer, dict) else None)
+                          on_file=progress.add, listed=listing_answer(listed))
     earlier.finished.update((o.path, o) for o in outcomes if o.status in ("uploaded", "unchanged"))
     earlier.storage_retries += store.retries.total
     result = BatchResult.from_outcomes(outcomes)
