@@ -20,6 +20,8 @@ import pytest
 
 from tests.azurite_auth import TokenEndpoint, self_signed_certificate, unsigned_storage_token
 
+pytest_plugins = ["tests.cpu_log"]  # TEST_CPU_LOG=FILE: CPU per test
+
 PROJECT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = PROJECT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
 
