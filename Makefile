@@ -20,26 +20,30 @@ WITH_SERVER = PREFECT_HOME="$(CURDIR)/.prefect" PREFECT_API_URL="$${PREFECT_API_
 AZCOPY_VERSION := 10.32.2
 AZCOPY := .tools/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64
 
-setup: $(VENV)/.installed $(AZURITE) $(AZCOPY)
+# The Python packages and the two npm installs each wait on their registry, not on each other,
+# so they install side by side; apt-get takes a lock, so two recipes never run it at once.
+setup:
+	@$(MAKE) --no-print-directory -j3 $(VENV)/.installed $(AZURITE) $(AZCOPY)
+APT := flock /tmp/site-backup-apt.lock apt-get
 
 # Debian packages only when the machine lacks them (CI and developer machines run as root).
 $(VENV)/.installed: pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
-	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || { apt-get update && apt-get install -y python3-venv; }
+	@command -v $(PYTHON) >/dev/null || { $(APT) update && $(APT) install -y python3 python3-venv; }
+	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || { $(APT) update && $(APT) install -y python3-venv; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
 $(AZCOPY):
-	@command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
+	@command -v npm >/dev/null || { $(APT) update && $(APT) install -y nodejs npm; }
 	npm install --prefix .tools --no-save --no-package-lock --no-audit --no-fund --loglevel=error @azure-tools/azcopy-linux@$(AZCOPY_VERSION)
 	chmod +x $@  # the npm package ships it without the execute bit
-	@ldconfig -p | grep -q libsecret-1 || { apt-get update && apt-get install -y libsecret-1-0; }
+	@ldconfig -p | grep -q libsecret-1 || { $(APT) update && $(APT) install -y libsecret-1-0; }
 	touch $@
 
 $(AZURITE):
-	@command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
+	@command -v npm >/dev/null || { $(APT) update && $(APT) install -y nodejs npm; }
 	npm install --prefix .azurite --no-save --no-package-lock --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
 	test -x $@
 
