@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -218,18 +219,61 @@ def storage(azurite, monkeypatch):
 
 
 HARNESS_SERVICES_OFF = {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false"
-                        for name in ("TASK_RUN_RECORDER", "EVENT_PERSISTER", "EVENT_LOGGER", "TRIGGERS")}
+                        for name in ("TASK_RUN_RECORDER", "EVENT_PERSISTER", "EVENT_LOGGER", "TRIGGERS", "SCHEDULER",
+                                     "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS",
+                                     "REPOSSESSOR", "CLEANUP_RECONCILER", "DB_VACUUM")}
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
+def prefect_database(tmp_path_factory) -> Path:
+    """A Prefect database migrated to the installed Prefect's schema, made once for all test
+    processes of the run: a server that starts on a copy skips its migrations, half of its start's CPU."""
+    import prefect
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's, for every process
+    template = shared / f"prefect-{prefect.__version__}.db"
+    with open(shared / "prefect-database.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other processes wait until it is made
+        if not template.exists():
+            building = shared / "prefect-building.db"
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env.update(PREFECT_HOME=str(shared / "prefect-database-home"),
+                       PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{building}")
+            done = subprocess.run([str(PROJECT / ".venv" / "bin" / "prefect"), "server", "database", "upgrade", "-y"],
+                                  env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            building.rename(template)
+    return template
+
+
+def server_home(tmp_path_factory, prefect_database: Path) -> Path:
+    """A PREFECT_HOME for a `prefect server start`, its database a copy of the migrated one."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    shutil.copyfile(prefect_database, home / "prefect.db")
+    return home
+
+
+@pytest.fixture(scope="session")
+def prefect_server(prefect_database):
     """One temporary Prefect server for the session; yields its API URL."""
+    import prefect.testing.utilities
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    def seeded_folder() -> str:  # the harness's database folder, holding a copy of the migrated database
+        folder = tempfile.mkdtemp(prefix="prefect-harness-")
+        shutil.copyfile(prefect_database, os.path.join(folder, "prefect-test.db"))
+        return folder
+
     with contextlib.ExitStack() as harness:
-        # No test reads this server's events or task runs (the deployment tests' server keeps
-        # every service): without the services that record them, it spends its CPU on the API.
+        # The harness makes its database in a new folder (prefect.testing.utilities.mkdtemp);
+        # should that name change, the server migrates a new database as before, only slower.
+        harness.enter_context(pytest.MonkeyPatch.context()).setattr(prefect.testing.utilities, "mkdtemp",
+                                                                     seeded_folder)
+        # Its runs are started and ended by the tests themselves (the deployment tests' server
+        # keeps every service): no test reads its events or task runs, nor needs it to schedule,
+        # mark late, cancel or clean up runs. Without those loops it spends its CPU on the API.
         os.environ.update(HARNESS_SERVICES_OFF)
         try:
             harness.enter_context(prefect_test_harness(server_startup_timeout=180))
@@ -254,12 +298,12 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
-def stack(azurite, tmp_path_factory):
+def stack(azurite, tmp_path_factory, prefect_database):
     """A Prefect server with the repository's deployments and a process worker, shared by
     test_deployment.py and test_http_deployment.py (one xdist group: one process, once)."""
     from tests.deployment_stack import deployment_stack
 
-    with deployment_stack(azurite, tmp_path_factory) as started:
+    with deployment_stack(azurite, tmp_path_factory, server_home(tmp_path_factory, prefect_database)) as started:
         yield started
 
 

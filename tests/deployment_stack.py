@@ -33,9 +33,9 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
 
 
 @contextlib.contextmanager
-def deployment_stack(azurite, tmp_path_factory):
-    """A Prefect server and a process worker, with the repository's deployments deployed."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
+def deployment_stack(azurite, tmp_path_factory, home):
+    """A Prefect server (PREFECT_HOME `home`, tests/conftest.py server_home) and a process
+    worker, with the repository's deployments deployed."""
     port = free_port()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     server_env = dict(base_env, PREFECT_HOME=str(home), PREFECT_SERVER_API_HOST="127.0.0.1",

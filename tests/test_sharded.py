@@ -21,7 +21,7 @@ from site_backup.errors import ConfigurationError
 from site_backup.files import list_batches
 from site_backup.history import history_container
 from site_backup.shards import Shard, shard_of
-from tests.conftest import PROJECT, free_port, read_container, start_process, stop_process
+from tests.conftest import PROJECT, free_port, read_container, server_home, start_process, stop_process
 
 RCLONE = PROJECT / ".venv" / "bin" / "rclone"
 
@@ -207,14 +207,14 @@ def test_a_retried_parent_keeps_its_finished_shards_and_goes_on_from_the_failed_
 
 
 @pytest.fixture(scope="module")
-def pool(azurite, tmp_path_factory):
+def pool(azurite, tmp_path_factory, prefect_database):
     """A Prefect server, the sharded and shard deployments of prefect.yaml, and two process
     workers (three slots each) whose runs reach Azurite through the fault proxy."""
     from tests.faultproxy import FaultProxy
     from tests.deployment_stack import PREFECT, wait_for_health
     from site_backup.credentials import azurite_connection_string
 
-    home = tmp_path_factory.mktemp("prefect-server-home")
+    home = server_home(tmp_path_factory, prefect_database)
     port = free_port()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     server_env = dict(base_env, PREFECT_HOME=str(home), PREFECT_SERVER_API_HOST="127.0.0.1",
