@@ -712,6 +712,8 @@ def main(argv=None) -> int:
     p.add_argument("--settle", type=float, default=60,
                    help="wait up to this many seconds before each run for the machine to go quiet")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--api-url", help="a running Prefect server's API URL for the flow's runs, instead of starting "
+                                     "one (the test suite's smoke run passes its own)")
     p.add_argument("--history-files", type=int, default=100_000,
                    help="files in the manifest whose size is measured (history figures; 0: skip them)")
     p.add_argument("--history-manifests", type=int, default=100, help="manifests listed for the history figures")
@@ -734,7 +736,7 @@ def main(argv=None) -> int:
         print(f"tree {name}: preparing...", flush=True)
         trees[name] = make_tree(name)
     tmp = Path(tempfile.mkdtemp(prefix="site-backup-bench-"))
-    server, api_url = start_prefect_server(tmp / "server-home")
+    server, api_url = (None, args.api_url) if args.api_url else start_prefect_server(tmp / "server-home")
     ctx = {"tmp": tmp, "api_url": api_url, "ephemeral_home": tmp / "ephemeral-home", "settle": 0 if args.smoke else args.settle,
            "latency_ms": args.latency_ms}
     runs: list[Run] = []
@@ -747,9 +749,9 @@ def main(argv=None) -> int:
             ctx["tls"] = self_signed_certificate(tmp / "tls")
             ctx["identity"] = identity = TokenEndpoint()
         warm = make_tree("tiny")[0] if "tiny" not in trees else trees["tiny"][0]
-        for tool in {"flow", "flow-ephemeral"} & set(tools):
-            # Not measured: a server's first flow and task runs are slower (its database is
-            # new, its routes cold); a deployed server has long been past them.
+        for tool in {"flow", "flow-ephemeral"} & set(tools) - ({"flow"} if args.api_url else set()):
+            # Not measured: a new server's first flow and task runs are slower (its database is
+            # new, its routes cold); a deployed server, or one of --api-url, is past them.
             one(tool, "warm-up", warm, 0, ctx)
         for rnd in range(1, args.rounds + 1):
             for scenario in scenarios:
@@ -771,7 +773,8 @@ def main(argv=None) -> int:
                         runs += one(tool, tree, root, rnd, ctx, scenario)
         history_table = measure_history_section(args.history_files, args.history_manifests)
     finally:
-        server.stop()
+        if server:
+            server.stop()
         if identity:
             identity.close()
     table, checks = report(runs, trees, args.rounds)
