@@ -27,7 +27,7 @@ def run(args, clone, env, timeout=300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory, azurite):
+def clone(tmp_path_factory, azurite, prefect_database):
     """This checkout's tracked files (as they are now) with the shared installs linked in, and
     a server started by its scripts; `make stop` at the end."""
     clone = tmp_path_factory.mktemp("services") / "clone"
@@ -40,6 +40,10 @@ def clone(tmp_path_factory, azurite):
         shutil.copy2(PROJECT / name, clone / name)
     for name in (".venv", ".azurite"):
         (clone / name).symlink_to((PROJECT / name).resolve())
+    # The database as a server's first start leaves it (migrated): the README's fresh clone
+    # test has the first start, and a migration costs a start about 10 s of CPU.
+    (clone / ".prefect").mkdir()
+    shutil.copyfile(prefect_database, clone / ".prefect" / "prefect.db")
     # As a user's shell: no Prefect settings at all.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AZURE_STORAGE", "WORK_POOL"))}
     port = free_port()

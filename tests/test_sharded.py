@@ -211,7 +211,8 @@ def pool(azurite, tmp_path_factory, prefect_database):
     """A Prefect server, the sharded and shard deployments of prefect.yaml, and two process
     workers (three slots each) whose runs reach Azurite through the fault proxy."""
     from tests.faultproxy import FaultProxy
-    from tests.deployment_stack import PREFECT, wait_for_health
+    from site_backup.deploy_setup import ensure_work_pool
+    from tests.deployment_stack import PREFECT, client_call, wait_for_health
     from site_backup.credentials import azurite_connection_string
 
     home = server_home(tmp_path_factory, prefect_database)
@@ -233,11 +234,13 @@ def pool(azurite, tmp_path_factory, prefect_database):
         workers = []
         try:
             wait_for_health(f"{api_url}/health", 240, logs / "server.log")
-            for step in ([PREFECT, "work-pool", "create", "site-backup", "--type", "process"],
-                         [PREFECT, "--no-prompt", "deploy", "--name", "backup-site-content/shard",
-                          "--name", "backup-site-sharded/local"]):
-                done = subprocess.run(step, cwd=PROJECT, env=client_env, capture_output=True, text=True, timeout=300)
-                assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            # The pool as scripts/deploy makes it, from this process (a `prefect` command costs
+            # seconds of CPU to start).
+            client_call({"api_url": api_url}, lambda client: ensure_work_pool(client, "site-backup"))
+            done = subprocess.run([PREFECT, "--no-prompt", "deploy", "--name", "backup-site-content/shard",
+                                   "--name", "backup-site-sharded/local"],
+                                  cwd=PROJECT, env=client_env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             for name in ("worker-a", "worker-b"):
                 workers.append(start_process(
                     [PREFECT, "worker", "start", "--pool", "site-backup", "--type", "process", "--limit", "3",
