@@ -86,10 +86,20 @@ async def set_up(pool: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """Everything but the deployments themselves, then the alerts (alerts.main)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
     if len(argv) != 1:
         print("usage: python -m site_backup.deploy_setup WORK_POOL", file=sys.stderr)
         return 2
-    for line in asyncio.run(set_up(argv[0])):
+    try:
+        said = asyncio.run(set_up(argv[0]))
+    except (httpx.TransportError, OSError) as exc:
+        print(f"error: the Prefect server at {PREFECT_API_URL.value() or '(PREFECT_API_URL not set)'} does not "
+              f"answer ({type(exc).__name__}: {exc}): start it (`make server`) or set PREFECT_API_URL",
+              file=sys.stderr)
+        return 1
+    for line in said:
         print(line)
     return alerts.main()
 
