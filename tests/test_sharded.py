@@ -21,7 +21,8 @@ from site_backup.errors import ConfigurationError
 from site_backup.files import list_batches
 from site_backup.history import history_container
 from site_backup.shards import Shard, shard_of
-from tests.conftest import PROJECT, free_port, read_container, server_home, start_process, stop_process
+from tests.conftest import (HARNESS_SERVICES_OFF, PROJECT, free_port, read_container, server_home, start_process,
+                            stop_process)
 
 RCLONE = PROJECT / ".venv" / "bin" / "rclone"
 
@@ -218,8 +219,11 @@ def pool(azurite, tmp_path_factory, prefect_database):
     home = server_home(tmp_path_factory, prefect_database)
     port = free_port()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    # None of the server's loops: these tests read flow runs only, and a run's crash is the
+    # worker's to report. With them, recording the shards' events cost more CPU than the runs.
     server_env = dict(base_env, PREFECT_HOME=str(home), PREFECT_SERVER_API_HOST="127.0.0.1",
-                      PREFECT_SERVER_API_PORT=str(port), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+                      PREFECT_SERVER_API_PORT=str(port), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                      **HARNESS_SERVICES_OFF)
     api_url = f"http://127.0.0.1:{port}/api"
     logs = tmp_path_factory.mktemp("logs")
     with FaultProxy(azurite.port) as proxy:
