@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from prefect import flow
 
 from site_backup.destination import ContainerName, Destination
+from site_backup.in_flight import FILES_IN_FLIGHT
 from site_backup.retry import RetryPolicy
 from site_backup.sharded import ShardedSummary, combine
 from site_backup.shards import Shard, check_shards
@@ -46,7 +47,7 @@ def backup_site_sharded(
     checkpoint_days: float | None = None,
     files_per_batch: int = 1000,
     mib_per_batch: int = 256,
-    files_in_flight: int = 16,
+    files_in_flight: int = FILES_IN_FLIGHT,
     single_put_mib: int = 64,
     block_size_mib: int = 8,
     blocks_in_flight: int = 4,
@@ -81,7 +82,7 @@ def backup_site_sharded(
         checkpoint_days: Do not trust checkpoints older than this many days; empty: they never expire.
         files_per_batch: Most files one copy task handles (1 or more).
         mib_per_batch: About how many MiB one copy task handles (1 or more).
-        files_in_flight: Files copied at once in each shard's run (1 or more).
+        files_in_flight: At most this many files copied at once in each shard's run (1 or more).
         single_put_mib: Files up to this many MiB go up in one request (1 or more).
         block_size_mib: Size of one block of a large file, in MiB (1 or more).
         blocks_in_flight: Blocks of one large file sent at once (1 or more).

@@ -23,6 +23,7 @@ from prefect import flow
 
 from site_backup.copy import CopyOptions
 from site_backup.destination import ContainerName
+from site_backup.in_flight import FILES_IN_FLIGHT
 from site_backup.mirror import DEFAULT_MAX_DELETE
 from site_backup.retry import RunStopped, StorageUnavailable, stops_on_termination
 from site_backup.summary import BackupSummary
@@ -58,7 +59,7 @@ def backup_site_content(
     checkpoint_days: float | None = None,
     files_per_batch: int = 1000,
     mib_per_batch: int = 256,
-    files_in_flight: int = 16,
+    files_in_flight: int = FILES_IN_FLIGHT,
     single_put_mib: int = 64,
     block_size_mib: int = 8,
     blocks_in_flight: int = 4,
@@ -101,7 +102,8 @@ def backup_site_content(
             expire.
         files_per_batch: Most files one copy task handles (a whole number, 1 or more).
         mib_per_batch: About how many MiB one copy task handles (1 or more).
-        files_in_flight: Files copied at once across all copy tasks (1 or more).
+        files_in_flight: At most this many files copied at once across all copy tasks (1 or
+            more); the run starts at 16 and adapts below it to what storage answers.
         single_put_mib: Files up to this many MiB go up in one request; larger ones in blocks (1 or
             more).
         block_size_mib: Size of one block of a large file, in MiB (1 or more).

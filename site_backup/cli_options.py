@@ -8,6 +8,7 @@ import argparse
 from .errors import ConfigurationError
 from .files import check_root
 from .globs import compile_patterns
+from .in_flight import FILES_IN_FLIGHT, START
 from .mirror import DEFAULT_MAX_DELETE, DeleteLimit
 from .retry import RetryPolicy
 from .shards import SHARD_BY, Shard, check_mirror
@@ -84,8 +85,9 @@ def build_parser(sharded: bool = False) -> argparse.ArgumentParser:
                             help="where copy tasks run: threads in this process (default), or an existing Dask "
                                  "cluster (needs `pip install -e .[dask]`)")
     tuning.add_argument("--dask-address", metavar="tcp://HOST:8786", help="the Dask scheduler for --task-runner dask")
-    tuning.add_argument("--files-in-flight", type=_positive, default=16,
-                        help="files copied at once, across all copy tasks (default 16)")
+    tuning.add_argument("--files-in-flight", type=_positive, default=FILES_IN_FLIGHT,
+                        help=f"at most this many files copied at once, across all copy tasks (default "
+                             f"{FILES_IN_FLIGHT}; the run starts at {min(START, FILES_IN_FLIGHT)} and adapts to storage)")
     tuning.add_argument("--single-put-mib", type=_positive, default=64,
                         help="files up to this size go up in one request (default 64)")
     tuning.add_argument("--block-size-mib", type=_positive, default=8,

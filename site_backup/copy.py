@@ -18,6 +18,7 @@ from .checksums import md5_and_size
 from .content_types import content_type as content_type_of
 from .errors import FileChangedError, describe, error_code
 from .file_pool import file_pool
+from .in_flight import FILES_IN_FLIGHT
 from .files import FileEntry, Problem, display_path, root_problem, special_file_reason
 from .names import blob_name
 from .remote import RemoteLookup
@@ -40,7 +41,7 @@ class CopyOptions:
     dry_run: bool = False
     check_remote: bool = True  # False when the destination held no blobs at the start
     follow_symlinks: bool = False
-    files_in_flight: int = 16  # across all batches copying in this process
+    files_in_flight: int = FILES_IN_FLIGHT  # at most, across all batches copying in this process (the level adapts below it)
     single_put_size: int = 64 * MiB  # files up to this size go up in one request (the SDK's default too)
     block_size: int = 8 * MiB  # larger files go up in blocks of this size
     blocks_in_flight: int = 4  # per large file
@@ -88,6 +89,9 @@ class BatchResult:
     # (path, size, MD5, mtime_ns, version id) of every file backed up: the run manifest's
     # lines. None in checkpoints written before manifests existed (then they are looked up).
     entries: list[tuple] | None = None
+    # The process's adaptive level when the batch ended, and its highest (0: not known).
+    in_flight: int = 0
+    in_flight_peak: int = 0
 
     @classmethod
     def from_outcomes(cls, outcomes: list[FileOutcome]) -> "BatchResult":
@@ -122,6 +126,12 @@ class BatchResult:
         )
 
 
+def files_in_flight(options: CopyOptions) -> tuple[int, int]:
+    """How many files this process copies at once now, and the most it has."""
+    level = file_pool(options.files_in_flight, options.block_size).level
+    return level.level, level.peak
+
+
 def blob_name_problem(name: str) -> str | None:
     """Why Azure would refuse `name` (checked here because Azurite accepts more than Azure)."""
     if len(name) > 1024:
@@ -154,28 +164,36 @@ def copy_batch(
     remote = RemoteLookup(store, (blob_name(prefix, f.path) for f in batch if f.path not in done), listed).prefetch() \
         if options.check_remote else None
 
-    def one(entry: FileEntry) -> FileOutcome:
-        if entry.path in done:
-            return done[entry.path]
-        outcome = copy_file(root, entry, store, prefix, options, remote)
-        if on_file:
-            on_file(outcome)
-        return outcome
-
     if options.listing_suffices:  # no I/O at all: threads would only add overhead
         outcomes = [done.get(entry.path) or _as_listed(prefix, entry) for entry in batch]
         if on_file:
             for outcome in outcomes:
                 on_file(outcome)
         return outcomes
+    pool = file_pool(options.files_in_flight, options.block_size)
+    level = pool.level_for(store.retries.budget)
+
+    def one(entry: FileEntry) -> FileOutcome:
+        if entry.path in done:
+            return done[entry.path]
+        retried = store.retries.budget.retried
+        outcome = copy_file(root, entry, store, prefix, options, remote)
+        troubled = store.retries.budget.retried > retried
+        if outcome.status == "uploaded" or troubled:  # an unchanged file says nothing of the link
+            level.finished(troubled)
+        if on_file:
+            on_file(outcome)
+        return outcome
+
     # Files above the block size jump the queue, largest first, whichever batch they are in:
     # queued behind another batch's many small files they would start late and finish last.
     # Smaller files keep batch order, so batches finish (and are checkpointed)
     # one after another rather than all near the end, which is what a crash would cost.
-    pool = file_pool(options.files_in_flight)
     order = sorted(range(len(batch)), key=lambda i: batch[i].size, reverse=True)
-    futures = {i: pool.submit(batch[i].size if batch[i].size > options.block_size else 0, one, batch[i])
-               for i in order}
+    futures = {}
+    for i in order:
+        heavy = batch[i].size > options.block_size
+        futures[i] = pool.submit(batch[i].size if heavy else 0, one, batch[i], weight=batch[i].size, heavy=heavy)
     try:
         return [futures[i].result() for i in range(len(batch))]
     finally:  # after an unexpected error, files not yet started stay unstarted

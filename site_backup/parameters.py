@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from site_backup.destination import normalize_prefix, validate_container_name
 from site_backup.errors import ConfigurationError
 from site_backup.globs import compile_patterns
+from site_backup.in_flight import FILES_IN_FLIGHT
 from site_backup.mirror import DEFAULT_MAX_DELETE, DeleteLimit
 from site_backup.shards import Shard, check_mirror
 from site_backup.tiers import check_access_tier
@@ -48,7 +49,7 @@ class BackupParameters(BaseModel):
     checkpoint_days: float | None = Field(None, gt=0, allow_inf_nan=False)
     files_per_batch: int = Field(1000, gt=0)
     mib_per_batch: int = Field(256, gt=0)
-    files_in_flight: int = Field(16, gt=0)
+    files_in_flight: int = Field(FILES_IN_FLIGHT, gt=0)
     single_put_mib: int = Field(64, gt=0)
     block_size_mib: int = Field(8, gt=0)
     blocks_in_flight: int = Field(4, gt=0)

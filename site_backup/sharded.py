@@ -9,7 +9,8 @@ from .summary import EXIT_INCOMPLETE, EXIT_OK, BackupSummary, _cell, human_bytes
 
 # The counters a shard's summary adds to the whole.
 _SUMS = ("files_total", "files_uploaded", "files_unchanged", "files_changed", "files_skipped", "files_failed",
-         "files_excluded", "bytes_total", "bytes_uploaded", "retries", "batches", "batches_from_checkpoint")
+         "files_excluded", "bytes_total", "bytes_uploaded", "retries", "batches", "batches_from_checkpoint",
+         "files_in_flight", "files_in_flight_peak")  # the shards copy side by side: their levels add up
 
 
 class ShardRow(BaseModel):

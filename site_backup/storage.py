@@ -29,6 +29,8 @@ class RemoteBlob:
 class BlobStore(Protocol):
     """The few blob operations a backup needs, on one container."""
 
+    retries: "RetryLog"  # the run's retries, by reason, and its budget
+
     def get(self, name: str) -> RemoteBlob | None: ...
 
     def put(self, name: str, data: bytes, *, md5: bytes, content_type: str, metadata: dict[str, str]

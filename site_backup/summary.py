@@ -44,6 +44,9 @@ class BackupSummary(BaseModel):
     batches_from_checkpoint: int = 0
     duration_seconds: float = 0.0
     copy_seconds: float = 0.0  # from the first copy task submitted to the last one finished
+    # Files copied at once: the adaptive level at the end (0: nothing was copied) and its highest.
+    files_in_flight: int = 0
+    files_in_flight_peak: int = 0
     skipped: list[FileProblem] = Field(default_factory=list)
     failed: list[FileProblem] = Field(default_factory=list)
     # --delete-missing: blobs of files no longer in the tree, deleted after their content
@@ -113,6 +116,9 @@ class BackupSummary(BaseModel):
             *([("Deleted", self._deleted_row())] if self.delete_missing else []),
             ("Batches", f"{self.batches} ({self.batches_from_checkpoint} done by an earlier run)"),
             ("Retries", str(self.retries)),
+            *([("In flight", f"{self.files_in_flight} files at once at the end, {self.files_in_flight_peak} at most "
+                             "(the level adapts to storage, within --files-in-flight)")]
+              if self.files_in_flight else []),
             ("Duration", f"{self.duration_seconds:.1f} s ({self.files_total / secs:.0f} files/s, "
                          f"{self.bytes_uploaded / MiB / secs:.1f} MiB/s {verb})"),
             ("Outcome", self.outcome + (" (dry run: nothing was uploaded)" if self.dry_run else "")),
@@ -189,6 +195,9 @@ class BackupTally:
         s.bytes_total += result.bytes_total
         s.bytes_uploaded += result.bytes_uploaded
         s.retries += result.retries
+        if not from_checkpoint and getattr(result, "in_flight", 0):  # checkpoints from before it was kept
+            s.files_in_flight = result.in_flight
+            s.files_in_flight_peak = max(s.files_in_flight_peak, result.in_flight_peak)
         self.skipped += file_problems(result.skipped)
         self.failed += file_problems(result.failed)
 

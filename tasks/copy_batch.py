@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from site_backup.accounts import open_store
-from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files
+from site_backup.copy import BatchResult, CopyOptions, copy_batch as copy_files, files_in_flight
 from site_backup.destination import Destination
 from site_backup.files import Batch, FileEntry
 from site_backup.progress import progress
@@ -72,6 +72,8 @@ def copy_batch(root: str, batch: list[FileEntry], destination: Destination, opti
     earlier.storage_retries += store.retries.total
     result = BatchResult.from_outcomes(outcomes)
     result.retries += earlier.storage_retries + context.task_run.run_count - 1
+    if not options.listing_suffices:
+        result.in_flight, result.in_flight_peak = files_in_flight(options)
     if store.retries.total:
         get_run_logger().warning("storage requests retried: %s", store.retries.describe())
     end_attempt(context, failed=bool(result.failed))

@@ -224,10 +224,13 @@ def publish_summary(summary: BackupSummary, counting: bool = False) -> None:
                                  summary.files_uploaded + summary.files_unchanged, total)
     else:
         get_run_logger().info(
-            "Backup %s: %s, %d %s (%s), %d unchanged, %d skipped, %d failed in %.1f s%s",
+            "Backup %s: %s, %d %s (%s), %d unchanged, %d skipped, %d failed in %.1f s%s%s",
             summary.outcome, count(summary.files_total, "file"), summary.files_uploaded, verb,
             human_bytes(summary.bytes_uploaded),
             summary.files_unchanged, summary.files_skipped, summary.files_failed, summary.duration_seconds,
+            # Why the run was as fast as it was: how many files it settled at copying at once.
+            f", {summary.files_in_flight} files in flight at the end ({summary.files_in_flight_peak} at most)"
+            if summary.files_in_flight else "",
             f": {summary.error}" if summary.error else "")
     create_markdown_artifact(
         markdown=summary.to_markdown(),

@@ -51,6 +51,7 @@ class FaultProxy:
         self.faults: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()  # blob name -> writes that landed (Put Blob, Put Block List)
         self.requests = 0
+        self.in_flight = self.most_in_flight = 0  # requests being answered now, and the most at once
         self.log: list[tuple[str, str, str]] = []  # (method, container/blob path, comp or restype) of each request
         self.silent_after: int | None = None  # from this many requests on, never answer
         self.refuse_after: int | None = None  # from this many requests on, refuse connections
@@ -160,6 +161,14 @@ class FaultProxy:
             return True
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1  # in the proxy's loop: no lock needed
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         with self._lock:
             self.requests += 1

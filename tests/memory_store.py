@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from site_backup.blob_metadata import is_folder_marker, stored_mtime
-from site_backup.storage import KeptBlob, RemoteBlob
+from site_backup.storage import KeptBlob, RemoteBlob, RetryLog
 
 
 def _condition_not_met():
@@ -45,6 +45,7 @@ class MemoryBlobStore:
     requests: list[tuple[str, str]] = field(default_factory=list)
     snapshots: dict[tuple[str, str], StoredBlob] = field(default_factory=dict)  # (name, snapshot time)
     versioning: bool = False  # True: act as an account with blob versioning on
+    retries: RetryLog = field(default_factory=RetryLog)  # the run's budget, as the real store carries it
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _clock: Any = field(default_factory=lambda: itertools.count(1))
 

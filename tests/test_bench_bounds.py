@@ -15,12 +15,17 @@ from bench.run import cpu_seconds, latency_bound, requests_in_flight, times_boun
 def test_latency_bound_is_requests_over_in_flight_times_latency():
     assert latency_bound(5013, 16, 0.025) == pytest.approx(7.83, abs=0.01)
     assert latency_bound(4074, requests_in_flight("rclone"), 0.040) == pytest.approx(10.185)
-    assert latency_bound(11, requests_in_flight("flow-entra"), 0.025) == pytest.approx(0.0171875)
+    # The flow's level adapts: the bound takes the most files its summary says it had in flight.
+    assert latency_bound(11, requests_in_flight("flow-entra", {"files_in_flight_peak": 16}), 0.025) == \
+        pytest.approx(0.0171875)
+    assert latency_bound(5013, requests_in_flight("flow", {"files_in_flight_peak": 64}), 0.040) == \
+        pytest.approx(3.133125)
     assert latency_bound(None, 16, 0) == 0  # storage 0 ms away: no waiting, requests counted or not
 
 
 def test_latency_bound_is_unknown_where_requests_in_flight_are_not_one_number():
     assert requests_in_flight("azcopy") is None and requests_in_flight("sdk") is None
+    assert requests_in_flight("flow", {"files_in_flight_peak": 0}) == 16  # copied nothing: the start level
     assert latency_bound(15000, requests_in_flight("azcopy"), 0.025) is None
     assert latency_bound(None, 16, 0.025) is None  # requests not counted
 

@@ -18,6 +18,7 @@ import site_backup.copy as copy_module
 import site_backup.writeback as writeback
 from site_backup.copy import BatchResult, CopyOptions, blob_name, copy_batch, copy_file
 from site_backup.file_pool import FilePool, file_pool
+from site_backup.in_flight import InFlightLevel
 from site_backup.errors import FileChangedError, is_transient
 from site_backup.files import FileEntry, list_batches
 from site_backup.blob_metadata import format_mtime, parse_mtime
@@ -706,13 +707,13 @@ def test_large_files_start_first_whichever_batch_queued_them_small_ones_keep_bat
     options = CopyOptions(check_remote=False, files_in_flight=1, block_size=1000)
     first = make_tree({"a1.txt": b"1", "a3.txt": b"333", "a2.txt": b"22"}, "first")
     second = make_tree({"b-big.bin": b"x" * 5000, "b1.txt": b"1", "b-bigger.bin": b"y" * 9000}, "second")
-    blocker = file_pool(1).submit(0, gate.wait)  # holds the only thread while both batches queue
+    blocker = file_pool(1, 1000).submit(0, gate.wait)  # holds the only thread while both batches queue
     threads = [threading.Thread(target=copy_batch, args=(str(root), entries(root), store, name, options))
                for name, root in (("first", first), ("second", second))]
 
     def queued(n):
         deadline = time.monotonic() + 10
-        while file_pool(1)._queue.qsize() < n:
+        while file_pool(1, 1000)._queue.qsize() < n:
             assert time.monotonic() < deadline, "the batch did not queue its files"
             time.sleep(0.001)
 
@@ -729,7 +730,7 @@ def test_large_files_start_first_whichever_batch_queued_them_small_ones_keep_bat
 
 
 def test_the_file_pool_hands_errors_to_the_submitter_and_keeps_working():
-    pool = FilePool(1)
+    pool = FilePool(InFlightLevel(1), 1000)
     failing = pool.submit(1, int, "not a number")
     with pytest.raises(ValueError):
         failing.result(timeout=10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,6 +154,38 @@ def test_injected_faults_are_absorbed_and_every_blob_is_intact(azurite, proxy, c
         assert bytes(blob.content_settings.content_md5) == hashlib.md5(stored[blob.name]).digest(), blob.name
     print(f"\nfault test: {dict(proxy.faults)} injected into {proxy.requests} requests, "
           f"{summary.retries} retries counted, {took:.1f} s")
+
+
+def test_far_from_storage_a_run_copies_more_files_at_once_and_says_how_many(azurite, proxy, checkpoints, monkeypatch,
+                                                                           make_tree, container_name):
+    """Storage 50 ms away: the level rises past the 16 files a run starts with (the proxy
+    sees more requests at once) and the summary and the log say where it ended."""
+    from tests.conftest import flow_run_messages
+
+    files, root = tree(make_tree, 600, seed=3)
+    proxy.latency = 0.05
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
+    state, messages = flow_run_messages(lambda: backup_site_content(str(root), container=container_name,
+                                                                    return_state=True))
+    summary = state.result()
+    assert summary.files_uploaded == len(files) and summary.files_failed == 0
+    assert summary.files_in_flight_peak >= 32 and proxy.most_in_flight > 16, (summary, proxy.most_in_flight)
+    assert 16 <= summary.files_in_flight <= summary.files_in_flight_peak <= 64
+    line = f"{summary.files_in_flight} files in flight at the end ({summary.files_in_flight_peak} at most)"
+    assert any(m.startswith("Backup completed") and line in m for m in messages), messages
+    assert re.search(rf"^In flight: +{summary.files_in_flight} files at once at the end", summary.to_text(), re.M)
+    assert read_container(azurite, container_name) == files
+
+
+def test_storage_answering_503_brings_the_files_in_flight_down_and_every_blob_is_intact(
+        azurite, proxy, checkpoints, monkeypatch, make_tree, container_name):
+    files, root = tree(make_tree, 150, seed=4)
+    proxy.busy_rate, proxy.latency = 0.2, 0.002
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", via(proxy))
+    summary = backup_site_content(str(root), container=container_name)
+    assert summary.files_failed == 0 and proxy.injected() >= 20
+    assert summary.files_in_flight < 16 <= summary.files_in_flight_peak, summary  # halved, at least once
+    assert read_container(azurite, container_name) == files
 
 
 def test_rejected_writes_fail_fast_with_the_reason(azurite, proxy, checkpoints, monkeypatch, make_tree, container_name):
