@@ -18,10 +18,10 @@ class FilePool:
     ties in the order they were queued. Batches copying at the same time share one pool, so
     one batch alone can use all of it and many cannot exceed it.
 
-    A file starts when fewer than `level.level` are copying (or waiting for their next file). Memory stays what a fixed pool
-    of START threads held: files held whole in memory (`weight` bytes, up to the block size)
-    start while their bytes fit in START x `light_budget` / START, and heavy files (in blocks
-    or held whole above the block size) are at most START at once."""
+    Light files (read whole, up to the block size) start while fewer than `level.level` are
+    copying and their bytes (`weight`) fit in `light_budget`. Heavy ones (larger) are bounded
+    apart, START at once, so they do not skew the level. All together stay within the cap.
+    So memory stays what a fixed pool of START threads held."""
 
     def __init__(self, level: InFlightLevel, light_budget: int):
         self.level = level
@@ -31,7 +31,7 @@ class FilePool:
         self._gate = threading.Condition()
         self._slots = self._heavy = self._held = 0
         self._light_budget = light_budget
-        for i in range(level.cap):
+        for i in range(level.cap + START):  # light files up to the level, and START heavy ones
             # Daemon: idle workers must not keep a finished process alive; every submitter
             # waits for its own futures, so no work is cut short.
             threading.Thread(target=self._work, name=f"copy_{i}", daemon=True).start()
@@ -54,34 +54,35 @@ class FilePool:
 
     def _fits(self, weight: int, heavy: bool) -> bool:
         if heavy:
-            return self._heavy < START
+            return self._heavy < min(START, self.level.cap) and self._slots + self._heavy < self.level.cap
         return self._held == 0 or self._held + weight <= self._light_budget
 
     def _work(self) -> None:
         while True:
             # A slot first, then the next file: files start in priority order.
             with self._gate:
-                self._gate.wait_for(lambda: self._slots < self.level.level)
+                self._gate.wait_for(lambda: self._slots < self.level.level
+                                    and self._slots + self._heavy < self.level.cap)
                 self._slots += 1
+            _, _, future, fn, args, weight, heavy = self._queue.get()
+            with self._gate:
+                if heavy:  # bounded apart (START at once): it neither holds a slot nor skews the level
+                    self._slots -= 1
+                    self._gate.notify_all()
+                self._gate.wait_for(lambda: self._fits(weight, heavy))
+                self._heavy += heavy
+                self._held += 0 if heavy else weight
             try:
-                _, _, future, fn, args, weight, heavy = self._queue.get()
-                with self._gate:
-                    self._gate.wait_for(lambda: self._fits(weight, heavy))
-                    self._heavy += heavy
-                    self._held += 0 if heavy else weight
-                try:
-                    if future.set_running_or_notify_cancel():
-                        try:
-                            future.set_result(fn(*args))
-                        except BaseException as exc:  # handed to the submitter, as an executor does
-                            future.set_exception(exc)
-                finally:
-                    with self._gate:
-                        self._heavy -= heavy
-                        self._held -= 0 if heavy else weight
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args))
+                    except BaseException as exc:  # handed to the submitter, as an executor does
+                        future.set_exception(exc)
             finally:
                 with self._gate:
-                    self._slots -= 1
+                    self._heavy -= heavy
+                    self._held -= 0 if heavy else weight
+                    self._slots -= 0 if heavy else 1
                     self._gate.notify_all()
 
 

@@ -17,8 +17,10 @@ from typing import Callable
 FILES_IN_FLIGHT = 64  # the default cap (--files-in-flight): as many as a store keeps connections open
 FLOOR = 4  # a halving goes no lower (or the cap): faults at random, not from load, must not crawl
 START = 16  # the level a run starts at (the fixed pool's size before the level adapted)
-RISE = 1.10  # a doubling must bring this much more throughput to be kept
-PROBE_RISE = 1.05  # a probe while settled must bring this much
+# A doubling must bring this much more throughput to be kept: near storage one brings a few
+# percent, within the noise of one window; far from it, far more.
+RISE = 1.25
+PROBE_RISE = 1.10  # a probe (a quarter more) while settled must bring this much
 PROBE_EVERY = 8  # windows between two probes while settled
 MIN_WINDOW_SECONDS = 0.2  # a window is at least this long and two levels' worth of files
 
