@@ -116,8 +116,8 @@ class BackupSummary(BaseModel):
             *([("Deleted", self._deleted_row())] if self.delete_missing else []),
             ("Batches", f"{self.batches} ({self.batches_from_checkpoint} done by an earlier run)"),
             ("Retries", str(self.retries)),
-            *([("In flight", f"{self.files_in_flight} files at once at the end, {self.files_in_flight_peak} at most "
-                             "(the level adapts to storage, within --files-in-flight)")]
+            *([("In flight", f"{self.files_in_flight} files at the end, {self.files_in_flight_peak} at most "
+                             "(adapts to storage)")]
               if self.files_in_flight else []),
             ("Duration", f"{self.duration_seconds:.1f} s ({self.files_total / secs:.0f} files/s, "
                          f"{self.bytes_uploaded / MiB / secs:.1f} MiB/s {verb})"),
