@@ -3,10 +3,11 @@ once as the adaptive level allows (site_backup/in_flight.py)."""
 
 from __future__ import annotations
 
+import heapq
 import itertools
-import queue
 import threading
 import weakref
+from collections import deque
 from concurrent.futures import Future
 from typing import Callable
 
@@ -14,24 +15,26 @@ from .in_flight import START, InFlightLevel
 
 
 class FilePool:
-    """Threads that copy files, highest priority first across every batch that uses them,
-    ties in the order they were queued. Batches copying at the same time share one pool, so
-    one batch alone can use all of it and many cannot exceed it.
+    """Threads that copy files across every batch that uses them: batches copying at the
+    same time share one pool, so one batch alone can use all of it and many cannot exceed it.
 
-    Light files (read whole, up to the block size) start while fewer than `level.level` are
-    copying and their bytes (`weight`) fit in `light_budget`. Heavy ones (larger) are bounded
-    apart, START at once, so they do not skew the level. All together stay within the cap.
-    So memory stays what a fixed pool of START threads held."""
+    Heavy files (above the block size) start first, largest first, at most START at once, so
+    they neither skew the level nor wait behind small files. Light ones (read whole) start in
+    the order queued while fewer than `level.level` are copying and their bytes fit in
+    `light_budget`. All together stay within the cap. So memory stays what a fixed pool of
+    START threads held. A file is taken only when it may start: no thread holds a place
+    while it waits."""
 
     def __init__(self, level: InFlightLevel, light_budget: int):
         self.level = level
         self._run: weakref.ref | None = None
-        self._queue: queue.PriorityQueue = queue.PriorityQueue()
-        self._order = itertools.count()  # ties keep submission order; never compares callables
         self._gate = threading.Condition()
-        self._slots = self._heavy = self._held = 0
+        self._order = itertools.count()  # ties keep submission order; never compares callables
+        self._heavy_queue: list = []  # heap of (-size, order, future, fn, args)
+        self._light_queue: deque = deque()  # (weight, future, fn, args), in the order queued
+        self._light = self._heavy = self._held = 0
         self._light_budget = light_budget
-        for i in range(level.cap + START):  # light files up to the level, and START heavy ones
+        for i in range(level.cap):
             # Daemon: idle workers must not keep a finished process alive; every submitter
             # waits for its own futures, so no work is cut short.
             threading.Thread(target=self._work, name=f"copy_{i}", daemon=True).start()
@@ -46,32 +49,45 @@ class FilePool:
             return self.level
 
     def submit(self, priority: int, fn: Callable, *args, weight: int = 0, heavy: bool = False) -> Future:
-        """Queue `fn(*args)`; a higher `priority` starts sooner. `weight`: the bytes it holds
-        in memory; `heavy`: it holds more than the block size (counted apart)."""
+        """Queue `fn(*args)`. `heavy`: it holds more than the block size in memory (a
+        higher `priority` starts sooner among those); else `weight`, its bytes."""
         future: Future = Future()
-        self._queue.put((-priority, next(self._order), future, fn, args, weight, heavy))
+        with self._gate:
+            if heavy:
+                heapq.heappush(self._heavy_queue, (-priority, next(self._order), future, fn, args))
+            else:
+                self._light_queue.append((weight, future, fn, args))
+            self._gate.notify()
         return future
 
-    def _fits(self, weight: int, heavy: bool) -> bool:
-        if heavy:
-            return self._heavy < min(START, self.level.cap) and self._slots + self._heavy < self.level.cap
-        return self._held == 0 or self._held + weight <= self._light_budget
+    def queued(self) -> int:
+        """Files waiting to start."""
+        with self._gate:
+            return len(self._heavy_queue) + len(self._light_queue)
+
+    def _next(self):
+        """The next file that may start now, taken off its queue (under the gate), or None."""
+        cap = self.level.cap
+        if self._light + self._heavy >= cap:
+            return None
+        if self._heavy_queue and self._heavy < min(START, cap):
+            _, _, future, fn, args = heapq.heappop(self._heavy_queue)
+            self._heavy += 1
+            return True, 0, future, fn, args
+        if self._light_queue and self._light < self.level.level:
+            weight = self._light_queue[0][0]
+            if self._held == 0 or self._held + weight <= self._light_budget:
+                weight, future, fn, args = self._light_queue.popleft()
+                self._light += 1
+                self._held += weight
+                return False, weight, future, fn, args
+        return None
 
     def _work(self) -> None:
         while True:
-            # A slot first, then the next file: files start in priority order.
             with self._gate:
-                self._gate.wait_for(lambda: self._slots < self.level.level
-                                    and self._slots + self._heavy < self.level.cap)
-                self._slots += 1
-            _, _, future, fn, args, weight, heavy = self._queue.get()
-            with self._gate:
-                if heavy:  # bounded apart (START at once): it neither holds a slot nor skews the level
-                    self._slots -= 1
-                    self._gate.notify_all()
-                self._gate.wait_for(lambda: self._fits(weight, heavy))
-                self._heavy += heavy
-                self._held += 0 if heavy else weight
+                taken = self._gate.wait_for(self._next)
+            heavy, weight, future, fn, args = taken
             try:
                 if future.set_running_or_notify_cancel():
                     try:
@@ -80,10 +96,12 @@ class FilePool:
                         future.set_exception(exc)
             finally:
                 with self._gate:
-                    self._heavy -= heavy
-                    self._held -= 0 if heavy else weight
-                    self._slots -= 0 if heavy else 1
-                    self._gate.notify_all()
+                    if heavy:
+                        self._heavy -= 1
+                    else:
+                        self._light -= 1
+                        self._held -= weight
+                    self._gate.notify_all()  # the level may have risen too
 
 
 _pools_lock = threading.Lock()

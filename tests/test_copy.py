@@ -713,7 +713,7 @@ def test_large_files_start_first_whichever_batch_queued_them_small_ones_keep_bat
 
     def queued(n):
         deadline = time.monotonic() + 10
-        while file_pool(1, 1000)._queue.qsize() < n:
+        while file_pool(1, 1000).queued() < n:
             assert time.monotonic() < deadline, "the batch did not queue its files"
             time.sleep(0.001)
 

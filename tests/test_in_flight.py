@@ -112,7 +112,7 @@ def test_the_pool_starts_files_up_to_the_level_in_the_order_queued_and_more_once
     pool = FilePool(level, light_budget=1000)
     started, releases = hold(pool, 6)
     wait_for(lambda: len(started) == 2, "two files did not start")
-    assert started == [0, 1] and pool._queue.qsize() == 4  # a file is taken only with a free slot
+    assert started == [0, 1] and pool.queued() == 4  # a file is taken only when it may start
     level.level = 4  # as a window that paid would raise it
     releases[0].set()  # a copy ends: the pool looks at the level again
     wait_for(lambda: len(started) == 5, "the pool did not start three more")
@@ -129,9 +129,34 @@ def test_the_pool_holds_no_more_bytes_than_a_fixed_pool_of_the_start_size_did():
         release = threading.Event()
         releases.append(release)
         pool.submit(0, lambda i=i, release=release: (started.append(i), release.wait(10)), weight=60)
-    wait_for(lambda: started and pool._queue.qsize() == 0, "the files were not taken")
-    assert started == [0] and pool._held == 60  # a second 60 would hold 120 > 100
+    wait_for(lambda: started, "the first file did not start")
+    assert started == [0] and pool.queued() == 3  # a second 60 would hold 120 > 100
     releases[0].set()
     wait_for(lambda: len(started) == 2, "the second file did not start after the first")
     for release in releases:
         release.set()
+
+
+def test_a_large_file_queued_last_starts_within_the_cap_and_large_files_go_first():
+    for cap in (2, 1):
+        pool = FilePool(InFlightLevel(cap=cap), light_budget=1000)
+        started, small = [], threading.Event()
+        pool.submit(0, lambda: (started.append("small"), small.wait(10)), weight=10)
+        wait_for(lambda: started == ["small"], "the small file did not start")
+        large = pool.submit(500, lambda: started.append("large"), heavy=True)
+        if cap == 1:  # the cap counts every file: the large one waits for the small one
+            assert pool.queued() == 1
+            small.set()
+        large.result(timeout=10)  # it starts: nothing holds a place without a file
+        small.set()
+        assert started == ["small", "large"]
+    # Queued together, large files start first, largest first, then small ones in order.
+    pool = FilePool(InFlightLevel(cap=1), light_budget=1000)
+    order, gate = [], threading.Event()
+    blocker = pool.submit(0, gate.wait)
+    futures = [pool.submit(0, order.append, "a", weight=1), pool.submit(9, order.append, "big", heavy=True),
+               pool.submit(0, order.append, "b", weight=1), pool.submit(20, order.append, "bigger", heavy=True)]
+    gate.set()
+    for future in [blocker, *futures]:
+        future.result(timeout=10)
+    assert order == ["bigger", "big", "a", "b"]
