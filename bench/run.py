@@ -543,8 +543,7 @@ def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
                     checks.append((f"{tree} full: flow {flow:.1f} s <= 1.15 x SDK floor {med['sdk']:.1f} s",
                                    flow <= 1.15 * med["sdk"]))
                 if med.get("flow-16"):  # near storage the adaptive level must cost nothing
-                    checks.append((f"{tree} full: flow {flow:.2f} s <= 1.05 x flow-16 {med['flow-16']:.2f} s "
-                                   "(the fixed 16 files in flight of every run before)", flow <= 1.05 * med["flow-16"]))
+                    checks.append(fixed_16_check(f"{tree} full", flow, med["flow-16"]))
             if mode == "rerun" and tree in ("mixed", "small") and med.get("rclone"):
                 checks.append((f"{tree} re-run: flow {flow:.1f} s <= rclone {med['rclone']:.1f} s + 3 s",
                                flow <= med["rclone"] + 3))
@@ -570,6 +569,12 @@ def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
     if failed:
         lines += ["", f"{len(failed)} run(s) failed: " + "; ".join(f"{r.tool} {r.tree} {r.mode}" for r in failed)]
     return "\n".join(lines) + "\n", checks
+
+
+def fixed_16_check(what: str, flow: float, fixed: float) -> tuple[str, bool]:
+    """The flow with its adaptive level against `flow-16`, the fixed 16 files in flight of every run before."""
+    return (f"{what}: flow {flow:.2f} s <= 1.05 x flow-16 {fixed:.2f} s (the fixed 16 files in flight of every "
+            "run before)", flow <= 1.05 * fixed)
 
 
 def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str, list[str]]:
@@ -623,8 +628,7 @@ def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str
                     checks.append((f"{tree} {what} {at}: flow {key:.1f} s <= rclone {peer:.1f} s + 2 s",
                                    key <= peer + 2))
             if med.get("flow-16") is not None and mode == "full":
-                checks.append((f"{tree} full {at}: flow {key:.2f} s <= 1.05 x flow-16 {med['flow-16']:.2f} s "
-                               "(the fixed 16 files in flight of every run before)", key <= 1.05 * med["flow-16"]))
+                checks.append(fixed_16_check(f"{tree} full {at}", key, med["flow-16"]))
             for tool in ("flow-sas", "flow-entra"):
                 if med.get(tool) is not None and tree in ("mixed", "small"):
                     checks.append((f"{tree} {mode} {at}: {tool} {med[tool]:.2f} s within 15% of the account key's "

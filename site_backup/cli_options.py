@@ -87,7 +87,7 @@ def build_parser(sharded: bool = False) -> argparse.ArgumentParser:
     tuning.add_argument("--dask-address", metavar="tcp://HOST:8786", help="the Dask scheduler for --task-runner dask")
     tuning.add_argument("--files-in-flight", type=_positive, default=FILES_IN_FLIGHT,
                         help=f"at most this many files copied at once, across all copy tasks (default "
-                             f"{FILES_IN_FLIGHT}; the run starts at {min(START, FILES_IN_FLIGHT)} and adapts to storage)")
+                             f"{FILES_IN_FLIGHT}; the run starts at {START} and adapts to storage)")
     tuning.add_argument("--single-put-mib", type=_positive, default=64,
                         help="files up to this size go up in one request (default 64)")
     tuning.add_argument("--block-size-mib", type=_positive, default=8,

@@ -195,7 +195,7 @@ class BackupTally:
         s.bytes_total += result.bytes_total
         s.bytes_uploaded += result.bytes_uploaded
         s.retries += result.retries
-        if not from_checkpoint and getattr(result, "in_flight", 0):  # checkpoints from before it was kept
+        if result.in_flight:  # 0 for a batch from a checkpoint (as_cached): nothing was sent
             s.files_in_flight = result.in_flight
             s.files_in_flight_peak = max(s.files_in_flight_peak, result.in_flight_peak)
         self.skipped += file_problems(result.skipped)

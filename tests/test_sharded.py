@@ -309,7 +309,7 @@ def test_a_sharded_backup_on_two_workers_adds_up_and_a_killed_shard_resends_only
                 break
             assert time.monotonic() < deadline, landed
             time.sleep(0.05)
-        child = find_child(pool, parent, victim)
+        child, child_name = find_child(pool, parent, victim)
         pids = flow_run_processes(child)
         assert pids, f"no process for shard {victim}'s run {child}"
         for pid in pids:
@@ -329,7 +329,7 @@ def test_a_sharded_backup_on_two_workers_adds_up_and_a_killed_shard_resends_only
     assert rows[victim]["flow_run_id"] != child
     # Both workers ran shards: the four first runs were started at once and each worker has
     # three slots. The killed shard's second run may land on either, so the first run counts.
-    first_runs = [r["flow_run_name"] for k, r in enumerate(rows) if k != victim] + [child_name_of(pool, child)]
+    first_runs = [r["flow_run_name"] for k, r in enumerate(rows) if k != victim] + [child_name]
     assert {worker_of(pool, name) for name in first_runs} == {"worker-a", "worker-b"}
     # The parent's summary is the sum of its shards' own summaries, each of its own files.
     children = [flow_run_output(pool, r["flow_run_id"]) for r in rows]
@@ -365,17 +365,8 @@ def test_a_sharded_backup_on_two_workers_adds_up_and_a_killed_shard_resends_only
           f"{retried['batches']} batches from checkpoints, {retried['files_uploaded']} uploaded, re-sent {len(resent)}")
 
 
-def child_name_of(pool, flow_run_id: str) -> str:
-    from tests.deployment_stack import client_call
-
-    async def read(client):
-        return (await client.read_flow_run(flow_run_id)).name
-
-    return client_call(pool, read)
-
-
-def find_child(pool, parent: str, shard: int) -> str:
-    """The id of the running child run of `parent` for shard `shard` (of 4)."""
+def find_child(pool, parent: str, shard: int) -> tuple[str, str]:
+    """The id and name of the running child run of `parent` for shard `shard` (of 4)."""
     from tests.deployment_stack import client_call
 
     async def read(client):
@@ -390,7 +381,7 @@ def find_child(pool, parent: str, shard: int) -> str:
     while True:
         runs = [r for r in client_call(pool, read) if r.state is not None and r.state.is_running()]
         if runs:
-            return str(runs[0].id)
+            return str(runs[0].id), runs[0].name
         assert time.monotonic() < deadline, f"no running child for shard {shard}"
         time.sleep(0.1)
 
