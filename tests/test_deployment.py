@@ -74,13 +74,19 @@ def test_verify_and_restore_are_deployed_and_the_block_is_the_configured_storage
         properties = deployment.parameter_openapi_schema["properties"]
         assert all(spec.get("description") for spec in properties.values()), name
         assert properties["container"]["pattern"] and properties["container"]["maxLength"] == 63, name
-    # scripts/deploy made the pool as `prefect work-pool create --type process` makes it, and
-    # registered every block type of prefect-azure, as `prefect block register -m` does.
+    # scripts/deploy made the pool as `prefect work-pool create --type process` makes it, but
+    # for the command that starts the engine on the checkout's Python (no supervisor process
+    # first), and registered every block type of prefect-azure, as `prefect block register -m` does.
     async def pool_and_block_types(client):
         return await client.read_work_pool("site-backup"), {t.slug for t in await client.read_block_types()}
 
     pool, block_types = client_call(stack, pool_and_block_types)
-    assert pool.type == "process" and pool.base_job_template == ProcessWorker.get_default_base_job_template()
+    template = pool.base_job_template
+    command = template["variables"]["properties"]["command"].pop("default")
+    assert command == f"{PROJECT / '.venv' / 'bin' / 'python'} -m prefect.engine"
+    default = ProcessWorker.get_default_base_job_template()
+    default["variables"]["properties"]["command"].pop("default")
+    assert pool.type == "process" and template == default
     azure_types = {cls.get_block_type_slug() for _, cls in inspect.getmembers(prefect_azure) if Block.is_block_class(cls)}
     assert len(azure_types) >= 7 and azure_types <= block_types, azure_types - block_types
     # The block holds what this environment is configured for, not a fixed 127.0.0.1:10000.
