@@ -1,7 +1,8 @@
 """Where the suite's CPU goes: with TEST_CPU_LOG=FILE set, each test process appends one line
 per test to FILE: the CPU seconds its whole process tree (the servers, Azurite and the command
-lines it started) used from the test's setup to its teardown, the wall seconds, and the test.
-The suite is CPU-bound on two cores, so this, not --durations, says what to cut."""
+lines it started) used from the test's setup to its teardown, the wall seconds, the test,
+its start (Unix time) and its process (xdist's worker id), for the run's timeline. The
+suite is CPU-bound on two cores, so this, not --durations, says what to cut."""
 
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def pytest_runtest_protocol(item, nextitem):
     if not path:
         yield
         return
-    cpu, wall = tree_cpu(os.getpid()), time.monotonic()
+    cpu, wall, started = tree_cpu(os.getpid()), time.monotonic(), time.time()
     yield
     cpu, wall = tree_cpu(os.getpid()) - cpu, time.monotonic() - wall
-    with open(path, "a") as f:
-        f.write(f"{cpu:.2f}\t{wall:.2f}\t{item.nodeid}\n")
+    with open(path, "a") as f:  # the start and the process, for the run's timeline
+        f.write(f"{cpu:.2f}\t{wall:.2f}\t{item.nodeid}\t{started:.1f}\t{os.environ.get('PYTEST_XDIST_WORKER', '')}\n")
