@@ -40,8 +40,10 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 # files that take longest start first, so that the processes end at about the same time;
 # files whose tests share a server of their own run whole in one process, once; the README's
 # fresh clone and the benchmark's smoke run, each a whole stack at once, never run side by side.
+# Then the files whose tests mostly wait (a lease to expire, storage that stops answering or
+# answers 429 and 503): last, they left a core idle for the run's final two minutes.
 LONGEST_FIRST = ["test_deployment.py", "test_http_deployment.py", "test_readme.py", "test_bench_smoke.py", "test_sharded.py",
-                 "test_services.py"]
+                 "test_services.py", "test_prune.py", "test_retry.py"]
 GROUPS = {"test_deployment.py": "deployment-server", "test_http_deployment.py": "deployment-server",
           "test_sharded.py": "sharded-server",
           "test_services.py": "services-clone", "test_readme.py": "whole-stack",
