@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def test_verify_and_restore_are_deployed_and_the_block_is_the_configured_storage
     pool, block_types = client_call(stack, pool_and_block_types)
     template = pool.base_job_template
     command = template["variables"]["properties"]["command"].pop("default")
-    assert command == f"{PROJECT / '.venv' / 'bin' / 'python'} -m prefect.engine"
+    assert command == shlex.join([str(PROJECT / ".venv" / "bin" / "python"), "-m", "prefect.engine"])
     default = ProcessWorker.get_default_base_job_template()
     default["variables"]["properties"]["command"].pop("default")
     assert pool.type == "process" and template == default
