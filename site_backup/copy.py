@@ -174,8 +174,6 @@ def copy_batch(
     level = pool.level_for(store.retries.budget)
 
     def one(entry: FileEntry) -> FileOutcome:
-        if entry.path in done:
-            return done[entry.path]
         retried = store.retries.budget.retried
         outcome = copy_file(root, entry, store, prefix, options, remote)
         troubled = store.retries.budget.retried > retried
@@ -190,15 +188,35 @@ def copy_batch(
     # Smaller files keep batch order, so batches finish (and are checkpointed)
     # one after another rather than all near the end, which is what a crash would cost.
     order = sorted(range(len(batch)), key=lambda i: batch[i].size, reverse=True)
-    futures = {}
+    futures, now = {}, {}
     for i in order:
-        heavy = batch[i].size > options.block_size
-        futures[i] = pool.submit(batch[i].size if heavy else 0, one, batch[i], weight=batch[i].size, heavy=heavy)
+        entry = batch[i]
+        known = done.get(entry.path) or _listed_unchanged(prefix, entry, remote, options)
+        if known:  # answered here, not by a pool thread: most files of a run without checkpoints
+            now[i] = known
+            if on_file and entry.path not in done:
+                on_file(known)
+            continue
+        heavy = entry.size > options.block_size
+        futures[i] = pool.submit(entry.size if heavy else 0, one, entry, weight=entry.size, heavy=heavy)
     try:
-        return [futures[i].result() for i in range(len(batch))]
+        return [now[i] if i in now else futures[i].result() for i in range(len(batch))]
     finally:  # after an unexpected error, files not yet started stay unstarted
         for future in futures.values():
             future.cancel()
+
+
+def _listed_unchanged(prefix: str, entry: FileEntry, remote: RemoteLookup | None,
+                      options: CopyOptions) -> FileOutcome | None:
+    """The outcome of a file the run's flat listing shows stored with the size and
+    modification time the walk saw, with no request and no read (rclone's rule); else None."""
+    if remote is None or remote.listed is None or entry.path in options.recheck or STOP.is_set():
+        return None
+    found = remote.listed.get(blob_name(prefix, entry.path))
+    if found is None or found.size != entry.size or found.mtime_ns != entry.mtime_ns:
+        return None
+    return FileOutcome(entry.path, "unchanged", size=entry.size, md5=found.content_md5, mtime_ns=entry.mtime_ns,
+                       version_id=found.version_id)
 
 
 def _refused(prefix: str, entry: FileEntry) -> FileOutcome | None:

@@ -21,6 +21,7 @@ from site_backup.file_pool import FilePool, file_pool
 from site_backup.in_flight import InFlightLevel
 from site_backup.errors import FileChangedError, is_transient
 from site_backup.files import FileEntry, list_batches
+from site_backup.remote import list_destination
 from site_backup.blob_metadata import format_mtime, parse_mtime
 from tests.memory_store import MemoryBlobStore
 
@@ -278,6 +279,31 @@ def test_writeback_window_comes_from_the_kernel_settings():
     far_mtime = SimpleNamespace(st_mtime_ns=300_000_000_000 * 10**9, st_ctime_ns=10**12)
     assert not writeback.may_still_be_written(far_mtime, now_ns=10**12 + window + 1)
     assert writeback.may_still_be_written(far_mtime, now_ns=10**12 + 1)
+
+
+def test_a_file_the_flat_listing_shows_as_walked_is_neither_read_nor_handed_to_a_thread(make_tree, monkeypatch):
+    # Most files of a run without checkpoints, or with --refresh: rclone's rule (size and
+    # modification time as walked, against the run's listing), no request and no read.
+    root = make_tree({"same.txt": b"same", "touched.txt": b"t", "gone.txt": b"g", "changed.txt": b"old",
+                      "recheck.txt": b"r"})
+    store = MemoryBlobStore()
+    run(root, store)
+    os.utime(root / "touched.txt", ns=(10**18, 10**18))  # same content, another mtime: compared by MD5
+    (root / "changed.txt").write_bytes(b"new!")
+    del store.blobs["pre/gone.txt"]
+    listed = list_destination(store, "pre")
+    opened, threads = [], {}
+    real_open = copy_module._open_regular
+    monkeypatch.setattr(copy_module, "_open_regular",
+                        lambda path, follow: opened.append(os.path.basename(path)) or real_open(path, follow))
+    outcomes = copy_batch(str(root), entries(root), store, "pre", CopyOptions(recheck=frozenset({"recheck.txt"})),
+                          on_file=lambda o: threads.setdefault(o.path, threading.current_thread()), listed=listed)
+    assert by_status(outcomes) == {"unchanged": {"same.txt", "touched.txt", "recheck.txt"},
+                                   "uploaded": {"gone.txt", "changed.txt"}}
+    assert sorted(opened) == ["changed.txt", "gone.txt", "recheck.txt", "touched.txt"]
+    assert threads["same.txt"] is threading.current_thread() is not threads["touched.txt"]
+    [same] = [o for o in outcomes if o.path == "same.txt"]
+    assert same.md5 == hashlib.md5(b"same").digest() and same.mtime_ns == os.stat(root / "same.txt").st_mtime_ns
 
 
 def test_vanished_and_special_files_are_skipped(make_tree):
