@@ -83,6 +83,14 @@ class FilePool:
                 return False, weight, future, fn, args
         return None
 
+    def _startable(self) -> int:
+        """At most how many queued files may start now (under the gate): the slot just
+        freed, and more if the level rose."""
+        cap = self.level.cap
+        heavy = min(len(self._heavy_queue), max(0, min(START, cap) - self._heavy))
+        light = min(len(self._light_queue), max(0, self.level.level - self._light))
+        return min(cap - self._light - self._heavy, heavy + light)
+
     def _work(self) -> None:
         while True:
             with self._gate:
@@ -101,7 +109,8 @@ class FilePool:
                     else:
                         self._light -= 1
                         self._held -= weight
-                    self._gate.notify_all()  # the level may have risen too
+                    # As many as may start now, not every idle thread at each file's end.
+                    self._gate.notify(self._startable())
 
 
 _pools_lock = threading.Lock()
