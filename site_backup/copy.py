@@ -191,11 +191,13 @@ def copy_batch(
     futures, now = {}, {}
     for i in order:
         entry = batch[i]
-        known = done.get(entry.path) or _listed_unchanged(prefix, entry, remote, options)
-        if known:  # answered here, not by a pool thread: most files of a run without checkpoints
-            now[i] = known
-            if on_file and entry.path not in done:
+        known = done.get(entry.path)
+        if known is None:  # answered here, not by a pool thread: most files of a run without checkpoints
+            known = _listed_unchanged(prefix, entry, remote, options)
+            if known and on_file:
                 on_file(known)
+        if known:
+            now[i] = known
             continue
         heavy = entry.size > options.block_size
         futures[i] = pool.submit(entry.size if heavy else 0, one, entry, weight=entry.size, heavy=heavy)
@@ -213,10 +215,15 @@ def _listed_unchanged(prefix: str, entry: FileEntry, remote: RemoteLookup | None
     if remote is None or remote.listed is None or entry.path in options.recheck or STOP.is_set():
         return None
     found = remote.listed.get(blob_name(prefix, entry.path))
-    if found is None or found.size != entry.size or found.mtime_ns != entry.mtime_ns:
+    if not _same_by_mtime(found, entry.size, entry.mtime_ns):
         return None
-    return FileOutcome(entry.path, "unchanged", size=entry.size, md5=found.content_md5, mtime_ns=entry.mtime_ns,
-                       version_id=found.version_id)
+    return _unchanged(entry.path, found, entry.size, entry.mtime_ns)
+
+
+def _unchanged(path: str, found: RemoteBlob, size: int, mtime_ns: int, attempt: int = 0) -> FileOutcome:
+    """The outcome of a file its blob `found` already holds."""
+    return FileOutcome(path, "unchanged", size=size, changed_retries=attempt, md5=found.content_md5,
+                       mtime_ns=mtime_ns, version_id=found.version_id)
 
 
 def _refused(prefix: str, entry: FileEntry) -> FileOutcome | None:
@@ -307,8 +314,7 @@ def _copy_once(root, entry, store, prefix, options, attempt, remote=None) -> Fil
         size = before.st_size
         found = (remote or store).get(name) if options.check_remote else None
         if options.check_remote and _matches_remote(found, f, before, by_mtime=entry.path not in options.recheck):
-            return FileOutcome(entry.path, "unchanged", size=size, changed_retries=attempt, md5=found.content_md5,
-                               mtime_ns=before.st_mtime_ns, version_id=found.version_id)
+            return _unchanged(entry.path, found, size, before.st_mtime_ns, attempt)
         if options.dry_run:
             return FileOutcome(entry.path, "uploaded", bytes_uploaded=size, size=size, changed_retries=attempt)
         content_type = content_type_of(entry.path)
@@ -384,10 +390,15 @@ def _check_hashes_the_same(f, before: os.stat_result, md5_digest: bytes) -> None
     _check_unchanged(f, before, total)
 
 
+def _same_by_mtime(remote: RemoteBlob | None, size: int, mtime_ns: int) -> bool:
+    """The blob has the file's size and the modification time stored with it (rclone's rule)."""
+    return remote is not None and remote.size == size and remote.mtime_ns == mtime_ns
+
+
 def _matches_remote(remote, f, st, by_mtime: bool = True) -> bool:
     if remote is None or remote.size != st.st_size:
         return False
-    if by_mtime and remote.mtime_ns == st.st_mtime_ns:
+    if by_mtime and _same_by_mtime(remote, st.st_size, st.st_mtime_ns):
         return True
     if remote.content_md5 is None:
         return False
