@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT))  # the project's constants, and the tests' fault proxy (bench.latency)
+sys.path.insert(0, str(PROJECT))  # the project's constants, and the tests' certificate and token endpoint
 
 from site_backup.credentials import AZURITE_ACCOUNT as ACCOUNT, AZURITE_KEY as KEY  # noqa: E402
 from site_backup.batch_order import DRY_RUN_BATCHES_PER_TASK  # noqa: E402

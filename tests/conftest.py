@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -30,6 +31,7 @@ AZURITE_BIN = PROJECT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
 for _name in ("PREFECT_API_URL", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_URL"):
     os.environ.pop(_name, None)
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="site-backup-test-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)  # each test process makes one
 # prefect.toml names the clone's profile (the running `make server`), ahead of PREFECT_HOME.
 os.environ["PREFECT_PROFILES_PATH"] = os.path.join(os.environ["PREFECT_HOME"], "profiles.toml")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

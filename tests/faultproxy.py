@@ -100,8 +100,7 @@ class FaultProxy:
         self._loop.call_soon_threadsafe(self._open.set)
 
     def __exit__(self, *exc) -> None:
-        if self._open is not None:  # None where a subclass serves on its own (bench/latency.py)
-            self._loop.call_soon_threadsafe(self._open.set)
+        self._loop.call_soon_threadsafe(self._open.set)
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 
