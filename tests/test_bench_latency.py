@@ -37,9 +37,14 @@ def test_request_counter_counts_each_request_however_the_stream_is_cut():
     assert half.requests == 2
 
 
-def test_relay_delays_each_request_and_counts_what_the_sdk_sent(azurite_oauth, tmp_path):
+def test_relay_delays_each_request_and_counts_what_the_sdk_sent(azurite_oauth, monkeypatch):
     from azure.storage.blob import ContainerClient
 
+    import bench.latency
+
+    # Little held before the client's side pauses: each block's upload pauses and resumes it
+    # many times, and the bytes must still arrive whole and in order.
+    monkeypatch.setattr(bench.latency, "_PAUSE_BYTES", 64 * 1024)
     url, cert = azurite_oauth
     latency = 0.1
     relay = LatencyProxy(int(url.split(":")[2].split("/")[0]), cert, cert.parent / "key.pem", latency)
