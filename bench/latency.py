@@ -91,14 +91,14 @@ class _ClientSide(asyncio.Protocol):
         self._paused = False
 
     def connection_made(self, transport) -> None:
-        self._transport, self._loop = transport, asyncio.get_running_loop()
-        self._loop.create_task(self._connect())
+        self.transport, self._loop = transport, asyncio.get_running_loop()
+        self._connecting = self._loop.create_task(self._connect())  # held: the loop keeps tasks weakly
 
     async def _connect(self) -> None:
         try:
             await self._open_upstream(_UpstreamSide(self))
         except OSError:
-            self._transport.abort()
+            self.transport.abort()
 
     def upstream_ready(self, upstream: "_UpstreamSide") -> None:
         self._upstream = upstream
@@ -123,6 +123,9 @@ class _ClientSide(asyncio.Protocol):
 
     def _send_due(self) -> None:
         self._timer = None
+        if self._upstream.transport.is_closing():  # Azurite closed the connection: the client's is closing too
+            self._due.clear()
+            return
         now = self._loop.time()
         while self._due and self._due[0][0] <= now:
             _, data = self._due.popleft()
@@ -136,15 +139,15 @@ class _ClientSide(asyncio.Protocol):
         self._flow_control()
 
     def _flow_control(self) -> None:
-        if self._transport.is_closing():
+        if self.transport.is_closing():
             return
         waiting = self._held + (self._upstream.transport.get_write_buffer_size() if self._upstream else 0)
         if waiting > _PAUSE_BYTES and not self._paused:
             self._paused = True
-            self._transport.pause_reading()
+            self.transport.pause_reading()
         elif waiting <= _PAUSE_BYTES // 2 and self._paused:
             self._paused = False
-            self._transport.resume_reading()
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:  # the client reads answers slower than Azurite sends them
         if self._upstream is not None:
@@ -164,10 +167,10 @@ class _UpstreamSide(asyncio.Protocol):
         self._client.upstream_ready(self)
 
     def data_received(self, data: bytes) -> None:
-        self._client._transport.write(data)
+        self._client.transport.write(data)
 
     def connection_lost(self, exc) -> None:
-        self._client._transport.close()
+        self._client.transport.close()
 
     def resume_writing(self) -> None:
         self._client._flow_control()
