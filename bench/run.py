@@ -248,6 +248,7 @@ class Run:
     load: float | None = None  # the machine's 1-minute load average when the run started
     storage_cpu: float | None = None  # CPU seconds of Azurite and the proxy during the run
     emulator_cpu: float | None = None  # CPU seconds of Azurite's JavaScript thread: a bound on wall
+    machine_cpu: float | None = None  # the tool's and storage's CPU seconds over the cores: a bound on wall
     latency_bound: float | None = None  # seconds of waiting on storage (latency_bound()); None: unknown
     in_flight: int | None = None  # the flow's adaptive level: the most files it had in flight
 
@@ -276,6 +277,15 @@ def latency_bound(requests: int | None, in_flight: int | None, latency: float) -
     if requests is None or not in_flight:
         return None
     return requests / in_flight * latency
+
+
+def machine_bound(cpu: float | None, storage_cpu: float | None, cores: int | None = None) -> float | None:
+    """Seconds the run's CPU (the tool's and the storage side's) takes if it keeps every core
+    busy all the time: where CPU, not waiting, bounds a run, no run can be shorter. A lower
+    bound: the Prefect server's CPU during the run is not counted."""
+    if cpu is None or storage_cpu is None:
+        return None
+    return (cpu + storage_cpu) / (cores or os.cpu_count() or 1)
 
 
 def times_bound(wall: float, *bounds: float | None) -> float | None:
@@ -453,6 +463,7 @@ def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
             run = Run(tree, mode, tool, rnd, round(wall, 2), round(rss, 1), code == 0, scenario=scenario,
                       cpu=round(cpu, 2), load=round(load, 2), storage_cpu=round(storage.cpu() - storage_before, 2),
                       emulator_cpu=round(storage.emulator_cpu() - emulator_before, 2))
+            run.machine_cpu = round(machine_bound(run.cpu, run.storage_cpu), 2)
             if storage.proxy:
                 run.requests = storage.proxy.count() - before
             summary = json.loads(out) if tool.startswith("flow") and code == 0 and mode != "first-upload" else None
@@ -472,8 +483,9 @@ def one(tool, tree, root, rnd, ctx, scenario="local") -> list[Run]:
             print(f"  {scenario:7} {tree:6} {mode:7} {tool:15} round {rnd}: {wall:7.2f} s  {rss:6.0f} MiB"
                   f"  cpu {cpu:6.2f} s  storage cpu {run.storage_cpu:5.2f} s{'' if run.requests is None else f'  {run.requests:6d} requests'}"
                   f"{f'  in flight {run.in_flight}' if run.in_flight else ''}"
-                  f"  bounds: latency {_num(run.latency_bound) or '?'} s, emulator {run.emulator_cpu:.2f} s"
-                  f" (x{_num(times_bound(wall, run.latency_bound, run.emulator_cpu)) or ' ?'})"
+                  f"  bounds: latency {_num(run.latency_bound) or '?'} s, emulator {run.emulator_cpu:.2f} s,"
+                  f" machine {run.machine_cpu:.2f} s"
+                  f" (x{_num(times_bound(wall, run.latency_bound, run.emulator_cpu, run.machine_cpu)) or ' ?'})"
                   f"  load {load:.1f}{'' if code == 0 else '  FAILED ' + run.note[-120:]}", flush=True)
     finally:
         for service in services:
@@ -508,8 +520,8 @@ def report(runs: list[Run], trees: dict, rounds: int) -> tuple[str, list[str]]:
         "Storage 0 ms away over HTTP, account key." + _load(runs) + BOUNDS_NOTE,
         "",
         "| tree | run | tool | wall s | × rclone | × SDK | files/s | MiB/s | peak RSS MiB | task runs "
-        "| orchestration s | latency bound s | emulator CPU s | × bound |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| orchestration s | latency bound s | emulator CPU s | machine CPU s | × bound |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     checks = []
     for tree, (_, files, size) in trees.items():
@@ -583,15 +595,15 @@ def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str
     if not runs:
         return "", []
     lines = [
-        f"Storage {latency_ms:g} ms away (a proxy delays every request), HTTPS for every tool. `flow` signs in with "
+        f"Storage {latency_ms:g} ms away (a relay delays every request), HTTPS for every tool. `flow` signs in with "
         f"the account key, `flow-sas` with an account SAS, `flow-entra` with Entra ID (DefaultAzureCredential, a "
         f"managed identity); `refresh` is a no-change run with `--refresh` (no local checkpoints). *requests* as "
-        f"counted by the proxy, *CPU s* of the tool's process, *storage CPU s* of Azurite and the proxy (both "
+        f"counted by the relay, *CPU s* of the tool's process, *storage CPU s* of Azurite and the relay (both "
         f"on the same 2 cores)." + _load(runs) + BOUNDS_NOTE,
         "",
         "| tree | run | tool | wall s | × rclone | × key | requests | CPU s | storage CPU s | peak RSS MiB "
-        "| latency bound s | emulator CPU s | × bound |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| latency bound s | emulator CPU s | machine CPU s | × bound |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     checks = []
     at = f"at {latency_ms:g} ms"
@@ -641,14 +653,16 @@ def latency_report(runs: list[Run], trees: dict, latency_ms: float) -> tuple[str
 
 BOUNDS_NOTE = (" *latency bound*: requests ÷ requests in flight × latency (empty where a tool's requests in flight "
                "are not one known number); *emulator CPU s*: Azurite's JavaScript thread, which runs every "
-               "request; *× bound*: wall ÷ the larger of the two.")
+               "request; *machine CPU s*: the tool's and the storage side's CPU ÷ the cores, the run's CPU with "
+               "no core ever idle; *× bound*: wall ÷ the largest of the three.")
 
 
 def _bounds(runs: list[Run], wall: float) -> str:
-    """The latency bound, the emulator CPU bound and wall / the larger, as table cells (medians)."""
+    """The latency, emulator CPU and machine CPU bounds and wall / the largest, as table cells (medians)."""
     latency = median([r.latency_bound for r in runs if r.latency_bound is not None])
     emulator = median([r.emulator_cpu for r in runs if r.emulator_cpu is not None])
-    return f"{_num(latency)} | {_num(emulator)} | {_num(times_bound(wall, latency, emulator))}"
+    machine = median([r.machine_cpu for r in runs if r.machine_cpu is not None])
+    return f"{_num(latency)} | {_num(emulator)} | {_num(machine)} | {_num(times_bound(wall, latency, emulator, machine))}"
 
 
 def _num(value) -> str:

@@ -1,5 +1,6 @@
-"""The benchmark's two bounds (bench/run.py): the latency bound's arithmetic, how far a run is
-from the larger bound, and the emulator's CPU read from one thread, not the whole process."""
+"""The benchmark's bounds (bench/run.py): the latency bound's and the machine CPU bound's
+arithmetic, how far a run is from the largest bound, and the emulator's CPU read from one
+thread, not the whole process."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from bench.run import cpu_seconds, latency_bound, requests_in_flight, times_bound
+from bench.run import cpu_seconds, latency_bound, machine_bound, requests_in_flight, times_bound
 
 
 def test_latency_bound_is_requests_over_in_flight_times_latency():
@@ -30,10 +31,17 @@ def test_latency_bound_is_unknown_where_requests_in_flight_are_not_one_number():
     assert latency_bound(None, 16, 0.025) is None  # requests not counted
 
 
-def test_times_bound_divides_wall_by_the_larger_known_bound():
+def test_machine_bound_is_the_tools_and_storages_cpu_over_the_cores():
+    assert machine_bound(5.3, 10.7, cores=2) == pytest.approx(8.0)
+    assert machine_bound(5.3, 10.7) == pytest.approx(16.0 / os.cpu_count())
+    assert machine_bound(None, 10.7, cores=2) is None and machine_bound(5.3, None, cores=2) is None
+
+
+def test_times_bound_divides_wall_by_the_largest_known_bound():
     assert times_bound(15.0, 7.5, 10.0) == pytest.approx(1.5)  # the emulator's CPU is the larger
     assert times_bound(15.0, 12.0, 3.0) == pytest.approx(1.25)  # the latency bound is the larger
     assert times_bound(6.0, None, 4.0) == pytest.approx(1.5)  # AzCopy: the emulator's bound alone
+    assert times_bound(10.0, 3.1, 6.0, 8.0) == pytest.approx(1.25)  # the machine's CPU is the largest
     assert times_bound(6.0, 0.0, 0.0) is None and times_bound(6.0, None, None) is None
 
 
