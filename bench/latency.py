@@ -187,13 +187,7 @@ class RequestCounter:
         self._state = "head"  # or "chunk-size", "trailer"
 
     def feed(self, data: bytes) -> None:
-        at, skip = 0, self._skip
-        if skip:
-            if skip >= len(data):
-                self._skip -= len(data)
-                return
-            at, self._skip = skip, 0
-        buffer = self._rest + data[at:] if self._rest else data[at:] if at else data
+        buffer = self._rest + data if self._rest else data  # _rest is empty inside a body
         self._rest, at = b"", 0
         while at < len(buffer):
             if self._skip:
